@@ -1,0 +1,138 @@
+"""Where the encoder and decoder run: PyTorch (the reference, and what training
+uses) or ONNX Runtime (about twice as fast on a CPU, same outputs).
+
+Both take and return plain numpy arrays in the model's input frame, and both
+run ``PromptDecoder``, so switching backend cannot change what a prompt means.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsam_core.models import LoadedModel
+from medsam_core.prompt_decoder import PromptDecoder
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnx")
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model: LoadedModel):
+        self.model = model
+        self.decoder = PromptDecoder(model.module.prompt_encoder, model.module.mask_decoder).eval()
+
+    @torch.inference_mode()
+    def encode(self, image: torch.Tensor) -> np.ndarray:
+        out = self.model.module.image_encoder(image.to(self.model.device))
+        return out[0].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def decode(self, embedding, coords, labels, mask_input, has_mask):
+        dev = self.model.device
+        masks, iou = self.decoder(
+            torch.from_numpy(embedding).to(dev), torch.from_numpy(coords).to(dev), torch.from_numpy(labels).to(dev),
+            torch.from_numpy(mask_input).to(dev), torch.from_numpy(has_mask).to(dev),
+        )
+        return masks.float().cpu().numpy(), iou.float().cpu().numpy()
+
+
+class OnnxBackend:
+    """Exports the model once per weights digest into ``export_dir`` and runs it with ONNX Runtime."""
+
+    name = "onnx"
+
+    def __init__(self, model: LoadedModel, export_dir: str | Path):
+        import onnxruntime as ort
+
+        self.model = model
+        folder = Path(export_dir) / f"{model.family.name}-{model.model_digest[:16]}"
+        encoder_path, decoder_path = folder / "encoder.onnx", folder / "decoder.onnx"
+        if not (encoder_path.exists() and decoder_path.exists()):
+            _export(model, folder)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = max(1, torch.get_num_threads())
+        providers = ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(encoder_path), options, providers=providers)
+        self.decoder = ort.InferenceSession(str(decoder_path), options, providers=providers)
+
+    def encode(self, image: torch.Tensor) -> np.ndarray:
+        (out,) = self.encoder.run(None, {"image": image.cpu().numpy()})
+        return out[0]
+
+    def decode(self, embedding, coords, labels, mask_input, has_mask):
+        masks, iou = self.decoder.run(None, {
+            "image_embeddings": embedding, "point_coords": coords, "point_labels": labels,
+            "mask_input": mask_input, "has_mask_input": has_mask,
+        })
+        return masks, iou
+
+
+def _export(model: LoadedModel, folder: Path) -> None:
+    """Write both graphs atomically, so a crash or a concurrent exporter never leaves half a file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log.info("exporting %s to ONNX in %s (once per weights version)", model.family.name, folder)
+    module = model.module.cpu()
+    size = model.family.preprocessor.input_size
+    decoder = PromptDecoder(module.prompt_encoder, module.mask_decoder).eval()
+    dummy_decoder = (
+        torch.zeros(1, 256, 64, 64), torch.zeros(2, 3, 2), torch.tensor([[1.0, 2.0, 3.0]] * 2),
+        torch.zeros(2, 1, 256, 256), torch.zeros(1),
+    )
+    jobs = [
+        ("encoder.onnx", module.image_encoder, (torch.zeros(1, 3, size, size),), ["image"], ["embeddings"], None),
+        ("decoder.onnx", decoder, dummy_decoder,
+         ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
+         ["masks", "iou_predictions"],
+         {"point_coords": {0: "prompts", 1: "tokens"}, "point_labels": {0: "prompts", 1: "tokens"},
+          "mask_input": {0: "prompts"}, "masks": {0: "prompts"}, "iou_predictions": {0: "prompts"}}),
+    ]
+    for filename, net, args, inputs, outputs, axes in jobs:
+        tmp = folder / f".{filename}.{uuid.uuid4().hex}.tmp"
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(net, args, str(tmp), input_names=inputs, output_names=outputs,
+                                  dynamic_axes=axes, opset_version=17, dynamo=False)
+            os.replace(tmp, folder / filename)
+        finally:
+            tmp.unlink(missing_ok=True)
+    model.module.to(model.device)
+
+
+def onnx_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_backend(model: LoadedModel, backend: str = "auto", onnx_dir: str | Path | None = None):
+    """"auto": ONNX Runtime for the small CPU model when an export folder is given, else PyTorch.
+
+    ViT families stay on PyTorch: their graphs exceed protobuf's 2 GB limit (ViT-H)
+    and they belong on a GPU anyway.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        use_onnx = (model.device.type == "cpu" and model.family.name == "lite" and onnx_dir is not None
+                    and onnx_available())
+        backend = "onnx" if use_onnx else "torch"
+    if backend == "onnx":
+        if onnx_dir is None:
+            raise ValueError("the onnx backend needs a folder for its exported graphs")
+        return OnnxBackend(model, onnx_dir)
+    return TorchBackend(model)

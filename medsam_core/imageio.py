@@ -1,0 +1,408 @@
+"""Read medical and ordinary images into one slice-stack shape the engine understands.
+
+Every reader funnels into ``(S, H, W)`` or ``(S, H, W, 3)`` so the rest of the
+engine never branches on file format. Inputs come from untrusted uploads, so
+sizes are checked from headers before any pixel data is decoded, and every
+failure is an ``InvalidImageError`` whose message alone tells a clinician what
+to fix.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from medsam_core.errors import InvalidImageError
+from medsam_core.windows import percentile_bounds, percentile_to_uint8, window_to_uint8
+
+SUPPORTED_SUFFIXES: tuple[str, ...] = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".dcm", ".nii", ".nii.gz",
+)
+DEFAULT_MAX_PIXELS = 100_000_000
+_VOLUME_FACTOR = 4
+
+_SUFFIX_FORMATS = {
+    ".png": "pillow", ".jpg": "pillow", ".jpeg": "pillow", ".bmp": "pillow",
+    ".tif": "tiff", ".tiff": "tiff", ".npy": "npy", ".dcm": "dicom",
+    ".nii": "nifti", ".nii.gz": "nifti",
+}
+_PILLOW_FORMATS = {"PNG": "png", "JPEG": "jpeg", "BMP": "bmp"}
+_EIGHT_BIT_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+_SUPPORTED_TEXT = (
+    "Supported formats: " + ", ".join(SUPPORTED_SUFFIXES)
+    + " (files without a suffix are recognised by their content)."
+)
+
+
+@dataclass(frozen=True, eq=False)
+class MedicalImage:
+    """A decoded image in a format-independent layout.
+
+    ``eq=False`` keeps identity equality and hashing: comparing or hashing
+    large arrays field-wise would be slow or raise.
+    """
+
+    pixels: np.ndarray
+    raw: bool
+    source_format: str
+
+    def __post_init__(self) -> None:
+        # Constructed directly by tests and callers too, so the invariants the
+        # display path relies on are enforced here rather than only in readers.
+        px = self.pixels
+        if not isinstance(px, np.ndarray) or px.dtype.kind not in "uif":
+            raise InvalidImageError("MedicalImage.pixels must be a numeric numpy array.")
+        if not (px.ndim == 3 or (px.ndim == 4 and px.shape[-1] == 3)):
+            raise InvalidImageError(
+                f"MedicalImage.pixels must be (S, H, W) or (S, H, W, 3), got shape {px.shape}."
+            )
+        if not self.raw and px.dtype != np.uint8:
+            raise InvalidImageError("A non-raw MedicalImage must hold uint8 pixels.")
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[2])
+
+    @property
+    def window_applies(self) -> bool:
+        """Lets callers warn that a requested CT window will be ignored for 8-bit images."""
+        return self.raw
+
+    @cached_property
+    def _display_bounds(self) -> tuple[float, float]:
+        # Computed once over the whole volume so scrolling through slices does
+        # not flicker in contrast; cached_property writes to __dict__ directly,
+        # which a frozen dataclass allows.
+        px = self.pixels
+        if px.dtype.kind == "f":
+            finite = px[np.isfinite(px)]
+            if finite.size and float(finite.min()) >= 0.0 and float(finite.max()) <= 1.0:
+                return 0.0, 1.0  # already normalised: plain x255
+        return percentile_bounds(px)
+
+    def display(self, slice_index: int | None = None, window: str | None = None) -> np.ndarray:
+        """Produce the 8-bit RGB slice the model and viewer consume."""
+        index = self.num_slices // 2 if slice_index is None else slice_index
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not (
+            0 <= index < self.num_slices
+        ):
+            raise InvalidImageError(
+                f"Slice index {slice_index!r} is out of range: this image has "
+                f"{self.num_slices} slice(s), valid indices are 0 to {self.num_slices - 1}."
+            )
+        plane = self.pixels[int(index)]
+        if not self.raw:
+            out = plane
+        elif window is not None:
+            out = window_to_uint8(plane, window)
+        else:
+            out = percentile_to_uint8(plane, *self._display_bounds)
+        if out.ndim == 2:
+            out = np.repeat(out[:, :, None], 3, axis=2)
+        return np.ascontiguousarray(out, dtype=np.uint8)
+
+
+def _fail(path: str, problem: str) -> InvalidImageError:
+    return InvalidImageError(f"{path}: {problem}")
+
+
+def _check_plane_size(path: str, height: int, width: int, slices: int, max_pixels: int) -> None:
+    """Refuse oversize images from header numbers, before decoding allocates anything."""
+    if height * width > max_pixels:
+        raise _fail(path, f"the image is {width} x {height} = {height * width:,} pixels per slice, "
+                          f"above the limit of {max_pixels:,}. Downsample it before uploading.")
+    total = height * width * slices
+    if total > _VOLUME_FACTOR * max_pixels:
+        raise _fail(path, f"the volume has {slices} slices and {total:,} voxels in total, above the "
+                          f"limit of {_VOLUME_FACTOR * max_pixels:,}. Crop or downsample it.")
+
+
+def _finish(path: str, arr: np.ndarray, raw: bool, fmt: str, max_pixels: int) -> MedicalImage:
+    """Last shared gate: every reader's output is validated the same way."""
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype.kind not in "uif":
+        raise _fail(path, f"pixel type {arr.dtype} is not a numeric image type.")
+    if arr.ndim == 2:
+        arr = arr[None]
+    if not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] == 3)):
+        raise _fail(path, f"unexpected pixel array shape {arr.shape}; need a 2-D image, an RGB image "
+                          "or a stack of 2-D slices.")
+    slices, height, width = arr.shape[:3]
+    if height < 2 or width < 2 or slices < 1:
+        raise _fail(path, f"the image is only {width} x {height} pixels; at least 2 x 2 is needed.")
+    _check_plane_size(path, height, width, slices, max_pixels)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise _fail(path, "the image contains NaN or infinite values. Replace them with real numbers "
+                          "(for example with numpy.nan_to_num) and save it again.")
+    if not raw and arr.dtype != np.uint8:
+        raw = True
+    return MedicalImage(pixels=np.ascontiguousarray(arr), raw=raw, source_format=fmt)
+
+
+def _read_pillow(path: str, max_pixels: int, sniffed: bool) -> MedicalImage:
+    from PIL import Image
+
+    try:
+        with Image.open(path, formats=list(_PILLOW_FORMATS)) as im:
+            width, height = im.size
+            _check_plane_size(path, height, width, 1, max_pixels)
+            fmt = _PILLOW_FORMATS.get(im.format or "", "png")
+            if im.mode in _EIGHT_BIT_MODES:
+                target = "L" if im.mode in ("1", "L", "LA", "La") else "RGB"
+                arr, raw = np.asarray(im.convert(target)), False
+            else:
+                # I;16*, I and F modes keep their native depth for windowing.
+                arr, raw = np.array(im), True
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _fail(path, f"the image header declares far more pixels than the limit of "
+                          f"{max_pixels:,} per slice (possible decompression bomb). "
+                          "Downsample it before uploading.") from None
+    except InvalidImageError:
+        raise
+    except Exception as exc:  # Pillow signals corruption with many exception types
+        if sniffed:
+            raise _fail(path, f"the file type was not recognised. {_SUPPORTED_TEXT}") from None
+        raise _fail(path, f"the image could not be decoded ({type(exc).__name__}: {exc}). The file is "
+                          "probably truncated or corrupt, or not really the type its name suggests; "
+                          "export it again.") from None
+    return _finish(path, arr[None] if arr.ndim == 3 else arr, raw, fmt, max_pixels)
+
+
+def _read_tiff(path: str, max_pixels: int) -> MedicalImage:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, axes = tuple(series.shape), series.axes
+            if "Y" in axes and "X" in axes:
+                height, width = shape[axes.index("Y")], shape[axes.index("X")]
+            else:
+                height, width = (shape[-2:] if len(shape) >= 2 else (1, 1))
+            samples = shape[axes.index("S")] if "S" in axes else 1
+            slices = int(np.prod(shape)) // max(1, height * width * samples)
+            _check_plane_size(path, height, width, max(1, slices), max_pixels)
+            arr = series.asarray()
+    except InvalidImageError:
+        raise
+    except Exception as exc:
+        raise _fail(path, f"the TIFF could not be decoded ({type(exc).__name__}: {exc}). It may be "
+                          "truncated, corrupt or use a compression that needs the 'imagecodecs' "
+                          "package; save it uncompressed and try again.") from None
+    rgb = False
+    if "S" in axes:
+        arr = np.moveaxis(arr, axes.index("S"), -1)  # planar RGB -> channels-last
+        n = arr.shape[-1]
+        if n in (1, 2):
+            arr = arr[..., 0]  # grey, or grey + alpha
+        elif n in (3, 4):
+            arr, rgb = arr[..., :3], True  # drop alpha
+        else:
+            raise _fail(path, f"TIFF with {n} samples per pixel is not supported; use grey or RGB.")
+    spatial = 3 if rgb else 2
+    if arr.ndim < spatial:
+        raise _fail(path, f"TIFF pixel array has unexpected shape {arr.shape}.")
+    # Pages, channels of a hyperstack, time points...: all become slices.
+    lead = arr.shape[: arr.ndim - spatial]
+    arr = arr.reshape((int(np.prod(lead)),) + arr.shape[arr.ndim - spatial:])
+    return _finish(path, arr, arr.dtype != np.uint8, "tiff", max_pixels)
+
+
+def _read_npy(path: str, max_pixels: int) -> MedicalImage:
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as fh:
+            version = fmt.read_magic(fh)
+            reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _fortran, dtype = reader(fh)
+    except Exception as exc:
+        raise _fail(path, f"not a valid NumPy .npy file ({exc}). Save arrays with numpy.save.") from None
+    if dtype.hasobject:
+        raise _fail(path, "the array holds Python objects (pickled data), which are never loaded for "
+                          "safety. Save a plain numeric array, e.g. numpy.save(path, arr.astype('float32')).")
+    if dtype.kind not in "uifb":
+        raise _fail(path, f"array type {dtype} is not a numeric image; use an integer or float array.")
+    if len(shape) == 3 and shape[-1] == 1:
+        shape = shape[:2]
+    if len(shape) == 3 and shape[-1] != 3:
+        hint = (" It looks channels-first; move the channel axis last with numpy.moveaxis(arr, 0, -1)."
+                if shape[0] in (1, 3) else " For a 3-D volume, use NIfTI or DICOM.")
+        raise _fail(path, f"array shape {shape} is not an image; expected H x W, H x W x 1 or H x W x 3.{hint}")
+    if len(shape) not in (2, 3):
+        raise _fail(path, f"array has {len(shape)} dimension(s) {shape}; expected H x W, H x W x 1 or "
+                          "H x W x 3.")
+    _check_plane_size(path, int(shape[0]), int(shape[1]), 1, max_pixels)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise _fail(path, f"the .npy data could not be read ({exc}); the file is probably truncated.") from None
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 3:
+        arr = arr[None]
+    return _finish(path, arr, arr.dtype != np.uint8, "npy", max_pixels)
+
+
+def _dicom_rescale(ds) -> tuple[float, float]:
+    """Top-level tags first, then the shared functional group used by enhanced multi-frame."""
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is None and "SharedFunctionalGroupsSequence" in ds:
+        group = ds.SharedFunctionalGroupsSequence[0]
+        if "PixelValueTransformationSequence" in group:
+            pvt = group.PixelValueTransformationSequence[0]
+            slope, intercept = pvt.get("RescaleSlope"), pvt.get("RescaleIntercept")
+    return float(slope if slope not in (None, "") else 1.0), float(intercept if intercept not in (None, "") else 0.0)
+
+
+def _read_dicom(path: str, max_pixels: int) -> MedicalImage:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError:
+        raise _fail(path, "not a DICOM file (the 'DICM' marker is missing). Export it again from the "
+                          "PACS or viewer as a standard DICOM file.") from None
+    except Exception as exc:
+        raise _fail(path, f"the DICOM file could not be parsed ({exc}); it is probably truncated or "
+                          "corrupt.") from None
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise _fail(path, "this DICOM file holds no image (for example a report or structure set). "
+                          "Choose an image series instead.")
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    _check_plane_size(path, rows, cols, frames, max_pixels)
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:
+        if syntax is not None and syntax.is_compressed:
+            raise _fail(path, f"its pixel data is compressed as '{syntax.name}', which cannot be decoded "
+                              f"here ({exc}). Convert it to uncompressed DICOM (e.g. 'gdcmconv --raw') or "
+                              "install a decoder such as pylibjpeg.") from None
+        raise _fail(path, f"the DICOM pixel data could not be decoded ({exc}); the file is probably "
+                          "truncated or corrupt.") from None
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    if frames == 1:
+        arr = arr[None]
+    if samples == 3 and arr.dtype == np.uint8:
+        # Colour DICOM (endoscopy, ultrasound) is display-ready like a photo.
+        return _finish(path, arr, False, "dicom", max_pixels)
+    slope, intercept = _dicom_rescale(ds)
+    values = arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1" and values.size:
+        # MONOCHROME1 means "low = white". Mirroring within the volume's own range
+        # keeps the value span (and percentile contrast) while making bright mean
+        # dense, as in every other modality the model sees.
+        values = (values.min() + values.max()) - values
+    return _finish(path, values, True, "dicom", max_pixels)
+
+
+def _nifti_to_slices(path: str, img, max_pixels: int) -> MedicalImage:
+    shape = tuple(int(n) for n in img.shape)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    if len(shape) not in (2, 3):
+        raise _fail(path, f"NIfTI image has shape {tuple(img.shape)}; only 2-D images and 3-D volumes are "
+                          "supported. Split 4-D series into one volume per time point or channel.")
+    x, y = shape[0], shape[1]
+    _check_plane_size(path, y, x, shape[2] if len(shape) == 3 else 1, max_pixels)
+    arr = np.asarray(img.dataobj).reshape(shape)
+    # (X, Y[, Z]) -> (Z, Y, X): rows are y, as SimpleITK's GetArrayFromImage gives.
+    arr = arr.T if arr.ndim == 2 else np.transpose(arr, (2, 1, 0))
+    return _finish(path, np.ascontiguousarray(arr), True, "nifti", max_pixels)
+
+
+def _read_nifti(path: str, max_pixels: int, stream_kind: str | None = None) -> MedicalImage:
+    import nibabel as nib
+
+    try:
+        if stream_kind is None:
+            return _nifti_to_slices(path, nib.load(path, mmap=False), max_pixels)
+        klass = nib.Nifti2Image if stream_kind.endswith("2") else nib.Nifti1Image
+        opener = gzip.open if stream_kind.startswith("gz") else open
+        with opener(path, "rb") as fh:
+            return _nifti_to_slices(path, klass.from_stream(fh), max_pixels)
+    except InvalidImageError:
+        raise
+    except Exception as exc:
+        raise _fail(path, f"the NIfTI file could not be read ({type(exc).__name__}: {exc}); it is "
+                          "probably truncated or corrupt.") from None
+
+
+def _nifti_magic(head: bytes) -> str | None:
+    if head[344:348] == b"n+1\x00":
+        return "1"
+    if head[4:8] == b"n+2\x00":
+        return "2"
+    return None
+
+
+def _sniff(path: str) -> tuple[str, str | None]:
+    """Guess the reader from content for files whose name gives no hint (PACS exports, uploads)."""
+    with open(path, "rb") as fh:
+        head = fh.read(544)
+    if head[128:132] == b"DICM":
+        return "dicom", None
+    if head.startswith(b"\x93NUMPY"):
+        return "npy", None
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff", None
+    kind = _nifti_magic(head)
+    if kind:
+        return "nifti", kind
+    if head.startswith(b"\x1f\x8b"):
+        try:
+            with gzip.open(path, "rb") as gz:
+                kind = _nifti_magic(gz.read(544))
+        except (OSError, EOFError):
+            kind = None
+        if kind:
+            return "nifti", "gz" + kind
+        raise _fail(path, f"this is a gzip-compressed file but not a NIfTI image. {_SUPPORTED_TEXT}")
+    return "pillow-sniffed", None
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> MedicalImage:
+    """Single entry point so every caller gets the same safety checks and layout."""
+    shown = os.fspath(path)
+    p = Path(shown)
+    if not p.exists():
+        raise InvalidImageError(f"Image file not found: {shown}. Check the path and try again.")
+    if p.is_dir():
+        raise _fail(shown, "this is a folder, not an image file. Choose one image file (for a DICOM "
+                           "series, one .dcm file).")
+    if p.stat().st_size == 0:
+        raise _fail(shown, "the file is empty (0 bytes); the upload or export probably failed.")
+    name = p.name.lower()
+    suffix = ".nii.gz" if name.endswith(".nii.gz") else p.suffix.lower()
+    kind, stream = _SUFFIX_FORMATS.get(suffix), None
+    try:
+        if kind is None:
+            kind, stream = _sniff(shown)
+    except OSError as exc:
+        raise _fail(shown, f"the file could not be opened ({exc.strerror or exc}).") from None
+    if kind in ("pillow", "pillow-sniffed"):
+        return _read_pillow(shown, max_pixels, sniffed=kind == "pillow-sniffed")
+    if kind == "tiff":
+        return _read_tiff(shown, max_pixels)
+    if kind == "npy":
+        return _read_npy(shown, max_pixels)
+    if kind == "dicom":
+        return _read_dicom(shown, max_pixels)
+    return _read_nifti(shown, max_pixels, stream)

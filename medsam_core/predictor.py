@@ -1,0 +1,130 @@
+"""The encode/decode split that makes the cost model obvious.
+
+``encode`` is the expensive step (seconds on a CPU) and is cached; ``decode``
+answers each box or point prompt against a cached embedding in tens of
+milliseconds. Prompts come and masks go in original pixel coordinates.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsam_core.backends import make_backend
+from medsam_core.errors import PromptError
+from medsam_core.cache import CacheKey, EmbeddingCache, pixel_sha256
+from medsam_core.models import LoadedModel
+from medsam_core.prompt_decoder import build_prompt_arrays
+from medsam_core.prompts import validate_boxes, validate_mask_input, validate_points
+
+LOW_RES = 256
+
+
+@dataclass
+class Embedding:
+    features: np.ndarray  # (256, 64, 64) float16, exactly what the cache holds
+    family: str
+    encoder_digest: str
+    original_size: tuple[int, int]
+    input_size: int
+    key: CacheKey
+    cache_hit: bool = False
+    encode_ms: float = 0.0
+
+
+@dataclass
+class Prediction:
+    masks: np.ndarray  # (B, H, W) bool, one per box (or one for a points-only prompt)
+    low_res_logits: np.ndarray  # (B, 1, 256, 256) float32, feed back as mask_input to refine
+    iou: np.ndarray  # (B,) predicted IoU
+    decode_ms: float = 0.0
+    boxes: np.ndarray | None = field(default=None)  # the boxes after clipping, original pixels
+
+
+def _check_rgb(rgb: np.ndarray) -> np.ndarray:
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise TypeError("encode() takes the uint8 (H, W, 3) display image from medsam_core.imageio")
+    return np.ascontiguousarray(rgb)
+
+
+class Predictor:
+    def __init__(self, model: LoadedModel, cache: EmbeddingCache | None = None, backend: str = "auto",
+                 onnx_dir: str | Path | None = None):
+        self.model = model
+        self.cache = cache if cache is not None else EmbeddingCache(store=None)
+        self.backend = make_backend(model, backend, onnx_dir)
+        self.preprocessor = model.family.preprocessor
+        self.encoder_runs = 0
+
+    @property
+    def family(self) -> str:
+        return self.model.family.name
+
+    def cache_key(self, rgb: np.ndarray) -> CacheKey:
+        return CacheKey(pixel_sha256(_check_rgb(rgb)), self.family, self.model.encoder_digest)
+
+    def encode(self, rgb: np.ndarray) -> Embedding:
+        rgb = _check_rgb(rgb)
+        start = time.perf_counter()
+        key = self.cache_key(rgb)
+        features = self.cache.get(key)
+        hit = features is not None
+        if not hit:
+            tensor = self.preprocessor.to_tensor(rgb)
+            # Round to fp16 straight away, so a fresh embedding and a cached one
+            # give bit-identical masks.
+            features = self.cache.put(key, self.backend.encode(tensor))
+            self.encoder_runs += 1
+        return Embedding(
+            features=features, family=self.family, encoder_digest=self.model.encoder_digest,
+            original_size=(int(rgb.shape[0]), int(rgb.shape[1])), input_size=self.preprocessor.input_size,
+            key=key, cache_hit=hit, encode_ms=(time.perf_counter() - start) * 1000,
+        )
+
+    def decode(self, embedding: Embedding, boxes=None, points=None, mask_input=None,
+               multimask: bool | None = None) -> Prediction:
+        """Boxes ``[x0, y0, x1, y1]`` and points ``(x, y, label)`` in original pixels.
+
+        Several boxes decode in one batched call; the points, if any, refine
+        every box. ``multimask`` defaults to SAM's advice: on for a single
+        point with no box (ambiguous), off otherwise.
+        """
+        if embedding.family != self.family or embedding.encoder_digest != self.model.encoder_digest:
+            raise ValueError("this embedding was made by another model; encode the image with this predictor")
+        start = time.perf_counter()
+        size = embedding.original_size
+        box_arr = validate_boxes(boxes, size)
+        pts, pt_labels = validate_points(points, size)
+        if box_arr is None and pts is None:
+            raise PromptError("give at least one box [x0, y0, x1, y1] or one point (x, y, label)")
+        n_prompts = 1 if box_arr is None else len(box_arr)
+        scale = self.preprocessor.scale_coords
+        coords, labels = build_prompt_arrays(
+            None if box_arr is None else scale(box_arr.reshape(-1, 2, 2), size).reshape(-1, 4),
+            None if pts is None else scale(pts, size), pt_labels,
+        )
+        masks_in, has_mask = validate_mask_input(mask_input, n_prompts)
+        features = embedding.features.astype(np.float32)[None]
+        all_logits, all_iou = self.backend.decode(features, coords, labels, masks_in, has_mask)
+        if multimask is None:
+            multimask = box_arr is None and pts is not None and len(pts) == 1
+        if multimask:
+            best = 1 + np.argmax(all_iou[:, 1:], axis=1)
+        else:
+            best = np.zeros(n_prompts, dtype=np.int64)
+        rows = np.arange(n_prompts)
+        low_res = np.ascontiguousarray(all_logits[rows, best][:, None], dtype=np.float32)
+        iou = all_iou[rows, best].astype(np.float32)
+        full = self.preprocessor.logits_to_original(torch.from_numpy(low_res), size)
+        masks = (full[:, 0] > 0).numpy()
+        return Prediction(masks=masks, low_res_logits=low_res, iou=iou,
+                          decode_ms=(time.perf_counter() - start) * 1000, boxes=box_arr)
+
+    def segment(self, rgb: np.ndarray, boxes=None, points=None) -> tuple[Embedding, Prediction]:
+        embedding = self.encode(rgb)
+        return embedding, self.decode(embedding, boxes=boxes, points=points)
+

@@ -1,0 +1,90 @@
+"""Prompt validation: every box, point and mask input is checked against the image before the model sees it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medsam_core.errors import PromptError
+
+LOW_RES = 256
+
+
+def validate_boxes(boxes, size: tuple[int, int]) -> np.ndarray | None:
+    """(B, 4) float32 boxes clipped to the image.
+
+    Corners may come in either order (a drag from bottom-right to top-left is
+    still a box). A box of zero width or height, or one that lies wholly
+    outside the image, is refused with the image size in the message.
+    """
+    if boxes is None:
+        return None
+    try:
+        arr = np.asarray(boxes, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PromptError(f"boxes must be numbers [x0, y0, x1, y1], got {boxes!r}") from None
+    if arr.size == 0:
+        return None
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise PromptError(f"each box needs exactly 4 numbers [x0, y0, x1, y1]; got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise PromptError("box coordinates must be finite numbers")
+    height, width = size
+    out = np.empty_like(arr)
+    for i, (x0, y0, x1, y1) in enumerate(arr):
+        x0, x1 = sorted((x0, x1))
+        y0, y1 = sorted((y0, y1))
+        if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
+            raise PromptError(
+                f"box {i + 1} [{x0:g}, {y0:g}, {x1:g}, {y1:g}] lies wholly outside the "
+                f"{width}x{height} image (x from 0 to {width}, y from 0 to {height})"
+            )
+        cx0, cx1 = np.clip([x0, x1], 0, width)
+        cy0, cy1 = np.clip([y0, y1], 0, height)
+        if cx1 - cx0 < 1 or cy1 - cy0 < 1:
+            raise PromptError(
+                f"box {i + 1} [{x0:g}, {y0:g}, {x1:g}, {y1:g}] has no area inside the image; "
+                "draw a box at least 1 pixel wide and high"
+            )
+        out[i] = (cx0, cy0, cx1, cy1)
+    return out.astype(np.float32)
+
+
+def validate_points(points, size: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(N, 3) rows of x, y, label (1 include, 0 exclude) -> (N, 2) coords and (N,) labels."""
+    if points is None:
+        return None, None
+    try:
+        arr = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PromptError(f"points must be numbers (x, y, label), got {points!r}") from None
+    if arr.size == 0:
+        return None, None
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise PromptError(f"each point needs 3 numbers (x, y, label); got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise PromptError("point coordinates must be finite numbers")
+    height, width = size
+    for i, (x, y, label) in enumerate(arr):
+        if label not in (0, 1):
+            raise PromptError(f"point {i + 1} has label {label:g}; use 1 to include or 0 to exclude")
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise PromptError(f"point {i + 1} ({x:g}, {y:g}) lies outside the {width}x{height} image")
+    return arr[:, :2].astype(np.float32), arr[:, 2].astype(np.float32)
+
+
+def validate_mask_input(mask_input, n_prompts: int) -> tuple[np.ndarray, np.ndarray]:
+    """Previous low-res logits (from ``Prediction.low_res_logits``) -> (B, 1, 256, 256) and the has-mask flag."""
+    if mask_input is None:
+        return np.zeros((n_prompts, 1, LOW_RES, LOW_RES), np.float32), np.zeros(1, np.float32)
+    arr = np.asarray(mask_input, dtype=np.float32)
+    arr = arr.reshape((-1, 1, LOW_RES, LOW_RES)) if arr.size % (LOW_RES * LOW_RES) == 0 else None
+    if arr is None or arr.shape[0] not in (1, n_prompts):
+        raise PromptError(f"mask_input must be the 256x256 low-res logits of a previous prediction, one per prompt")
+    if not np.isfinite(arr).all():
+        raise PromptError("mask_input holds non-finite values")
+    arr = np.ascontiguousarray(np.broadcast_to(arr, (n_prompts, 1, LOW_RES, LOW_RES)))
+    return arr, np.ones(1, np.float32)
