@@ -187,6 +187,8 @@ def _read_tiff(path: str, max_pixels: int) -> MedicalImage:
 
     try:
         with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise _fail(path, "the TIFF file contains no image pages; export it again.")
             series = tif.series[0]
             shape, axes = tuple(series.shape), series.axes
             if "Y" in axes and "X" in axes:
@@ -219,7 +221,7 @@ def _read_tiff(path: str, max_pixels: int) -> MedicalImage:
     # Pages, channels of a hyperstack, time points...: all become slices.
     lead = arr.shape[: arr.ndim - spatial]
     arr = arr.reshape((int(np.prod(lead)),) + arr.shape[arr.ndim - spatial:])
-    return _finish(path, arr, arr.dtype != np.uint8, "tiff", max_pixels)
+    return _finish(path, arr, arr.dtype not in (np.uint8, np.bool_), "tiff", max_pixels)
 
 
 def _read_npy(path: str, max_pixels: int) -> MedicalImage:
@@ -254,7 +256,7 @@ def _read_npy(path: str, max_pixels: int) -> MedicalImage:
         arr = arr[..., 0]
     if arr.ndim == 3:
         arr = arr[None]
-    return _finish(path, arr, arr.dtype != np.uint8, "npy", max_pixels)
+    return _finish(path, arr, arr.dtype not in (np.uint8, np.bool_), "npy", max_pixels)
 
 
 def _dicom_rescale(ds) -> tuple[float, float]:

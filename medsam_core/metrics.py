@@ -1,0 +1,48 @@
+"""Dice, IoU and normalised surface Dice on binary masks, vectorised numpy.
+
+NSD follows the MedSAM/MSD definition: the fraction of both boundaries that lie
+within ``tolerance`` pixels of the other boundary. Distances come from SciPy's
+exact Euclidean distance transform.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+
+def _pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
+    p, t = np.asarray(pred).astype(bool), np.asarray(truth).astype(bool)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction {p.shape} and ground truth {t.shape} differ in shape")
+    return p, t
+
+
+def dice(pred, truth) -> float:
+    """1.0 when both are empty: nothing to find, nothing found."""
+    p, t = _pair(pred, truth)
+    total = p.sum() + t.sum()
+    return 1.0 if total == 0 else float(2.0 * np.logical_and(p, t).sum() / total)
+
+
+def iou(pred, truth) -> float:
+    p, t = _pair(pred, truth)
+    union = np.logical_or(p, t).sum()
+    return 1.0 if union == 0 else float(np.logical_and(p, t).sum() / union)
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    return mask & ~ndimage.binary_erosion(mask, structure=np.ones((3,) * mask.ndim), border_value=0)
+
+
+def normalized_surface_dice(pred, truth, tolerance: float = 2.0) -> float:
+    p, t = _pair(pred, truth)
+    if not p.any() and not t.any():
+        return 1.0
+    if not p.any() or not t.any():
+        return 0.0
+    bp, bt = _boundary(p), _boundary(t)
+    dist_to_t = ndimage.distance_transform_edt(~bt)
+    dist_to_p = ndimage.distance_transform_edt(~bp)
+    close = (dist_to_t[bp] <= tolerance).sum() + (dist_to_p[bt] <= tolerance).sum()
+    return float(close / (bp.sum() + bt.sum()))

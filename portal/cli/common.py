@@ -1,0 +1,32 @@
+"""Options shared by the model-running commands, and building a predictor from settings."""
+
+from __future__ import annotations
+
+import argparse
+
+from portal.store.settings import Settings, get_settings
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    from medsam_core.models import FAMILIES
+
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", metavar="NAME", default=None,
+                       help=f"model family: {', '.join(FAMILIES)} (default: MEDSAM_DEFAULT_MODEL or lite)")
+    group.add_argument("--checkpoint", metavar="PATH", default=None,
+                       help="weights file; required for the ViT families, optional for lite (bundled)")
+    group.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: MEDSAM_DEVICE)")
+    group.add_argument("--backend", choices=("auto", "torch", "onnx"), default=None,
+                       help="inference backend (default: MEDSAM_INFERENCE_BACKEND, auto)")
+
+
+def build_predictor(args: argparse.Namespace, settings: Settings | None = None):
+    from medsam_core.cache import DirectoryEmbeddingStore, EmbeddingCache
+    from medsam_core.models import load_model
+    from medsam_core.predictor import Predictor
+
+    settings = settings or get_settings()
+    model = load_model(args.model or settings.default_model, args.checkpoint, args.device or settings.device)
+    store = DirectoryEmbeddingStore(settings.embedding_dir, settings.embedding_cache_mb * 1024 * 1024)
+    cache = EmbeddingCache(store, memory_items=settings.embedding_memory_items)
+    return Predictor(model, cache, backend=args.backend or settings.inference_backend, onnx_dir=settings.onnx_dir)

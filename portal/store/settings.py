@@ -1,0 +1,38 @@
+"""The one settings object. Every ``MEDSAM_*`` variable (or a line in ``.env``) lands here.
+
+``medsam_core`` never reads it: the CLI, the workers and the portal pass plain
+values down, so the engine stays usable from any script.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MEDSAM_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(Path("./medsam_data"), description="Database, blobs, caches and exports live here.")
+    default_model: str = Field("lite", description="Model family used when none is named.")
+    device: str = Field("auto", description="'auto' (GPU if present), 'cpu', 'cuda' or 'cuda:N'.")
+    inference_backend: str = Field("auto", description="'auto' (ONNX Runtime for lite on CPU), 'torch' or 'onnx'.")
+    max_image_pixels: int = Field(100_000_000, gt=0, description="Largest image, per slice, accepted.")
+    embedding_cache_mb: int = Field(5120, gt=0, description="Disk budget of the embedding cache (2 MB each).")
+    embedding_memory_items: int = Field(16, ge=0, description="Embeddings kept in memory per process.")
+
+    @property
+    def embedding_dir(self) -> Path:
+        return self.data_dir / "embeddings"
+
+    @property
+    def onnx_dir(self) -> Path:
+        return self.data_dir / "onnx"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
