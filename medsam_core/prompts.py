@@ -9,6 +9,25 @@ from medsam_core.errors import PromptError
 LOW_RES = 256
 
 
+def _rows(values, columns: int, what: str, form: str) -> np.ndarray | None:
+    """Any nested sequence -> (N, columns) finite float64, or None for nothing given."""
+    if values is None:
+        return None
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PromptError(f"a {what} must be numbers {form}, got {values!r}") from None
+    if arr.size == 0:
+        return None
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != columns:
+        raise PromptError(f"each {what} needs exactly {columns} numbers {form}; got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise PromptError(f"{what} coordinates must be finite numbers")
+    return arr
+
+
 def validate_boxes(boxes, size: tuple[int, int]) -> np.ndarray | None:
     """(B, 4) float32 boxes clipped to the image.
 
@@ -16,20 +35,9 @@ def validate_boxes(boxes, size: tuple[int, int]) -> np.ndarray | None:
     still a box). A box of zero width or height, or one that lies wholly
     outside the image, is refused with the image size in the message.
     """
-    if boxes is None:
+    arr = _rows(boxes, 4, "box", "[x0, y0, x1, y1]")
+    if arr is None:
         return None
-    try:
-        arr = np.asarray(boxes, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise PromptError(f"boxes must be numbers [x0, y0, x1, y1], got {boxes!r}") from None
-    if arr.size == 0:
-        return None
-    if arr.ndim == 1:
-        arr = arr[None]
-    if arr.ndim != 2 or arr.shape[1] != 4:
-        raise PromptError(f"each box needs exactly 4 numbers [x0, y0, x1, y1]; got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise PromptError("box coordinates must be finite numbers")
     height, width = size
     out = np.empty_like(arr)
     for i, (x0, y0, x1, y1) in enumerate(arr):
@@ -53,20 +61,9 @@ def validate_boxes(boxes, size: tuple[int, int]) -> np.ndarray | None:
 
 def validate_points(points, size: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(N, 3) rows of x, y, label (1 include, 0 exclude) -> (N, 2) coords and (N,) labels."""
-    if points is None:
+    arr = _rows(points, 3, "point", "(x, y, label)")
+    if arr is None:
         return None, None
-    try:
-        arr = np.asarray(points, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise PromptError(f"points must be numbers (x, y, label), got {points!r}") from None
-    if arr.size == 0:
-        return None, None
-    if arr.ndim == 1:
-        arr = arr[None]
-    if arr.ndim != 2 or arr.shape[1] != 3:
-        raise PromptError(f"each point needs 3 numbers (x, y, label); got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise PromptError("point coordinates must be finite numbers")
     height, width = size
     for i, (x, y, label) in enumerate(arr):
         if label not in (0, 1):
