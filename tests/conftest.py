@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,13 @@ REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 DEMO_IMAGE = REPO / "demo" / "ct_abdomen.png"
 DEMO_BOX = [95, 255, 190, 350]
+WANT_S3 = IN_CI or os.environ.get("MEDSAM_TEST_S3", "") == "1"
+DUMMY_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def require(condition: bool, reason: str) -> None:
@@ -90,3 +98,42 @@ def run_medsam(data_dir):
         return subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """One moto server per session; each test gets its own bucket on it."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        if IN_CI:
+            pytest.fail(f"required in CI: moto[server] is not installed ({exc})")
+        pytest.skip(f"moto[server] is not installed ({exc})")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    try:
+        server.start()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        if IN_CI:
+            pytest.fail(f"required in CI: moto server did not start ({exc})")
+        pytest.skip(f"moto server did not start ({exc})")
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(monkeypatch):
+    for name, value in DUMMY_AWS_ENV.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def new_bucket(request, s3_env):
+    moto_endpoint = request.getfixturevalue("moto_endpoint")
+    import fsspec
+
+    bucket = f"medsam-test-{uuid.uuid4().hex[:16]}"
+    fsspec.filesystem("s3", endpoint_url=moto_endpoint, use_listings_cache=False).mkdir(bucket)
+    return moto_endpoint, bucket

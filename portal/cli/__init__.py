@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from portal.cli import evaluate_cmd, segment_cmd
+from portal.cli import db_cmd, evaluate_cmd, segment_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     segment_cmd.register(sub)
     evaluate_cmd.register(sub)
+    db_cmd.register(sub)
     return parser
 
 

@@ -23,6 +23,20 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(100_000_000, gt=0, description="Largest image, per slice, accepted.")
     embedding_cache_mb: int = Field(5120, gt=0, description="Disk budget of the embedding cache (2 MB each).")
     embedding_memory_items: int = Field(16, ge=0, description="Embeddings kept in memory per process.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in data_dir.")
+    storage_url: str | None = Field(None, description="Blob store: a folder, file:///path or s3://bucket/prefix.")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. MinIO's.")
+    auto_migrate: bool = Field(True, description="Upgrade a database that is behind when the app starts.")
+    keep_dicom_identifiers: bool = Field(False, description="Store DICOM uploads with patient tags intact.")
+    gc_grace_hours: float = Field(1.0, ge=0, description="Unreferenced blobs younger than this are kept.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'medsam.db').resolve()}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str((self.data_dir / "blobs").resolve())
 
     @property
     def embedding_dir(self) -> Path:

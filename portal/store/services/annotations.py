@@ -1,0 +1,159 @@
+"""Saving, submitting and reviewing annotations without ever overwriting anyone's work.
+
+Every save names the revision it started from. The save lands only if that is
+still the latest revision: a conditional UPDATE on the annotation row decides
+the race, and the unique (annotation, number) constraint on revisions backs it
+up. The loser gets a ``ConflictError`` naming the newer revision and its author.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from portal.store.errors import ConflictError, NotFoundError, StoreError
+from portal.store.models import (
+    Annotation,
+    AnnotationRevision,
+    AnnotationStatus,
+    Image,
+    Review,
+    Role,
+    User,
+    utcnow,
+)
+from portal.store.services.audit import record
+from portal.store.services.masks import check_mask_shape, mask_to_bytes
+from portal.store.services.projects import get_project, label_names
+from portal.store.services.users import require_role
+from portal.store.store import Store
+
+
+def save_revision(store: Store, actor: User, image_id: int, label: str, mask: np.ndarray, base_revision: int,
+                  *, base_mask_id: int | None = None, model_version_id: int | None = None,
+                  prompt: dict[str, Any] | None = None, comment: str | None = None,
+                  submit: bool = False) -> AnnotationRevision:
+    """Append revision ``base_revision + 1``; 0 means "there was nothing yet"."""
+    with store.transaction() as session:
+        image = session.get(Image, image_id)
+        if image is None:
+            raise NotFoundError(f"image {image_id} does not exist")
+        project = get_project(session, actor, image.project_id)
+        if label not in label_names(project):
+            raise StoreError(f"'{label}' is not a label class of project '{project.name}': "
+                             f"{', '.join(label_names(project))}")
+        check_mask_shape(image, mask)
+        project_id = image.project_id
+    blob = store.blobs.put_bytes(mask_to_bytes(mask))
+    try:
+        with store.transaction() as session:
+            annotation = session.scalar(select(Annotation).where(Annotation.image_id == image_id,
+                                                                 Annotation.label == label))
+            if annotation is None:
+                if base_revision != 0:
+                    raise NotFoundError(f"no annotation '{label}' on image {image_id} to continue from revision "
+                                        f"{base_revision}")
+                annotation = Annotation(image_id=image_id, label=label, created_by=actor.id)
+                session.add(annotation)
+                session.flush()
+            status = AnnotationStatus.submitted if submit else AnnotationStatus.draft
+            won = session.execute(
+                update(Annotation)
+                .where(Annotation.id == annotation.id, Annotation.current_revision == base_revision)
+                .values(current_revision=base_revision + 1, status=status, updated_at=utcnow())
+            ).rowcount
+            if won != 1:
+                raise _conflict(session, annotation.id, base_revision)
+            revision = AnnotationRevision(
+                annotation_id=annotation.id, number=base_revision + 1, author_id=actor.id, blob_sha=blob,
+                base_mask_id=base_mask_id, model_version_id=model_version_id, prompt=prompt, comment=comment)
+            session.add(revision)
+            session.flush()
+            record(session, actor, "annotation.save", "annotation", annotation.id, project_id,
+                   revision=revision.number, submitted=submit)
+        return revision
+    except IntegrityError:
+        with store.transaction() as session:
+            annotation = session.scalar(select(Annotation).where(Annotation.image_id == image_id,
+                                                                 Annotation.label == label))
+            raise _conflict(session, annotation.id if annotation else None, base_revision) from None
+
+
+def _conflict(session, annotation_id: int | None, base_revision: int) -> ConflictError:
+    latest = None
+    if annotation_id is not None:
+        latest = session.scalar(select(AnnotationRevision).where(AnnotationRevision.annotation_id == annotation_id)
+                                .order_by(AnnotationRevision.number.desc()).limit(1))
+    if latest is None:
+        return ConflictError(f"someone else started this annotation at the same moment; reload it "
+                             f"(you saved from revision {base_revision})", current_revision=None)
+    author = session.get(User, latest.author_id) if latest.author_id else None
+    name = author.username if author else "a deleted user"
+    return ConflictError(
+        f"revision {latest.number} by {name} was saved after revision {base_revision}, which you started from; "
+        "nothing was overwritten: compare both and save again from the newer one",
+        current_revision=latest.number, author=name)
+
+
+def _transition(store: Store, actor: User, annotation_id: int, to: AnnotationStatus, allowed_from: set,
+                comment: str | None = None) -> Annotation:
+    with store.transaction() as session:
+        annotation = session.get(Annotation, annotation_id)
+        if annotation is None:
+            raise NotFoundError(f"annotation {annotation_id} does not exist")
+        image = session.get(Image, annotation.image_id)
+        get_project(session, actor, image.project_id)
+        if annotation.status not in allowed_from or annotation.current_revision == 0:
+            raise StoreError(f"annotation {annotation_id} is {annotation.status.value}; it cannot become {to.value}")
+        annotation.status = to
+        annotation.updated_at = utcnow()
+        if to in (AnnotationStatus.approved, AnnotationStatus.rejected):
+            session.add(Review(annotation_id=annotation_id, revision_number=annotation.current_revision,
+                               reviewer_id=actor.id, decision=to, comment=comment))
+        record(session, actor, f"annotation.{to.value}", "annotation", annotation_id, image.project_id,
+               revision=annotation.current_revision, comment=comment)
+        return annotation
+
+
+def submit(store: Store, actor: User, annotation_id: int) -> Annotation:
+    return _transition(store, actor, annotation_id, AnnotationStatus.submitted,
+                       {AnnotationStatus.draft, AnnotationStatus.rejected})
+
+
+def approve(store: Store, actor: User, annotation_id: int, comment: str | None = None) -> Annotation:
+    require_role(actor, Role.reviewer, Role.admin, doing="approve annotations")
+    return _transition(store, actor, annotation_id, AnnotationStatus.approved, {AnnotationStatus.submitted}, comment)
+
+
+def reject(store: Store, actor: User, annotation_id: int, comment: str) -> Annotation:
+    require_role(actor, Role.reviewer, Role.admin, doing="reject annotations")
+    if not comment or not comment.strip():
+        raise StoreError("say why when rejecting, so the annotator knows what to fix")
+    return _transition(store, actor, annotation_id, AnnotationStatus.rejected, {AnnotationStatus.submitted}, comment)
+
+
+def revisions(store: Store, actor: User, annotation_id: int) -> list[AnnotationRevision]:
+    with store.transaction() as session:
+        annotation = session.get(Annotation, annotation_id)
+        if annotation is None:
+            raise NotFoundError(f"annotation {annotation_id} does not exist")
+        get_project(session, actor, session.get(Image, annotation.image_id).project_id)
+        return list(session.scalars(select(AnnotationRevision).where(AnnotationRevision.annotation_id ==
+                                                                      annotation_id).order_by(AnnotationRevision.number)))
+
+
+def training_set(store: Store, project_id: int) -> list[tuple[Image, str, str]]:
+    """(image, label, mask blob) of every approved annotation, at its approved revision."""
+    with store.transaction() as session:
+        rows = session.execute(
+            select(Image, Annotation.label, AnnotationRevision.blob_sha)
+            .join(Annotation, Annotation.image_id == Image.id)
+            .join(AnnotationRevision, (AnnotationRevision.annotation_id == Annotation.id)
+                  & (AnnotationRevision.number == Annotation.current_revision))
+            .where(Image.project_id == project_id, Annotation.status == AnnotationStatus.approved)
+            .order_by(Image.id, Annotation.label)
+        ).all()
+        return [(image, label, blob) for image, label, blob in rows]

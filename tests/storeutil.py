@@ -1,0 +1,37 @@
+"""Opening a real store (database + blobs) for tests, on each database and storage backend."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+from PIL import Image as PILImage
+
+from portal.store.models import Role
+from portal.store.services.users import create_user
+from portal.store.settings import Settings
+from portal.store.store import Store, open_store
+
+
+def make_store(db_url: str, data_dir, storage_url: str | None = None, **extra) -> Store:
+    settings = Settings(data_dir=data_dir, database_url=db_url, storage_url=storage_url, **extra)
+    return open_store(settings)
+
+
+def new_user(store: Store, role: Role, prefix: str = "u"):
+    with store.transaction() as session:
+        return create_user(session, f"{prefix}{uuid.uuid4().hex[:8]}", "correct horse battery", role)
+
+
+def png_file(folder, seed: int, size=(48, 64)):
+    """A small, unique PNG (different pixels per seed)."""
+    rng = np.random.default_rng(seed)
+    path = folder / f"img_{seed}.png"
+    PILImage.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def square_mask(shape=(48, 64), x0=10, y0=10, side=20):
+    m = np.zeros(shape, np.uint8)
+    m[y0:y0 + side, x0:x0 + side] = 1
+    return m
