@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from portal.cli import db_cmd, evaluate_cmd, segment_cmd
+from portal.cli import db_cmd, evaluate_cmd, segment_cmd, serve_cmd, worker_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment_cmd.register(sub)
     evaluate_cmd.register(sub)
     db_cmd.register(sub)
+    worker_cmd.register(sub)
+    serve_cmd.register(sub)
     return parser
 
 

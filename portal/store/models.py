@@ -35,9 +35,9 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
 
 
-def _enum(cls: type[enum.Enum]) -> Enum:
+def _enum(cls: type[enum.Enum], length: int = 16) -> Enum:
     # Stored as plain strings with a CHECK, so adding a state is a small migration on both databases.
-    return Enum(cls, native_enum=False, validate_strings=True, length=16,
+    return Enum(cls, native_enum=False, validate_strings=True, length=length,
                 values_callable=lambda e: [m.value for m in e])
 
 
@@ -158,6 +158,8 @@ class Mask(Base):
     """A model output, exactly as proposed, with the prompt and version that made it."""
 
     __tablename__ = "masks"
+    # A batch job stores each item's mask once, however often the task is redelivered.
+    __table_args__ = (UniqueConstraint("job_id", "item_index"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
@@ -166,6 +168,8 @@ class Mask(Base):
     blob_sha: Mapped[str] = mapped_column(SHA, index=True)
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    item_index: Mapped[int | None]
 
 
 class Annotation(Base):
@@ -209,23 +213,52 @@ class Review(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class TrainingJob(Base):
+class JobColumns:
+    """What every queued job carries. The row, not the broker, is the source of truth.
+
+    A broker can lose a message fetched by a worker that then dies, so a
+    running job proves it is alive through ``heartbeat_at``, and a reaper
+    requeues jobs whose heartbeat went stale.
+    """
+
+    state: Mapped[JobState] = mapped_column(_enum(JobState), default=JobState.queued, index=True)
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    celery_task_id: Mapped[str | None] = mapped_column(String(64))
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    attempts: Mapped[int] = mapped_column(default=0)
+    heartbeat_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class JobKind(str, enum.Enum):
+    encode_image = "encode_image"
+    segment_batch = "segment_batch"
+    precompute_embeddings = "precompute"
+
+
+class Job(JobColumns, Base):
+    """An inference job: encode one image, pre-label many, or warm a project's embeddings."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[JobKind] = mapped_column(_enum(JobKind, 24))
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    requested_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class TrainingJob(JobColumns, Base):
     __tablename__ = "training_jobs"
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     requested_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    state: Mapped[JobState] = mapped_column(_enum(JobState), default=JobState.queued, index=True)
-    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)  # epoch, step, loss, eta_s
     epoch_metrics: Mapped[list[Any]] = mapped_column(default=list)
-    error: Mapped[str | None] = mapped_column(Text)
-    celery_task_id: Mapped[str | None] = mapped_column(String(64))
     checkpoint_blob: Mapped[str | None] = mapped_column(SHA)  # last epoch's training checkpoint, for resume
-    cancel_requested: Mapped[bool] = mapped_column(default=False)
-    heartbeat_at: Mapped[datetime | None]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    started_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
 
 
 class EmbeddingEntry(Base):

@@ -29,6 +29,16 @@ class Settings(BaseSettings):
     auto_migrate: bool = Field(True, description="Upgrade a database that is behind when the app starts.")
     keep_dicom_identifiers: bool = Field(False, description="Store DICOM uploads with patient tags intact.")
     gc_grace_hours: float = Field(1.0, ge=0, description="Unreferenced blobs younger than this are kept.")
+    broker_url: str | None = Field(None, description="Celery broker; default a SQLite file (no server needed).")
+    result_backend: str | None = Field(None, description="Celery result backend; default a SQLite file.")
+    host: str = Field("127.0.0.1", description="Address the web server listens on.")
+    port: int = Field(7860, ge=1, le=65535, description="Port the web server listens on.")
+    model_pool_size: int = Field(2, ge=1, description="Model versions a worker keeps loaded.")
+    job_heartbeat_s: float = Field(10.0, gt=0, description="How often a running job proves it is alive.")
+    job_stale_s: float = Field(60.0, gt=0, description="A running job silent this long is requeued.")
+    reaper_interval_s: float = Field(30.0, gt=0, description="How often a worker looks for stale jobs.")
+    inference_time_limit_s: int = Field(3600, gt=0, description="Hard time limit of one inference task.")
+    training_time_limit_s: int = Field(7 * 24 * 3600, gt=0, description="Hard time limit of one training task.")
 
     @property
     def resolved_database_url(self) -> str:
@@ -37,6 +47,14 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or str((self.data_dir / "blobs").resolve())
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{(self.data_dir / 'broker.sqlite').resolve()}"
+
+    @property
+    def resolved_result_backend(self) -> str:
+        return self.result_backend or f"db+sqlite:///{(self.data_dir / 'results.sqlite').resolve()}"
 
     @property
     def embedding_dir(self) -> Path:

@@ -6,7 +6,10 @@ import hashlib
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
+
+import numpy as np
 
 from sqlalchemy import select
 
@@ -100,7 +103,7 @@ def fetch_image_file(store: Store, image: Image, dest_dir: str | os.PathLike) ->
         else Path(image.filename).suffix
     target = Path(dest_dir) / f"{image.blob_sha}{suffix}"
     if not target.exists():
-        tmp = target.with_name(f".{target.name}.tmp")
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         with store.blobs.open(image.blob_sha) as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         os.replace(tmp, target)
@@ -121,3 +124,14 @@ def delete_image(store: Store, actor: User, image_id: int) -> None:
                sha256=image.sha256, slices=len(siblings))
         for row in siblings:  # a volume's slices share one file: patient data goes as a whole
             session.delete(row)
+
+
+def display_pixels(store: Store, image: Image) -> np.ndarray:
+    """The uint8 RGB the encoder sees for this row: its slice, in its window."""
+    from medsam_core.imageio import read_image as _read
+
+    folder = store.settings.data_dir / "image_files"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = fetch_image_file(store, image, folder)
+    medical = _read(path, max_pixels=store.settings.max_image_pixels)
+    return medical.display(slice_index=image.slice_index if medical.num_slices > 1 else None, window=image.window)

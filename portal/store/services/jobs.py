@@ -1,0 +1,141 @@
+"""The job state machine, shared by inference and training jobs.
+
+queued -> running -> succeeded | failed | cancelled; running -> queued when the
+reaper finds a dead worker; queued -> cancelled. Every transition is a
+conditional UPDATE, so two workers (or a worker and the reaper) racing on one
+job cannot both win.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import select, update
+
+from portal.store.errors import NotFoundError, StoreError
+from portal.store.models import Job, JobKind, JobState, TrainingJob, User, utcnow
+from portal.store.services.audit import record
+from portal.store.store import Store
+
+JobModel = type[Job] | type[TrainingJob]
+FINISHED = (JobState.succeeded, JobState.failed, JobState.cancelled)
+
+
+class JobCancelled(Exception):
+    """Raised inside a task between steps when someone asked to cancel."""
+
+
+def create_job(store: Store, kind: JobKind, params: dict[str, Any], *, project_id: int | None = None,
+               actor: User | None = None) -> Job:
+    with store.transaction() as session:
+        job = Job(kind=kind, params=params, project_id=project_id, requested_by=actor.id if actor else None)
+        session.add(job)
+        session.flush()
+        record(session, actor, "job.queued", "job", job.id, project_id, kind=kind.value)
+        return job
+
+
+def get_job(store: Store, model: JobModel, job_id: int):
+    with store.transaction() as session:
+        job = session.get(model, job_id)
+        if job is None:
+            raise NotFoundError(f"{model.__tablename__[:-1].replace('_', ' ')} {job_id} does not exist")
+        return job
+
+
+def set_task_id(store: Store, model: JobModel, job_id: int, task_id: str) -> None:
+    with store.transaction() as session:
+        session.execute(update(model).where(model.id == job_id).values(celery_task_id=task_id))
+
+
+@dataclass
+class Claim:
+    job: Job | TrainingJob | None
+    reason: str = ""
+
+
+def claim(store: Store, model: JobModel, job_id: int, task_id: str | None) -> Claim:
+    """Mark the job running for this delivery; a finished job is left alone (idempotent redelivery)."""
+    with store.transaction() as session:
+        job = session.get(model, job_id)
+        if job is None:
+            return Claim(None, f"job {job_id} does not exist")
+        if job.state in FINISHED:
+            return Claim(None, f"job {job_id} is already {job.state.value}")
+        if job.cancel_requested:
+            _finish(session, job, JobState.cancelled)
+            return Claim(None, f"job {job_id} was cancelled before it started")
+        now = utcnow()
+        job.state = JobState.running
+        job.heartbeat_at = now
+        job.started_at = job.started_at or now
+        job.attempts += 1
+        job.celery_task_id = task_id or job.celery_task_id
+        record(session, None, "job.running", model.__tablename__, job_id, job.project_id, attempt=job.attempts)
+        return Claim(job)
+
+
+def heartbeat(store: Store, model: JobModel, job_id: int, progress: dict[str, Any] | None = None) -> None:
+    """Prove liveness (and report progress); raise JobCancelled if a cancel was asked for."""
+    with store.transaction() as session:
+        values: dict[str, Any] = {"heartbeat_at": utcnow()}
+        if progress is not None:
+            values["progress"] = progress
+        session.execute(update(model).where(model.id == job_id, model.state == JobState.running).values(**values))
+        cancel = session.scalar(select(model.cancel_requested).where(model.id == job_id))
+    if cancel:
+        raise JobCancelled(f"job {job_id} was cancelled")
+
+
+def _finish(session, job, state: JobState, error: str | None = None, result: dict | None = None) -> None:
+    job.state = state
+    job.finished_at = utcnow()
+    job.error = error
+    if result is not None and hasattr(job, "result"):
+        job.result = result
+    record(session, None, f"job.{state.value}", type(job).__tablename__, job.id, job.project_id, error=error)
+
+
+def finish(store: Store, model: JobModel, job_id: int, state: JobState, *, error: str | None = None,
+           result: dict | None = None) -> None:
+    with store.transaction() as session:
+        job = session.get(model, job_id)
+        if job is not None and job.state not in FINISHED:
+            _finish(session, job, state, error, result)
+
+
+def request_cancel(store: Store, model: JobModel, job_id: int, actor: User | None = None) -> Job | TrainingJob:
+    """Flag the job; a queued job is cancelled at once, a running one at its next step."""
+    with store.transaction() as session:
+        job = session.get(model, job_id)
+        if job is None:
+            raise NotFoundError(f"job {job_id} does not exist")
+        if job.state in FINISHED:
+            raise StoreError(f"job {job_id} is already {job.state.value}")
+        job.cancel_requested = True
+        if job.state == JobState.queued:
+            _finish(session, job, JobState.cancelled)
+        record(session, actor, "job.cancel", model.__tablename__, job_id, job.project_id)
+        return job
+
+
+def stale_jobs(store: Store, model: JobModel, stale_after: timedelta) -> list[int]:
+    cutoff = datetime.now(timezone.utc) - stale_after
+    with store.transaction() as session:
+        return list(session.scalars(select(model.id).where(model.state == JobState.running,
+                                                           model.heartbeat_at < cutoff)))
+
+
+def requeue_if_stale(store: Store, model: JobModel, job_id: int, stale_after: timedelta) -> bool:
+    """Move a silent running job back to queued; only one reaper wins the conditional update."""
+    cutoff = datetime.now(timezone.utc) - stale_after
+    with store.transaction() as session:
+        won = session.execute(
+            update(model).where(model.id == job_id, model.state == JobState.running, model.heartbeat_at < cutoff)
+            .values(state=JobState.queued, heartbeat_at=None)
+        ).rowcount
+        if won:
+            record(session, None, "job.requeued", model.__tablename__, job_id, None, reason="stale heartbeat")
+        return bool(won)

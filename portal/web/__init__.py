@@ -1,0 +1,1 @@
+"""The web process: one ASGI app (FastAPI REST + health; the Gradio UI mounts here)."""
