@@ -1,0 +1,226 @@
+"""The training loop, shared by ``medsam train`` and the Celery training task.
+
+Persistence is the caller's: after every epoch the trainer hands over a
+complete checkpoint dict (model, optimizer, epoch, best weights, history), and
+``fit`` accepts one back to resume. The best weights are chosen by validation
+Dice, never by training loss, and start as the untouched weights, so the best
+checkpoint can never be worse than where training began.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from medsam_core.errors import MedsamError
+from medsam_core.metrics import dice, normalized_surface_dice
+from medsam_core.models import LoadedModel
+from medsam_core.predictor import Predictor
+from medsam_core.prompt_decoder import BOX_CORNER_LABELS, PromptDecoder
+from medsam_core.training.data import LOW_RES, Prepared, Sample, jitter_box, prepare
+from medsam_core.training.losses import medsam_loss
+
+MODES = ("decoder", "full")
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "decoder"
+    epochs: int = 5
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    bbox_shift: float = 20.0  # pixels at 1024, scaled to the family's input size
+    seed: int = 0
+    early_stopping: int | None = None  # epochs without a better validation Dice
+    nsd_tolerance: float = 2.0
+    flips: bool = True  # full mode only: cached embeddings cannot be flipped
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise MedsamError(f"unknown training mode '{self.mode}'; choose decoder or full")
+        if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise MedsamError("epochs, batch size and gradient accumulation must be at least 1")
+        if not (0 < self.lr < 1):
+            raise MedsamError(f"learning rate {self.lr} is out of range; MedSAM uses 1e-4")
+        if self.bbox_shift < 0:
+            raise MedsamError("bbox shift must be 0 or more pixels")
+
+
+@dataclass
+class TrainResult:
+    baseline_val_dice: float
+    best_val_dice: float
+    best_epoch: int  # 0: the starting weights were best
+    history: list[dict] = field(default_factory=list)
+    best_state: dict | None = None
+
+
+StepCallback = Callable[[dict], None]
+EpochCallback = Callable[[dict, dict], None]  # (epoch record, checkpoint dict)
+
+
+class Trainer:
+    def __init__(self, model: LoadedModel, config: TrainConfig, predictor: Predictor | None = None):
+        config.validate()
+        self.model, self.config = model, config
+        self.module = model.module
+        self.device = model.device
+        self.pre = model.family.preprocessor
+        self.shift = config.bbox_shift * self.pre.input_size / 1024
+        # Decoder mode reads embeddings through the predictor's cache: encoded once, shared with inference.
+        self.predictor = predictor
+        if config.mode == "decoder" and predictor is None:
+            raise ValueError("decoder mode needs a predictor (with its embedding cache) for the frozen encoder")
+        self.decoder = PromptDecoder(self.module.prompt_encoder, self.module.mask_decoder)
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        trainable = list(self.module.mask_decoder.parameters())
+        if config.mode == "full":
+            trainable += list(self.module.image_encoder.parameters())
+        for p in trainable:
+            p.requires_grad_(True)
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        self.amp_dtype = None
+        if self.device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    # -- data -------------------------------------------------------------
+
+    def _prepare(self, samples: list[Sample]) -> list[Prepared]:
+        prepared = [prepare(s, self.pre) for s in samples]
+        return [p for p in prepared if p.targets]
+
+    def _embedding(self, item: Prepared) -> torch.Tensor:
+        return torch.from_numpy(self.predictor.encode(item.sample.load_rgb()).features.astype(np.float32))
+
+    # -- one batch ----------------------------------------------------------
+
+    def _forward(self, embeddings: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
+        coords = torch.from_numpy(boxes.reshape(-1, 2, 2)).to(self.device)
+        labels = torch.tensor([BOX_CORNER_LABELS] * len(boxes), device=self.device)
+        mask_in = torch.zeros(len(boxes), 1, LOW_RES, LOW_RES, device=self.device)
+        logits, _ = self.decoder(embeddings, coords, labels, mask_in, torch.zeros(1, device=self.device))
+        return logits[:, :1]
+
+    def _batch_inputs(self, batch: list[Prepared], rng: np.random.Generator):
+        targets = [item.targets[rng.integers(len(item.targets))] for item in batch]  # one object per image
+        boxes = np.stack([jitter_box(t.box, self.shift, self.pre.input_size, rng) for t in targets])
+        gts = torch.stack([t.low_res for t in targets]).to(self.device)
+        if self.config.mode == "decoder":
+            with torch.no_grad():
+                embeddings = torch.stack([self._embedding(item) for item in batch]).to(self.device)
+            return embeddings, boxes, gts
+        images, flipped_gts, flipped_boxes = [], [], []
+        for item, target in zip(batch, targets):
+            rgb, labels = item.sample.load_rgb(), np.asarray(item.sample.load_labels())
+            if self.config.flips and rng.random() < 0.5:  # flip before preprocessing: padding stays right
+                rgb, labels = np.ascontiguousarray(rgb[:, ::-1]), np.ascontiguousarray(labels[:, ::-1])
+                redo = prepare(Sample(item.sample.key, item.sample.group, lambda r=rgb: r, lambda m=labels: m),
+                               self.pre)
+                target = next(t for t in redo.targets if t.label == target.label)
+            images.append(self.pre.to_tensor(rgb)[0])
+            flipped_gts.append(target.low_res)
+            flipped_boxes.append(jitter_box(target.box, self.shift, self.pre.input_size, rng))
+        x = torch.stack(images).to(self.device)
+        return self.module.image_encoder(x), np.stack(flipped_boxes), torch.stack(flipped_gts).to(self.device)
+
+    # -- validation ---------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self, val: list[Prepared]) -> dict:
+        self.module.eval()
+        dices, nsds = [], []
+        for item in val:
+            if self.config.mode == "decoder":
+                emb = self._embedding(item)[None].to(self.device)
+            else:
+                emb = self.module.image_encoder(self.pre.to_tensor(item.sample.load_rgb()).to(self.device))
+            boxes = np.stack([t.box for t in item.targets])
+            with self._autocast():
+                logits = self._forward(emb, boxes)
+            full = self.pre.logits_to_original(logits.float().cpu(), item.size)[:, 0] > 0
+            labels = np.asarray(item.sample.load_labels())
+            dices.append(np.mean([dice(m.numpy(), labels == t.label) for m, t in zip(full, item.targets)]))
+            nsds.append(np.mean([normalized_surface_dice(m.numpy(), labels == t.label, self.config.nsd_tolerance)
+                                 for m, t in zip(full, item.targets)]))
+        return {"val_dice": float(np.mean(dices)) if dices else float("nan"),
+                "val_nsd": float(np.mean(nsds)) if nsds else float("nan")}
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return torch.autocast("cpu", enabled=False)
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    # -- the loop -------------------------------------------------------------
+
+    def fit(self, train_samples: list[Sample], val_samples: list[Sample], *, resume: dict | None = None,
+            on_step: StepCallback | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
+        cfg = self.config
+        train, val = self._prepare(train_samples), self._prepare(val_samples)
+        if not train:
+            raise MedsamError("no training image has a labelled object")
+        if not val:
+            raise MedsamError("no validation image has a labelled object; add labelled images")
+        if resume is not None:
+            self.module.load_state_dict(resume["model"])
+            self.optimizer.load_state_dict(resume["optimizer"])
+            start, history = int(resume["epoch"]), list(resume["history"])
+            baseline, best_dice, best_epoch = resume["baseline_val_dice"], resume["best_val_dice"], resume["best_epoch"]
+            best_state = resume["best_model"]
+        else:
+            baseline = self.validate(val)["val_dice"]
+            start, history, best_dice, best_epoch = 0, [], baseline, 0
+            best_state = copy.deepcopy(self.module.state_dict())
+        steps = math.ceil(len(train) / cfg.batch_size)
+        for epoch in range(start, cfg.epochs):
+            rng = np.random.default_rng([cfg.seed, epoch])  # same order and jitter after a resume
+            torch.manual_seed(cfg.seed * 1000 + epoch)
+            order = rng.permutation(len(train))
+            self.module.train()
+            started, losses = time.perf_counter(), []
+            for step in range(steps):
+                batch = [train[i] for i in order[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
+                with self._autocast():
+                    embeddings, boxes, gts = self._batch_inputs(batch, rng)
+                    logits = self._forward(embeddings, boxes)
+                    loss = medsam_loss(logits, gts) / cfg.grad_accum
+                self.scaler.scale(loss).backward()
+                if (step + 1) % cfg.grad_accum == 0 or step + 1 == steps:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()) * cfg.grad_accum)
+                if on_step is not None:
+                    elapsed = time.perf_counter() - started
+                    remaining = elapsed / (step + 1) * (steps - step - 1) + (cfg.epochs - epoch - 1) * (
+                        elapsed / (step + 1) * steps)
+                    on_step({"epoch": epoch + 1, "epochs": cfg.epochs, "step": step + 1, "steps": steps,
+                             "loss": round(losses[-1], 5), "eta_s": round(remaining, 1)})
+            scores = self.validate(val)
+            record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **scores,
+                      "seconds": round(time.perf_counter() - started, 2)}
+            history.append(record)
+            if scores["val_dice"] > best_dice:
+                best_dice, best_epoch = scores["val_dice"], epoch + 1
+                best_state = copy.deepcopy(self.module.state_dict())
+            if on_epoch is not None:
+                on_epoch(record, {
+                    "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch + 1,
+                    "history": history, "baseline_val_dice": baseline, "best_val_dice": best_dice,
+                    "best_epoch": best_epoch, "best_model": best_state, "family": self.model.family.name,
+                    "config": asdict(cfg),
+                })
+            if cfg.early_stopping and epoch + 1 - max(best_epoch, start) >= cfg.early_stopping:
+                break
+        self.module.eval()
+        return TrainResult(baseline, best_dice, best_epoch, history, best_state)
+
