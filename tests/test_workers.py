@@ -51,8 +51,9 @@ def env(request, tmp_path_factory, data_dir):
     store = open_store(settings)
     worker = WorkerProcess(values, folder / "worker.log").start()
     worker.wait_ready()
-    yield {"values": values, "store": store, "app": make_app(settings), "worker": worker, "folder": folder}
-    worker.stop()
+    state = {"values": values, "store": store, "app": make_app(settings), "worker": worker, "folder": folder}
+    yield state
+    state["worker"].stop()  # the kill test replaces the worker: stop the one that runs now
     store.close()
     if redis_client is not None:
         redis_client.flushdb()

@@ -42,7 +42,8 @@ class WorkerProcess:
             text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
         except FileNotFoundError:
             return []
-        return [int(p) for p in text.split()]
+        pids = [int(p) for p in text.split()]
+        return [p for p in pids if b"portal.cli" in Path(f"/proc/{p}/cmdline").read_bytes()]  # not the reaper
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

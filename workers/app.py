@@ -32,7 +32,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         # A message fetched by a worker that dies comes back after this long;
         # the job reaper requeues much sooner, from the job rows.
         transport_options = {"visibility_timeout": 3600}
-    app = Celery("medsam", broker=broker, backend=settings.resolved_result_backend, include=["workers.tasks"])
+    app = Celery("medsam", broker=broker, backend=settings.resolved_result_backend, include=["workers.tasks", "workers.training_tasks"])
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -64,12 +64,27 @@ app = make_app()
 
 
 def _start_reaper(sender=None, **_kwargs) -> None:
-    from workers.reaper import ReaperThread
-    from workers.runtime import get_store
+    """The reaper runs in its own process, never in the worker's main process.
 
-    ReaperThread(get_store()).start()
+    The prefork pool forks new children from the main process at any moment;
+    a child forked while the main process held an SQLite connection inherits
+    SQLite's in-process lock state and then finds the database locked for
+    good. So the main process opens no database at all.
+    """
+    from workers.reaper import start_reaper_process
+
+    start_reaper_process()
 
 
-from celery.signals import worker_ready  # noqa: E402
+from celery.signals import worker_ready, worker_shutdown  # noqa: E402
 
 worker_ready.connect(_start_reaper, weak=False)
+
+
+def _stop_reaper(sender=None, **_kwargs) -> None:
+    from workers.reaper import stop_reaper_process
+
+    stop_reaper_process()
+
+
+worker_shutdown.connect(_stop_reaper, weak=False)

@@ -88,6 +88,18 @@ def task_name(model, job) -> str:
     return TASK_FOR_KIND[job.kind]
 
 
+def submit_finetune(store: Store, actor: User, project_id: int, params: dict[str, Any],
+                    celery_app=None) -> TrainingJob:
+    """Validate, create the job row, queue it on the training queue (one job per GPU worker at a time)."""
+    from portal.store.services import training
+
+    job = training.create_job(store, actor, project_id, params)
+    result = (celery_app or app).send_task("medsam.training.finetune", args=[job.id])
+    jobs.set_task_id(store, TrainingJob, job.id, result.id)
+    job.celery_task_id = result.id
+    return job
+
+
 def cancel(store: Store, model, job_id: int, actor: User | None = None, celery_app=None):
     """Flag the row (a running task stops at its next step) and revoke the queued message.
 

@@ -9,7 +9,6 @@ put back on the queue. Tasks are idempotent, so a duplicate is harmless.
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import timedelta
 
 from portal.store.models import Job, TrainingJob
@@ -37,19 +36,48 @@ def reap(store: Store) -> list[tuple[str, int]]:
     return requeued
 
 
-class ReaperThread(threading.Thread):
-    """Runs in the worker's main process: at start-up, then every ``reaper_interval_s``."""
+_process = None
 
-    def __init__(self, store: Store):
-        super().__init__(daemon=True, name="medsam-reaper")
-        self.store = store
-        self.stop = threading.Event()
 
-    def run(self) -> None:
-        while True:
-            try:
-                reap(self.store)
-            except Exception:  # noqa: BLE001 - the reaper must outlive a database hiccup
-                log.exception("reaper pass failed")
-            if self.stop.wait(self.store.settings.reaper_interval_s):
-                return
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def start_reaper_process() -> None:
+    global _process
+    import subprocess
+    import sys
+
+    _process = subprocess.Popen([sys.executable, "-m", "workers.reaper"], preexec_fn=_die_with_parent)
+
+
+def stop_reaper_process() -> None:
+    if _process is not None and _process.poll() is None:
+        _process.terminate()
+        try:
+            _process.wait(10)
+        except Exception:  # noqa: BLE001
+            _process.kill()
+
+
+def run_forever() -> None:
+    """At start-up, then every ``reaper_interval_s``, until the worker that started us stops."""
+    import time
+
+    from workers.runtime import get_store
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/reaper] %(message)s")
+    store = get_store()
+    while True:
+        try:
+            reap(store)
+        except Exception:  # noqa: BLE001 - the reaper must outlive a database hiccup
+            log.exception("reaper pass failed")
+        time.sleep(store.settings.reaper_interval_s)
+
+
+if __name__ == "__main__":
+    run_forever()

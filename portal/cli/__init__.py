@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from portal.cli import db_cmd, evaluate_cmd, segment_cmd, serve_cmd, worker_cmd
+from portal.cli import db_cmd, evaluate_cmd, prepare_cmd, segment_cmd, serve_cmd, train_cmd, worker_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     segment_cmd.register(sub)
     evaluate_cmd.register(sub)
+    train_cmd.register(sub)
+    prepare_cmd.register(sub)
     db_cmd.register(sub)
     worker_cmd.register(sub)
     serve_cmd.register(sub)

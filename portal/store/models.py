@@ -223,6 +223,7 @@ class JobColumns:
 
     state: Mapped[JobState] = mapped_column(_enum(JobState), default=JobState.queued, index=True)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     celery_task_id: Mapped[str | None] = mapped_column(String(64))
     cancel_requested: Mapped[bool] = mapped_column(default=False)
@@ -248,7 +249,6 @@ class Job(JobColumns, Base):
     project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     requested_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 class TrainingJob(JobColumns, Base):
@@ -259,6 +259,21 @@ class TrainingJob(JobColumns, Base):
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     epoch_metrics: Mapped[list[Any]] = mapped_column(default=list)
     checkpoint_blob: Mapped[str | None] = mapped_column(SHA)  # last epoch's training checkpoint, for resume
+    curves_blob: Mapped[str | None] = mapped_column(SHA)  # loss and validation-Dice PNG
+
+
+class ModelEvaluation(Base):
+    """A version's score on a project's frozen validation images: what the promotion gate compares."""
+
+    __tablename__ = "model_evaluations"
+    __table_args__ = (UniqueConstraint("model_version_id", "project_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    val_dice: Mapped[float]
+    val_nsd: Mapped[float | None]
+    images: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class EmbeddingEntry(Base):

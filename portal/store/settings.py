@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     job_stale_s: float = Field(60.0, gt=0, description="A running job silent this long is requeued.")
     reaper_interval_s: float = Field(30.0, gt=0, description="How often a worker looks for stale jobs.")
     inference_time_limit_s: int = Field(3600, gt=0, description="Hard time limit of one inference task.")
+    min_training_images: int = Field(4, ge=1, description="Fewest labelled images a fine-tune accepts.")
+    training_gpu: bool | None = Field(None, description="Do training workers have a GPU? None: look here.")
+    allow_full_finetune_without_gpu: bool = Field(False, description="Permit full fine-tuning on a CPU.")
     training_time_limit_s: int = Field(7 * 24 * 3600, gt=0, description="Hard time limit of one training task.")
 
     @property

@@ -23,7 +23,7 @@ from portal.store.store import Store
 
 BLOB_COLUMNS = (
     Image.blob_sha, Mask.blob_sha, AnnotationRevision.blob_sha, ModelVersion.checkpoint_blob,
-    TrainingJob.checkpoint_blob, EmbeddingEntry.blob_sha,
+    TrainingJob.checkpoint_blob, TrainingJob.curves_blob, EmbeddingEntry.blob_sha,
 )
 
 

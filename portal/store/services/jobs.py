@@ -93,7 +93,7 @@ def _finish(session, job, state: JobState, error: str | None = None, result: dic
     job.state = state
     job.finished_at = utcnow()
     job.error = error
-    if result is not None and hasattr(job, "result"):
+    if result is not None:
         job.result = result
     record(session, None, f"job.{state.value}", type(job).__tablename__, job.id, job.project_id, error=error)
 
