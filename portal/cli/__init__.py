@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from portal.cli import db_cmd, evaluate_cmd, prepare_cmd, segment_cmd, serve_cmd, train_cmd, worker_cmd
+from portal.cli import db_cmd, evaluate_cmd, prepare_cmd, segment_cmd, serve_cmd, train_cmd, user_cmd, worker_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     db_cmd.register(sub)
     worker_cmd.register(sub)
     serve_cmd.register(sub)
+    user_cmd.register(sub)
     return parser
 
 

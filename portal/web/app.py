@@ -1,28 +1,103 @@
-"""The ASGI app factory: `uvicorn --factory portal.web.app:create_app` or `medsam serve`."""
+"""The ASGI app factory: `uvicorn --factory portal.web.app:create_app` or `medsam serve`.
+
+One app serves the REST API (/api/v1, docs at /api/docs), health, /metrics and,
+when the UI package is present, the Gradio UI at /. The UI gets the same
+store, settings and SegmentationService on ``app.state``, so both halves call
+the same services.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
+from medsam_core.errors import MedsamError
+from portal.store.errors import ConflictError, DuplicateError, NotFoundError, PermissionDeniedError
+from portal.store.services.training import GateError
 from portal.store.settings import Settings, get_settings
 from portal.store.store import open_store
-from portal.web import health
+from portal.web import health, metrics
+from portal.web.api import routers
+from portal.web.auth import ensure_first_admin
+from portal.web.segmentation import EncodeUnavailableError, SegmentationService
+
+log = logging.getLogger(__name__)
+WARMUP_JOIN_S = 60
+
+# First match wins; anything else a user got wrong is a 400.
+ERROR_STATUS = (
+    (EncodeUnavailableError, 503),
+    (NotFoundError, 404),
+    (PermissionDeniedError, 403),
+    (ConflictError, 409),
+    (DuplicateError, 409),
+    (GateError, 409),
+)
+
+
+def status_for(exc: Exception) -> int:
+    return next((code for kind, code in ERROR_STATUS if isinstance(exc, kind)), 400)
+
+
+async def _medsam_error(_request: Request, exc: MedsamError) -> JSONResponse:
+    if isinstance(exc, ConflictError):
+        detail = {"current_revision": exc.current_revision, "author": exc.author, "message": str(exc)}
+    else:
+        detail = str(exc)
+    return JSONResponse({"detail": detail}, status_code=status_for(exc))
+
+
+async def _internal_error(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse({"detail": f"internal error: {type(exc).__name__}; it was logged, please report it"},
+                        status_code=500)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     store = open_store(settings)  # upgrades a database that is behind, or refuses with the reason
+    ensure_first_admin(store)
+    segmentation = SegmentationService(store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Load the model (and export its ONNX graphs) now, not on somebody's first click.
+        warmup = threading.Thread(target=_warm, args=(segmentation,), daemon=True, name="model-warmup")
+        warmup.start()
         yield
+        # A thread still inside ONNX Runtime or torch at interpreter exit aborts the process.
+        warmup.join(WARMUP_JOIN_S)
         store.close()
 
     app = FastAPI(title="medsam-portal", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json",
                   lifespan=lifespan)
     app.state.store = store
     app.state.settings = settings
+    app.state.segmentation = segmentation
+    app.add_exception_handler(MedsamError, _medsam_error)
+    app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(metrics.RequestTimer)
     app.include_router(health.router)
+    app.include_router(metrics.router)
+    for router in routers():
+        app.include_router(router)
+    try:
+        from portal.web.ui import mount_ui
+    except ImportError as exc:
+        if exc.name != "portal.web.ui":  # the UI exists but cannot load: serve the API, and say why
+            log.warning("the UI is not mounted: %s", exc)
+        mount_ui = None
+    if mount_ui is not None:
+        mount_ui(app)
     return app
+
+
+def _warm(segmentation: SegmentationService) -> None:
+    try:
+        segmentation.warm()
+    except Exception:  # noqa: BLE001 - the first prompt will load it (and say why it fails)
+        log.exception("model warm-up failed")

@@ -157,3 +157,19 @@ def training_set(store: Store, project_id: int) -> list[tuple[Image, str, str]]:
             .order_by(Image.id, Annotation.label)
         ).all()
         return [(image, label, blob) for image, label, blob in rows]
+
+
+def current_annotations(store: Store, actor: User, project_id: int,
+                        statuses: set[AnnotationStatus] | None = None) -> list[dict[str, Any]]:
+    """Each annotation of a project at its latest revision, with who saved it: for queues and exports."""
+    with store.transaction() as session:
+        get_project(session, actor, project_id)
+        query = (select(Annotation, AnnotationRevision, User.username)
+                 .join(Image, Image.id == Annotation.image_id)
+                 .join(AnnotationRevision, (AnnotationRevision.annotation_id == Annotation.id)
+                       & (AnnotationRevision.number == Annotation.current_revision))
+                 .outerjoin(User, User.id == AnnotationRevision.author_id)
+                 .where(Image.project_id == project_id).order_by(Annotation.image_id, Annotation.label))
+        if statuses:
+            query = query.where(Annotation.status.in_(statuses))
+        return [{"annotation": a, "revision": r, "author": name} for a, r, name in session.execute(query)]

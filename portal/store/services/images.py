@@ -135,3 +135,11 @@ def display_pixels(store: Store, image: Image) -> np.ndarray:
     path = fetch_image_file(store, image, folder)
     medical = _read(path, max_pixels=store.settings.max_image_pixels)
     return medical.display(slice_index=image.slice_index if medical.num_slices > 1 else None, window=image.window)
+
+
+def list_images(store: Store, actor: User, project_id: int) -> list[Image]:
+    """Every row of a project (one per slice for volumes), oldest first: the annotation queue's order."""
+    with store.transaction() as session:
+        get_project(session, actor, project_id)
+        return list(session.scalars(select(Image).where(Image.project_id == project_id)
+                                    .order_by(Image.id)))

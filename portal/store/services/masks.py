@@ -16,12 +16,22 @@ from portal.store.services.projects import get_project
 from portal.store.store import Store
 
 
-def mask_to_bytes(mask: np.ndarray) -> bytes:
+def mask_to_bytes(mask: np.ndarray, *, labels: bool = False) -> bytes:
+    """Binary 0/1 by default (an annotation is one label class, whatever values a PNG carried);
+    with ``labels`` a model's label map 1..K for K boxes is kept as it is."""
     arr = np.asarray(mask)
     if arr.ndim != 2:
         raise StoreError(f"a mask is a 2-D array, got shape {arr.shape}")
+    if labels:
+        if arr.dtype != bool and not np.issubdtype(arr.dtype, np.integer):
+            raise StoreError(f"a label map holds whole numbers, got {arr.dtype}")
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise StoreError("a label map holds values 0..255")
+        stored = arr.astype(np.uint8)
+    else:
+        stored = (arr > 0).astype(np.uint8)
     buf = io.BytesIO()
-    np.savez_compressed(buf, mask=(arr > 0).astype(np.uint8))
+    np.savez_compressed(buf, mask=stored)
     return buf.getvalue()
 
 
@@ -41,9 +51,10 @@ def check_mask_shape(image: Image, mask: np.ndarray) -> None:
 
 def record_mask(store: Store, actor: User | None, image_id: int, mask: np.ndarray, model_version_id: int | None,
                 prompt: dict[str, Any], predicted_iou: float | None = None, *, job_id: int | None = None,
-                item_index: int | None = None) -> Mask:
+                item_index: int | None = None, label_map: bool = False) -> Mask:
     """Store a model output. With ``job_id``/``item_index`` it is idempotent: a redelivered
-    batch task gets the existing row back instead of a duplicate."""
+    batch task gets the existing row back instead of a duplicate. ``label_map`` keeps values
+    1..K (one per box) instead of binarising."""
     with store.transaction() as session:
         image = session.get(Image, image_id)
         if image is None:
@@ -51,7 +62,7 @@ def record_mask(store: Store, actor: User | None, image_id: int, mask: np.ndarra
         if actor is not None:
             get_project(session, actor, image.project_id)
         check_mask_shape(image, mask)
-    blob = store.blobs.put_bytes(mask_to_bytes(mask))  # blob first: a crash leaves an orphan, not a dangling row
+    blob = store.blobs.put_bytes(mask_to_bytes(mask, labels=label_map))  # blob first: a crash leaves an orphan, not a dangling row
     try:
         with store.transaction() as session:
             row = Mask(image_id=image_id, model_version_id=model_version_id, prompt=prompt,
@@ -73,3 +84,14 @@ def record_mask(store: Store, actor: User | None, image_id: int, mask: np.ndarra
 def job_item_mask(store: Store, job_id: int, item_index: int) -> Mask | None:
     with store.transaction() as session:
         return session.scalar(select(Mask).where(Mask.job_id == job_id, Mask.item_index == item_index))
+
+
+def get_mask(store: Store, actor: User | None, mask_id: int) -> Mask:
+    """The mask row, if ``actor`` may see its project (``None``: a trusted caller such as the public demo)."""
+    with store.transaction() as session:
+        mask = session.get(Mask, mask_id)
+        if mask is None:
+            raise NotFoundError(f"mask {mask_id} does not exist")
+        if actor is not None:
+            get_project(session, actor, session.get(Image, mask.image_id).project_id)
+        return mask

@@ -44,6 +44,20 @@ def create_user(session: Session, username: str, password: str, role: Role | str
     return user
 
 
+def set_password(session: Session, username: str, password: str, actor: User | None = None) -> User:
+    """Replace a password and revoke the user's API tokens, which were issued under the old one."""
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise StoreError(f"no user '{username}'")
+    if len(password) < MIN_PASSWORD:
+        raise StoreError(f"a password needs at least {MIN_PASSWORD} characters")
+    user.password_hash = _hasher.hash(password)
+    for token in session.scalars(select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked.is_(False))):
+        token.revoked = True
+    record(session, actor, "user.password", "user", user.id, username=username)
+    return user
+
+
 def authenticate(session: Session, username: str, password: str) -> User | None:
     user = session.scalar(select(User).where(User.username == username))
     ok = False

@@ -1,0 +1,90 @@
+"""``medsam user``: accounts from the shell (the first admin, scripted set-ups, password resets)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+
+ROLES = ("annotator", "reviewer", "admin")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("user", help="add users, change passwords, list accounts")
+    usub = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    add = usub.add_parser("add", help="create an account")
+    add.add_argument("name")
+    add.add_argument("--role", choices=ROLES, default="annotator")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from standard input (for scripts) instead of prompting")
+    add.set_defaults(handler=add_user)
+    pw = usub.add_parser("passwd", help="set a new password (revokes the user's API tokens)")
+    pw.add_argument("name")
+    pw.add_argument("--password-stdin", action="store_true")
+    pw.set_defaults(handler=change_password)
+    ls = usub.add_parser("list", help="list accounts and their roles")
+    ls.set_defaults(handler=list_users)
+
+
+def _password(from_stdin: bool) -> str:
+    from medsam_core.errors import MedsamError
+
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise MedsamError("the two passwords differ; nothing was changed")
+    if not password:
+        raise MedsamError("empty password; nothing was changed")
+    return password
+
+
+def _store():
+    from portal.store.settings import get_settings
+    from portal.store.store import open_store
+
+    return open_store(get_settings(), register_base=False)  # no model load for an account change
+
+
+def add_user(args: argparse.Namespace) -> int:
+    from portal.store.services.users import create_user
+
+    password = _password(args.password_stdin)
+    store = _store()
+    try:
+        with store.transaction() as session:
+            user = create_user(session, args.name, password, args.role)
+            print(f"created user '{user.username}' ({user.role.value})")
+    finally:
+        store.close()
+    return 0
+
+
+def change_password(args: argparse.Namespace) -> int:
+    from portal.store.services.users import set_password
+
+    password = _password(args.password_stdin)
+    store = _store()
+    try:
+        with store.transaction() as session:
+            set_password(session, args.name, password)
+        print(f"changed the password of '{args.name}'; its API tokens were revoked")
+    finally:
+        store.close()
+    return 0
+
+
+def list_users(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from portal.store.models import User
+
+    store = _store()
+    try:
+        with store.transaction() as session:
+            for user in session.scalars(select(User).order_by(User.username)):
+                print(f"{user.username:32} {user.role.value:10} {'active' if user.is_active else 'disabled'}")
+    finally:
+        store.close()
+    return 0

@@ -1,0 +1,56 @@
+"""Mask downloads: npy for code (uint8, 0/1 or labels 1..K), PNG for eyes (0/255, or a palette)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from medsam_core.outputs import mask_png
+from portal.store.models import User
+from portal.store.services.masks import get_mask, load_mask
+from portal.web.api import PREFIX, store_of
+from portal.web.auth import current_user
+
+router = APIRouter(prefix=PREFIX, tags=["masks"])
+
+
+def npy_bytes(labels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(labels, dtype=np.uint8), allow_pickle=False)
+    return buf.getvalue()
+
+
+def png_bytes(labels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    mask_png(np.asarray(labels, dtype=np.uint8), int(np.max(labels, initial=0))).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def download(data: bytes, media_type: str, filename: str) -> Response:
+    return Response(data, media_type=media_type,
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+@router.get("/masks/{mid}.npy", response_class=Response)
+def mask_npy(mid: int, request: Request, user: User = Depends(current_user)) -> Response:
+    store = store_of(request)
+    return download(npy_bytes(load_mask(store, get_mask(store, user, mid).blob_sha)), "application/octet-stream",
+                    f"mask_{mid}.npy")
+
+
+@router.get("/masks/{mid}.png", response_class=Response)
+def mask_png_route(mid: int, request: Request, user: User = Depends(current_user)) -> Response:
+    store = store_of(request)
+    return download(png_bytes(load_mask(store, get_mask(store, user, mid).blob_sha)), "image/png",
+                    f"mask_{mid}.png")
+
+
+@router.get("/masks/{mid}")
+def mask_info(mid: int, request: Request, user: User = Depends(current_user)) -> dict:
+    mask = get_mask(store_of(request), user, mid)
+    return {"id": mask.id, "image_id": mask.image_id, "model_version_id": mask.model_version_id,
+            "prompt": mask.prompt, "predicted_iou": mask.predicted_iou, "job_id": mask.job_id,
+            "item_index": mask.item_index, "created_at": mask.created_at.isoformat()}

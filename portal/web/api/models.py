@@ -1,0 +1,51 @@
+"""Model versions of a project: list with validation scores, promote through the gate, roll back."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
+
+from portal.store.models import ModelVersion, User
+from portal.store.services import model_versions, training
+from portal.web.api import PREFIX, store_of
+from portal.web.auth import current_user
+
+router = APIRouter(prefix=PREFIX, tags=["models"])
+
+
+class ActivateIn(BaseModel):
+    force: bool = False
+
+
+def version_json(version: ModelVersion, active_id: int, evaluation) -> dict:
+    return {"id": version.id, "name": version.name, "family": version.family, "project_id": version.project_id,
+            "parent_id": version.parent_id, "training_job_id": version.training_job_id,
+            "metrics": version.metrics, "active": version.id == active_id,
+            "val_dice": evaluation.val_dice if evaluation else None,
+            "val_nsd": evaluation.val_nsd if evaluation else None,
+            "created_at": version.created_at.isoformat()}
+
+
+@router.get("/projects/{pid}/models")
+def list_models(pid: int, request: Request, user: User = Depends(current_user)) -> dict:
+    store = store_of(request)
+    versions = model_versions.list_versions(store, user, pid)
+    active = model_versions.active_version(store, pid).id
+    return {"active_model_version_id": active,
+            "versions": [version_json(v, active, training.evaluation(store, v.id, pid)) for v in versions]}
+
+
+@router.post("/projects/{pid}/models/{vid}/activate")
+def activate(pid: int, vid: int, request: Request, user: User = Depends(current_user),
+             body: ActivateIn | None = None) -> dict:
+    """Promotion through the gate: the candidate must score at least the active version's
+    validation Dice on the project's frozen images (409 with the reason otherwise);
+    ``{"force": true}`` lets an admin override it, and the override is audited."""
+    project = training.promote(store_of(request), user, pid, vid, force=bool(body and body.force))
+    return {"project_id": pid, "active_model_version_id": project.active_model_version_id}
+
+
+@router.post("/projects/{pid}/models/rollback")
+def rollback(pid: int, request: Request, user: User = Depends(current_user)) -> dict:
+    project = model_versions.rollback(store_of(request), user, pid)
+    return {"project_id": pid, "active_model_version_id": project.active_model_version_id}

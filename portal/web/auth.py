@@ -1,0 +1,75 @@
+"""Bearer tokens for the API (OAuth2 password flow) and the first admin account.
+
+Tokens are the store's API tokens: random, kept only as a SHA-256, revocable.
+The token route takes a form, as FastAPI's OAuth2 flow and the "Authorize"
+button of /api/docs expect.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
+from sqlalchemy import func, select
+
+from portal.store.errors import DuplicateError
+from portal.store.models import Role, User
+from portal.store.services import users
+from portal.store.store import Store
+
+TOKEN_URL = "/api/v1/auth/token"
+_bearer = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
+router = APIRouter(prefix="/api/v1", tags=["auth"])
+
+
+def _unauthorised(message: str) -> HTTPException:
+    return HTTPException(status_code=401, detail=message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def current_user(request: Request, token: str | None = Depends(_bearer)) -> User:
+    """The user behind ``Authorization: Bearer …``; 401 (with WWW-Authenticate) otherwise."""
+    if not token:
+        raise _unauthorised(f"log in first: POST {TOKEN_URL} with username and password, then send "
+                            "'Authorization: Bearer <access_token>'")
+    with request.app.state.store.transaction() as session:
+        user = users.user_for_token(session, token)
+    if user is None:
+        raise _unauthorised("the token is unknown, expired or revoked; log in again")
+    return user
+
+
+@router.post("/auth/token")
+def login(request: Request, form: OAuth2PasswordRequestForm = Depends()) -> dict:
+    with request.app.state.store.transaction() as session:
+        user = users.authenticate(session, form.username, form.password)
+        token = users.issue_token(session, user) if user is not None else None
+    # The failed attempt is committed (audited) before the refusal goes out.
+    if token is None:
+        raise _unauthorised("wrong username or password")
+    return {"access_token": token, "token_type": "bearer"}
+
+
+@router.get("/auth/me")
+def me(user: User = Depends(current_user)) -> dict:
+    return {"id": user.id, "username": user.username, "role": user.role.value}
+
+
+def ensure_first_admin(store: Store) -> str | None:
+    """With no account at all, nobody could ever log in: create ``admin`` and say its password once."""
+    with store.transaction() as session:
+        if session.scalar(select(func.count()).select_from(User)):
+            return None
+    password = secrets.token_urlsafe(12)
+    try:
+        with store.transaction() as session:
+            if session.scalar(select(func.count()).select_from(User)):
+                return None
+            users.create_user(session, "admin", password, Role.admin)
+    except DuplicateError:
+        return None  # another process of this deployment created it first
+    print("\n" + "=" * 72 + "\nmedsam: created the first account, 'admin', with password:\n\n    " + password +
+          "\n\nIt is shown only this once. Log in and change it with:\n    medsam user passwd admin\n"
+          + "=" * 72 + "\n", file=sys.stderr, flush=True)
+    return password

@@ -1,0 +1,219 @@
+"""Interactive segmentation for the REST API and the UI: decode here, encode on a worker.
+
+Why the split: the encoder takes seconds on a CPU and belongs to the
+``inference`` workers, while a box or point decodes in tens of milliseconds
+against the cached embedding. A queue round trip per click would cost more than
+the decode itself, so the web process keeps its own predictors (an LRU of model
+versions, the workers' ``ModelPool``) and the shared embedding cache (memory in
+front of the blob store). Only a cache miss goes to the queue, and concurrent
+prompts on the same new image share a single encode.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import numpy as np
+
+from medsam_core.errors import MedsamError, PromptError
+from medsam_core.outputs import label_map
+from medsam_core.prompts import validate_boxes, validate_points
+from portal.store.errors import NotFoundError
+from portal.store.models import Image, User
+from portal.store.services.images import display_pixels, get_image
+from portal.store.services.masks import record_mask
+from portal.store.services.model_versions import active_version
+from portal.store.store import Store
+from portal.web import metrics
+from workers.dispatch import _check_version
+from workers.runtime import ModelPool
+
+ENCODE_TASK = "medsam.inference.encode_image"
+DEFAULT_ENCODE_TIMEOUT_S = 120.0
+PIXEL_CACHE_BYTES = 512 * 1024 * 1024  # decoded display images, so a re-prompt never re-reads the file
+
+
+class EncodeUnavailableError(MedsamError):
+    """No worker encoded the image in time (or it failed): the web layer answers 503."""
+
+
+class SegmentationService:
+    """One per web process; thread-safe. The UI and the REST API both call ``segment``.
+
+    ``segment(actor, image_id, boxes=None, points=None, model_version_id=None) -> dict``
+
+    * ``actor``: the logged-in ``User`` (project membership is checked), or ``None`` for a
+      trusted caller that did its own checks (the public demo).
+    * ``boxes``: ``[[x0, y0, x1, y1], ...]`` and ``points``: ``[[x, y, 1|0], ...]`` in the
+      original image's pixels. Boxes are clipped to the image; degenerate ones raise
+      ``PromptError``. K boxes give one mask row whose array is a label map 1..K (a later box
+      wins on overlap); one box or points only give 0/1.
+    * ``model_version_id``: default the project's active version.
+
+    Returns ``{"mask_id", "area", "predicted_iou", "model_version_id", "timing_ms":
+    {"encode_wait", "decode", "total"}}`` plus ``"image_id"``, ``"cache_hit"``, ``"areas"`` and
+    ``"predicted_ious"`` (one per box). ``predicted_iou`` is their mean. Raises the store's
+    errors (``NotFoundError``, ``PermissionDeniedError``, ``StoreError``), ``PromptError``, and
+    ``EncodeUnavailableError`` when no worker encoded a new image within ``encode_timeout_s``.
+    The mask array is then ``portal.store.services.masks.load_mask(store, mask.blob_sha)``.
+    """
+
+    def __init__(self, store: Store, celery_app=None, *, encode_timeout_s: float = DEFAULT_ENCODE_TIMEOUT_S):
+        if celery_app is None:
+            from workers.app import make_app
+
+            celery_app = make_app(store.settings)
+        self.store = store
+        self.celery_app = celery_app
+        self.encode_timeout_s = float(encode_timeout_s)
+        self.pool = ModelPool(store, store.settings.model_pool_size)
+        self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._inflight: dict[Any, Future] = {}
+        self._pixels: OrderedDict[tuple, np.ndarray] = OrderedDict()
+
+    def segment(self, actor: User | None, image_id: int, boxes=None, points=None,
+                model_version_id: int | None = None) -> dict[str, Any]:
+        started = time.perf_counter()
+        image = self._image(actor, image_id)
+        size = (image.height, image.width)
+        # Prompts are checked before any waiting: a bad box must not cost an encode.
+        box_arr = validate_boxes(boxes, size)
+        point_arr, _ = validate_points(points, size)
+        if box_arr is None and point_arr is None:
+            raise PromptError("give at least one box [x0, y0, x1, y1] or one point [x, y, label]")
+        version_id = self._version(image.project_id, model_version_id)
+        predictor = self.predictor(version_id)
+        rgb = self._display(image)
+        wait_ms, hit = self._ensure_embedding(predictor, rgb, image.id, version_id)
+        embedding = predictor.encode(rgb)  # served from the cache now
+        decode_start = time.perf_counter()
+        prediction = predictor.decode(embedding, boxes=boxes, points=points)
+        labels = label_map(prediction.masks)
+        decode_ms = (time.perf_counter() - decode_start) * 1000
+        ious = [round(float(v), 4) for v in prediction.iou]
+        areas = [int(m.sum()) for m in prediction.masks]
+        prompt = {"boxes": _plain(boxes), "points": _plain(points)}
+        mask = record_mask(self.store, actor, image.id, labels, version_id, prompt, float(np.mean(ious)),
+                           label_map=True)
+        metrics.DECODE_SECONDS.observe(decode_ms / 1000)
+        metrics.SEGMENTS.labels("hit" if hit else "miss").inc()
+        return {
+            "mask_id": mask.id, "image_id": image.id, "area": int(np.count_nonzero(labels)),
+            "predicted_iou": round(float(np.mean(ious)), 4), "model_version_id": version_id,
+            "cache_hit": hit, "areas": areas, "predicted_ious": ious,
+            "timing_ms": {"encode_wait": round(wait_ms, 1), "decode": round(decode_ms, 1),
+                          "total": round((time.perf_counter() - started) * 1000, 1)},
+        }
+
+    def predictor(self, version_id: int):
+        """The loaded model for a version; the first call per version loads it (and exports ONNX)."""
+        with self._load_lock:  # two first prompts must not load the same weights twice
+            return self.pool.predictor(version_id)
+
+    def warm(self, version_id: int | None = None) -> None:
+        """Load the base model ahead of the first prompt, so nobody waits for it."""
+        from portal.store.services.model_versions import base_version
+
+        self.predictor(version_id or base_version(self.store).id)
+
+    def _image(self, actor: User | None, image_id: int) -> Image:
+        if actor is not None:
+            return get_image(self.store, actor, image_id)
+        with self.store.transaction() as session:
+            image = session.get(Image, image_id)
+            if image is None:
+                raise NotFoundError(f"image {image_id} does not exist")
+            return image
+
+    def _version(self, project_id: int, version_id: int | None) -> int:
+        if version_id is None:
+            return active_version(self.store, project_id).id
+        with self.store.transaction() as session:
+            _check_version(session, int(version_id), project_id)
+        return int(version_id)
+
+    def _display(self, image: Image) -> np.ndarray:
+        key = (image.id, image.blob_sha, image.slice_index, image.window)
+        with self._lock:
+            rgb = self._pixels.get(key)
+            if rgb is not None:
+                self._pixels.move_to_end(key)
+                return rgb
+        rgb = display_pixels(self.store, image)
+        with self._lock:
+            self._pixels[key] = rgb
+            while sum(a.nbytes for a in self._pixels.values()) > PIXEL_CACHE_BYTES and len(self._pixels) > 1:
+                self._pixels.popitem(last=False)
+        return rgb
+
+    def _ensure_embedding(self, predictor, rgb: np.ndarray, image_id: int, version_id: int) -> tuple[float, bool]:
+        """(ms waited, was it cached). A miss is encoded by a worker, never here."""
+        key = predictor.cache_key(rgb)
+        if predictor.cache.get(key) is not None:
+            return 0.0, True
+        with self._lock:
+            future = self._inflight.get(key)
+            owner = future is None
+            if owner:
+                future = self._inflight[key] = Future()
+        start = time.perf_counter()
+        metrics.ENCODES_IN_FLIGHT.inc()
+        try:
+            if owner:
+                try:
+                    self._remote_encode(image_id, version_id)
+                    future.set_result(None)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                    raise
+                finally:
+                    with self._lock:
+                        self._inflight.pop(key, None)
+            else:
+                try:
+                    future.result(timeout=self.encode_timeout_s + 5)
+                except FutureTimeout:
+                    raise EncodeUnavailableError(self._timeout_message(image_id)) from None
+        finally:
+            metrics.ENCODES_IN_FLIGHT.dec()
+        waited = (time.perf_counter() - start) * 1000
+        metrics.ENCODE_WAIT_SECONDS.observe(waited / 1000)
+        if predictor.cache.get(key) is None:
+            raise EncodeUnavailableError(
+                f"a worker encoded image {image_id}, but its embedding is not in the shared cache; the web "
+                "process and the workers must use the same database and blob store (MEDSAM_DATABASE_URL, "
+                "MEDSAM_STORAGE_URL)")
+        return waited, False
+
+    def _remote_encode(self, image_id: int, version_id: int) -> None:
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        result = self.celery_app.send_task(ENCODE_TASK, args=[image_id, version_id])
+        try:
+            result.get(timeout=self.encode_timeout_s, interval=0.05)
+        except CeleryTimeout:
+            raise EncodeUnavailableError(self._timeout_message(image_id)) from None
+        except Exception as exc:  # noqa: BLE001 - the worker's own error, told as it is
+            raise EncodeUnavailableError(f"the inference worker could not encode image {image_id}: "
+                                         f"{type(exc).__name__}: {exc}") from None
+        finally:
+            try:
+                result.forget()
+            except Exception:  # noqa: BLE001 - a result left in the backend expires on its own
+                pass
+
+    def _timeout_message(self, image_id: int) -> str:
+        return (f"no inference worker encoded image {image_id} within {self.encode_timeout_s:.0f} s; the queue "
+                "may be busy, or no worker runs (start one with `medsam worker --queues inference`, or use "
+                "`medsam serve` without --no-workers); try again")
+
+
+def _plain(value):
+    """Prompts as plain JSON lists, whatever array type the caller used."""
+    return None if value is None else np.asarray(value).tolist()

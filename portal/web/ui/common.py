@@ -1,0 +1,146 @@
+"""Helpers shared by the UI tabs: who is asking, errors as messages, temporary files, images."""
+
+import functools
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+from PIL import Image as PILImage
+from sqlalchemy import select
+
+from medsam_core.errors import MedsamError
+from portal.store.models import User
+
+UI_TMP = Path(os.environ.get("MEDSAM_UI_TMP", Path(tempfile.gettempdir()) / "medsam-ui"))
+DEMO_TTL_S = 60 * 60
+EDITOR_MAX_SIDE = 512
+WINDOW_CHOICES = ["auto (percentile)", "abdomen", "lung", "brain", "bone"]
+
+
+def tmp_dir(kind: str) -> Path:
+    folder = UI_TMP / kind
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def sweep(kind: str, max_age_s: float = DEMO_TTL_S) -> int:
+    """Delete what is older than the time-to-live; returns how many files went."""
+    cutoff, removed = time.time() - max_age_s, 0
+    folder = tmp_dir(kind)
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+            elif path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        except OSError:
+            pass
+    return removed
+
+
+def new_work_dir(kind: str) -> Path:
+    folder = tmp_dir(kind) / uuid.uuid4().hex
+    folder.mkdir()
+    return folder
+
+
+def user_of(store, request: gr.Request) -> User:
+    name = getattr(request, "username", None) if request is not None else None
+    if not name:
+        raise gr.Error("Log in first.")
+    with store.transaction() as session:
+        user = session.scalar(select(User).where(User.username == name))
+    if user is None or not user.is_active:
+        raise gr.Error(f"The account '{name}' no longer exists or is disabled; log in again.")
+    return user
+
+
+def friendly(fn):
+    """Every input error becomes a readable gr.Error; nothing is written when one is raised."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except MedsamError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        except TypeError as exc:
+            if "encode() takes" in str(exc):
+                raise gr.Error("Upload an image first.", print_exception=False) from None
+            raise
+
+    return wrapper
+
+
+def window_value(choice: str | None) -> str | None:
+    return None if not choice or choice.startswith("auto") else choice
+
+
+def editor_scale(height: int, width: int) -> float:
+    return min(1.0, EDITOR_MAX_SIDE / max(height, width))
+
+
+def resize(arr: np.ndarray, size_hw: tuple[int, int], nearest: bool) -> np.ndarray:
+    if arr.shape[:2] == tuple(size_hw):
+        return arr
+    image = PILImage.fromarray(arr)
+    return np.asarray(image.resize((size_hw[1], size_hw[0]),
+                                   PILImage.NEAREST if nearest else PILImage.BILINEAR))
+
+
+def mask_layer(mask: np.ndarray, colour=(255, 40, 40), alpha: int = 140) -> np.ndarray:
+    layer = np.zeros((*mask.shape, 4), dtype=np.uint8)
+    layer[mask > 0] = (*colour, alpha)
+    return layer
+
+
+def editor_value(rgb: np.ndarray, mask: np.ndarray | None) -> dict:
+    s = editor_scale(*rgb.shape[:2])
+    size = (max(1, round(rgb.shape[0] * s)), max(1, round(rgb.shape[1] * s)))
+    background = resize(rgb, size, nearest=False)
+    small = np.zeros(size, np.uint8) if mask is None else resize((mask > 0).astype(np.uint8), size, nearest=True)
+    return {"background": np.dstack([background, np.full(size, 255, np.uint8)]),
+            "layers": [mask_layer(small)], "composite": None}
+
+
+def corrected_mask(editor: dict | None, original: np.ndarray) -> np.ndarray:
+    """The original-resolution mask with the editor's brush and eraser changes applied.
+
+    The editor shows a copy scaled to at most EDITOR_MAX_SIDE; only the pixels
+    the user changed there are carried back (upsampled), so an untouched mask
+    keeps its full-resolution edge.
+    """
+    original = (np.asarray(original) > 0).astype(np.uint8)
+    if not editor or not editor.get("layers"):
+        return original
+    layer = editor["layers"][0]
+    if layer is None:
+        return original
+    layer = np.asarray(layer)
+    new_small = (layer[..., 3] > 0) if layer.ndim == 3 and layer.shape[2] == 4 else (layer > 0)
+    old_small = resize(original, new_small.shape, nearest=True) > 0
+    add = resize((new_small & ~old_small).astype(np.uint8), original.shape, nearest=True) > 0
+    remove = resize((~new_small & old_small).astype(np.uint8), original.shape, nearest=True) > 0
+    return ((original > 0) | add) & ~remove
+
+
+def overlay_value(rgb: np.ndarray, masks: list[tuple[np.ndarray, str]]):
+    return (rgb, [((m > 0).astype(np.float32), label) for m, label in masks])
+
+
+def draw_points(rgb: np.ndarray, points: list) -> np.ndarray:
+    out = rgb.copy()
+    h, w = out.shape[:2]
+    r = max(3, round(max(h, w) / 120))
+    for x, y, label in points:
+        colour = (40, 220, 40) if label else (230, 40, 40)
+        y0, y1, x0, x1 = max(0, int(y) - r), min(h, int(y) + r + 1), max(0, int(x) - r), min(w, int(x) + r + 1)
+        out[y0:y1, x0:x1] = colour
+    return out

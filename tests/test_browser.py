@@ -1,0 +1,280 @@
+"""End-to-end in a real browser: Debian's chromium, driven by Playwright, against `medsam serve`.
+
+One server (web + inference and training workers) for the module, on its own
+MEDSAM_DATA_DIR. Users, a project and approved labels are created through the
+services before it starts; everything else happens by clicking.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from tests.browserutil import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    Server,
+    choose,
+    drag,
+    image_frame,
+    login,
+    open_page,
+    shot,
+    wait_toast,
+)
+from tests.conftest import DEMO_BOX, DEMO_IMAGE, require
+
+PASSWORD = "browser-pass-1"
+LABEL = "organ"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _synthetic(folder: Path, n: int) -> list[tuple[Path, np.ndarray]]:
+    """Bright blobs on noise; the label is the blob's box (a shape the bundled model does not draw by itself)."""
+    rng = np.random.default_rng(7)
+    out = []
+    for i in range(n):
+        rgb = rng.integers(20, 60, (192, 192, 3), dtype=np.uint8)
+        yy, xx = np.mgrid[:192, :192]
+        cy, cx, ry, rx = 60 + 9 * i % 70, 70 + 13 * i % 60, 25 + i % 3 * 5, 30 + i % 4 * 4
+        blob = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        rgb[blob] = 200
+        mask = np.zeros((192, 192), np.uint8)
+        mask[cy - ry:cy + ry + 1, cx - rx:cx + rx + 1] = 1
+        path = folder / f"train_{i}.png"
+        PILImage.fromarray(rgb).save(path)
+        out.append((path, mask))
+    return out
+
+
+@pytest.fixture(scope="module")
+def portal(tmp_path_factory, data_dir):
+    require(Path(CHROMIUM).exists(), f"chromium not found at {CHROMIUM} (apt-get install -y chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        require(False, f"playwright is not installed ({exc})")
+    from portal.store.models import Role
+    from portal.store.services import annotations, images, projects, users
+    from portal.store.settings import Settings
+    from portal.store.store import open_store
+
+    folder = tmp_path_factory.mktemp("browser")
+    (data_dir / "onnx").mkdir(exist_ok=True)
+    (folder / "onnx").symlink_to(data_dir / "onnx", target_is_directory=True)  # export once per run
+    env = {"MEDSAM_TRAINING_GPU": "false", "MEDSAM_JOB_HEARTBEAT_S": "0.5", "MEDSAM_PUBLIC_DEMO": "true"}
+    settings = Settings(data_dir=folder, training_gpu=False)
+    store = open_store(settings)
+    ids = {}
+    with store.transaction() as session:
+        admin = users.create_user(session, "admin1", PASSWORD, Role.admin)
+        for name, role in (("anna", Role.annotator), ("bob", Role.annotator), ("rita", Role.reviewer)):
+            ids[name] = users.create_user(session, name, PASSWORD, role)
+        work = projects.create_project(session, admin, "Abdomen CT", "ct", [LABEL])
+        train = projects.create_project(session, admin, "Blobs", "other", [LABEL])
+        for name in ("anna", "bob", "rita"):
+            projects.add_member(session, admin, work.id, ids[name])
+    (demo_row,) = images.add_image(store, admin, work.id, DEMO_IMAGE)
+    labelled = _synthetic(folder, 6)
+    for path, mask in labelled:
+        (row,) = images.add_image(store, admin, train.id, path)
+        rev = annotations.save_revision(store, admin, row.id, LABEL, mask, 0, submit=True)
+        annotations.approve(store, admin, rev.annotation_id)
+    store.close()
+
+    server = Server(folder, _free_port(), env).start()
+    pw = sync_playwright().start()
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    try:
+        yield {"url": server.url, "browser": browser, "settings": settings, "folder": folder,
+               "work": work.id, "train": train.id, "demo_image": demo_row.id}
+    finally:
+        browser.close()
+        pw.stop()
+        server.stop()
+
+
+def _context(portal):
+    return portal["browser"].new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+
+
+def _store(portal):
+    from portal.store.store import open_store
+
+    return open_store(portal["settings"], register_base=False)
+
+
+def test_demo_upload_drag_box_overlay_and_npy_download(portal):
+    context = _context(portal)
+    page = open_page(context, portal["url"] + "/demo/")
+    page.locator("#seg-file input[type=file]").set_input_files(str(DEMO_IMAGE))
+    page.locator("#seg-info").get_by_text("512x512").wait_for(timeout=60_000)
+    at = image_frame(page, "#seg-annotator", 512, 512)
+    x0, y0, x1, y1 = DEMO_BOX
+    drag(page, at(x0, y0), at(x1, y1))
+    page.locator("#seg-summary").get_by_text("Predicted IoU").wait_for(timeout=60_000)
+    page.locator("#seg-overlay img").first.wait_for(timeout=30_000)
+    shot(page, "demo_segment")
+    with page.expect_download() as download:
+        page.locator("#seg-dl-npy").click()
+    assert download.value.suggested_filename == "ct_abdomen_mask.npy"
+    mask = np.load(download.value.path(), allow_pickle=False)
+    assert mask.shape == (512, 512) and mask.dtype == np.uint8
+    assert set(np.unique(mask)) == {0, 1}
+    ys, xs = np.nonzero(mask)
+    # The mask lies inside the dragged box (a few pixels of slack for the mouse), and fills a fair part of it.
+    assert xs.min() >= x0 - 4 and xs.max() <= x1 + 4 and ys.min() >= y0 - 4 and ys.max() <= y1 + 4
+    assert mask.sum() > 0.2 * (x1 - x0) * (y1 - y0)
+    with page.expect_download() as png:
+        page.locator("#seg-dl-png").click()
+    assert set(np.unique(np.asarray(PILImage.open(png.value.path())))) == {0, 255}
+    assert page.errors == []
+    context.close()
+
+
+def test_an_unsupported_file_shows_its_error_and_nothing_is_kept(portal, tmp_path):
+    context = _context(portal)
+    page = login(context, portal["url"], "anna", PASSWORD)
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    page.locator("#seg-file input[type=file]").set_input_files(str(bad))
+    message = wait_toast(page, "the file type was not recognised")
+    assert "Supported formats" in message
+    shot(page, "unsupported_file")
+    context.close()
+
+
+def _open_annotation(page, project_text: str):
+    page.get_by_role("tab", name="Annotate").click()
+    choose(page, "#project", project_text)
+    page.locator("#ann-status").get_by_text("Image #").wait_for(timeout=60_000)
+
+
+def test_annotate_brush_save_submit_then_reviewer_approves(portal):
+    from portal.store.models import Annotation, AnnotationRevision, AnnotationStatus
+    from portal.store.services.masks import load_mask
+
+    context = _context(portal)
+    page = login(context, portal["url"], "anna", PASSWORD)
+    _open_annotation(page, "Abdomen CT")
+    at = image_frame(page, "#ann-annotator", 512, 512)
+    x0, y0, x1, y1 = DEMO_BOX
+    drag(page, at(x0, y0), at(x1, y1))
+    page.locator("#ann-status").get_by_text("Proposed mask").wait_for(timeout=60_000)
+    # Brush: a stroke well outside the proposed mask, in the editor's canvas.
+    page.locator("#ann-editor").get_by_role("button", name="Brush").first.click()
+    paint = image_frame(page, "#ann-editor", 512, 512)
+    drag(page, paint(300, 100), paint(400, 100), steps=12)
+    time.sleep(1)
+    shot(page, "annotate_brush")
+    page.locator("#ann-save").click()
+    page.locator("#ann-status").get_by_text("Draft saved: revision 1").wait_for(timeout=60_000)
+    page.locator("#ann-submit").click()
+    page.locator("#ann-status").get_by_text("Submitted for review: revision 2").wait_for(timeout=60_000)
+    page.locator("#ann-history").get_by_text("anna").first.wait_for(timeout=30_000)
+    shot(page, "annotate_history")
+
+    store = _store(portal)
+    with store.transaction() as session:
+        ann = session.query(Annotation).filter_by(image_id=portal["demo_image"], label=LABEL).one()
+        revs = session.query(AnnotationRevision).filter_by(annotation_id=ann.id).order_by(
+            AnnotationRevision.number).all()
+        assert ann.status == AnnotationStatus.submitted and [r.number for r in revs] == [1, 2]
+        mask = load_mask(store, revs[-1].blob_sha)
+        assert revs[0].base_mask_id is not None and revs[0].prompt["boxes"]
+    assert mask[95:106, 310:390].any(), "the brush stroke is in the saved mask"
+    assert mask[y0:y1, x0:x1].sum() > 1000, "the proposed mask is kept"
+    context.close()
+
+    reviewer = _context(portal)
+    page = login(reviewer, portal["url"], "rita", PASSWORD)
+    page.get_by_role("tab", name="Review").click()
+    choose(page, "#project", "Abdomen CT")
+    page.locator("#rev-list").get_by_text("anna").first.wait_for(timeout=60_000)
+    page.locator("#rev-view img").first.wait_for(timeout=60_000)
+    page.locator("#rev-comment textarea").fill("clean edge")
+    shot(page, "review")
+    page.locator("#rev-approve").click()
+    page.locator("#rev-status").get_by_text("Approved annotation").wait_for(timeout=60_000)
+    with store.transaction() as session:
+        assert session.get(Annotation, ann.id).status == AnnotationStatus.approved
+    store.close()
+    reviewer.close()
+
+
+def test_two_editors_the_second_gets_the_conflict_and_nothing_is_overwritten(portal):
+    from portal.store.models import Annotation, AnnotationRevision
+
+    pages, contexts = [], []
+    for name in ("anna", "bob"):
+        contexts.append(_context(portal))
+        page = login(contexts[-1], portal["url"], name, PASSWORD)
+        _open_annotation(page, "Abdomen CT")
+        pages.append(page)
+    store = _store(portal)
+    with store.transaction() as session:
+        ann = session.query(Annotation).filter_by(image_id=portal["demo_image"], label=LABEL).one()
+        before = ann.current_revision
+    for page in pages:  # both start from the same revision
+        page.locator("#ann-status").get_by_text(f"revision {before}").wait_for(timeout=60_000)
+        page.locator("#ann-editor").get_by_role("button", name="Brush").first.click()
+    first, second = pages
+    paint = image_frame(first, "#ann-editor", 512, 512)
+    drag(first, paint(60, 60), paint(120, 60))
+    first.locator("#ann-save").click()
+    first.locator("#ann-status").get_by_text(f"Draft saved: revision {before + 1}").wait_for(timeout=60_000)
+    paint = image_frame(second, "#ann-editor", 512, 512)
+    drag(second, paint(60, 400), paint(120, 400))
+    second.locator("#ann-save").click()
+    message = wait_toast(second, f"revision {before + 1} by anna")
+    assert "nothing was overwritten" in message
+    second.locator("#ann-conflict").get_by_text(f"revision {before + 1} by anna").first.wait_for(timeout=30_000)
+    shot(second, "conflict")
+    with store.transaction() as session:
+        numbers = [r.number for r in session.query(AnnotationRevision).filter_by(annotation_id=ann.id)]
+        latest = session.query(AnnotationRevision).filter_by(annotation_id=ann.id, number=before + 1).one()
+    assert max(numbers) == before + 1 and latest.author_id is not None
+    store.close()
+    for context in contexts:
+        context.close()
+
+
+def test_queue_a_one_epoch_decoder_finetune_and_see_it_under_models(portal):
+    context = _context(portal)
+    page = login(context, portal["url"], "admin1", PASSWORD)
+    page.get_by_role("tab", name="Train").click()
+    choose(page, "#project", "Blobs")
+    page.locator("#train-epochs input").fill("1")
+    page.locator("#train-lr input").fill("0.001")
+    page.locator("#train-queue").click()
+    page.locator("#train-status").get_by_text("Queued job").wait_for(timeout=60_000)
+    job_id = int(page.locator("#train-status strong").first.inner_text())
+    deadline = time.monotonic() + 600
+    table = page.locator("#train-jobs")
+    while time.monotonic() < deadline:
+        text = table.inner_text()
+        if "succeeded" in text or "failed" in text:
+            break
+        time.sleep(1)
+    text = table.inner_text()
+    assert "succeeded" in text, text
+    time.sleep(3.5)  # one more timer tick draws the curves
+    shot(page, "train")
+    page.get_by_role("tab", name="Models").click()
+    page.locator("#models-refresh").click()
+    row = page.locator("#models-table tr").filter(has_text=f"job {job_id} (decoder")
+    row.first.wait_for(timeout=60_000)
+    shot(page, "models")
+    context.close()
