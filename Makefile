@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_OUT := medsam_out/demo
 
-.PHONY: run test install install-dev bench clean
+.PHONY: run demo test install install-dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# The portal: web + one worker per queue. The first start prints the admin password once.
 run: $(VENV)/.installed
+	$(BIN)/medsam serve
+
+# The command-line demo: segment the bundled CT slice and write npy/PNG outputs.
+demo: $(VENV)/.installed
 	$(BIN)/medsam segment demo/ct_abdomen.png --box 95 255 190 350 --out $(DEMO_OUT)
 	@echo "Demo outputs (mask .npy, mask .png, overlay .png) are in $(DEMO_OUT)/"
 

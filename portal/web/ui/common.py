@@ -101,13 +101,24 @@ def mask_layer(mask: np.ndarray, colour=(255, 40, 40), alpha: int = 140) -> np.n
     return layer
 
 
+def editor_size(height: int, width: int) -> tuple[int, int]:
+    s = editor_scale(height, width)
+    return max(1, round(height * s)), max(1, round(width * s))
+
+
+def _pad(arr: np.ndarray) -> np.ndarray:
+    """Pad bottom/right to the editor's fixed square canvas, so the layer and the image never drift apart."""
+    out = np.zeros((EDITOR_MAX_SIDE, EDITOR_MAX_SIDE, *arr.shape[2:]), dtype=arr.dtype)
+    out[: arr.shape[0], : arr.shape[1]] = arr
+    return out
+
+
 def editor_value(rgb: np.ndarray, mask: np.ndarray | None) -> dict:
-    s = editor_scale(*rgb.shape[:2])
-    size = (max(1, round(rgb.shape[0] * s)), max(1, round(rgb.shape[1] * s)))
+    size = editor_size(*rgb.shape[:2])
     background = resize(rgb, size, nearest=False)
     small = np.zeros(size, np.uint8) if mask is None else resize((mask > 0).astype(np.uint8), size, nearest=True)
-    return {"background": np.dstack([background, np.full(size, 255, np.uint8)]),
-            "layers": [mask_layer(small)], "composite": None}
+    return {"background": _pad(np.dstack([background, np.full(size, 255, np.uint8)])),
+            "layers": [_pad(mask_layer(small))], "composite": None}
 
 
 def corrected_mask(editor: dict | None, original: np.ndarray) -> np.ndarray:
@@ -124,7 +135,11 @@ def corrected_mask(editor: dict | None, original: np.ndarray) -> np.ndarray:
     if layer is None:
         return original
     layer = np.asarray(layer)
+    h, w = editor_size(*original.shape)
     new_small = (layer[..., 3] > 0) if layer.ndim == 3 and layer.shape[2] == 4 else (layer > 0)
+    new_small = new_small[:h, :w]
+    if new_small.shape != (h, w):
+        raise gr.Error(f"the editor returned a {new_small.shape} layer for a {h}x{w} image; reload the image")
     old_small = resize(original, new_small.shape, nearest=True) > 0
     add = resize((new_small & ~old_small).astype(np.uint8), original.shape, nearest=True) > 0
     remove = resize((~new_small & old_small).astype(np.uint8), original.shape, nearest=True) > 0

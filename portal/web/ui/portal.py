@@ -17,6 +17,7 @@ from portal.store.services.images import display_pixels
 from portal.store.services.masks import load_mask
 from portal.web.ui import queries as q
 from portal.web.ui.common import (
+    EDITOR_MAX_SIDE,
     WINDOW_CHOICES,
     corrected_mask,
     editor_value,
@@ -101,7 +102,8 @@ def build_portal(app_state, engine) -> gr.Blocks:
                             image_mode="RGBA", format="png", layers=False, transforms=(), sources=(),
                             brush=gr.Brush(colors=["#ff2828"], default_color="#ff2828", color_mode="fixed",
                                            default_size=12),
-                            eraser=gr.Eraser(default_size=12), elem_id="ann-editor", height=560)
+                            eraser=gr.Eraser(default_size=12), elem_id="ann-editor", height=560,
+                            canvas_size=(EDITOR_MAX_SIDE, EDITOR_MAX_SIDE), fixed_canvas=True)
                 ann_status = gr.Markdown(elem_id="ann-status")
                 with gr.Row():
                     save_btn = gr.Button("Save draft (Alt+S)", elem_id="ann-save")
@@ -307,14 +309,14 @@ def build_portal(app_state, engine) -> gr.Blocks:
                     theirs = load_mask(store, latest.blob_sha) if latest else None
                 message = (f"**Not saved: conflict.** {exc}" +
                            (f" (revision {exc.current_revision} by {exc.author})" if exc.current_revision else ""))
-                return (st, f"⚠️ {message}", gr.update(), gr.update(visible=True), message,
+                return (st, f"⚠ {message}", gr.update(), gr.update(visible=True), message,
                         overlay_value(st["rgb"], [(mask, "yours")]),
                         overlay_value(st["rgb"], [(theirs if theirs is not None else np.zeros_like(mask),
                                                    f"revision {exc.current_revision}")]))
             st = {**st, "base_revision": rev.number, "mask": mask, "annotation_id": rev.annotation_id}
             what = "Submitted for review" if submit else "Draft saved"
             gr.Info(f"{what}: revision {rev.number}")
-            return (st, f"✅ {what}: revision **{rev.number}** of '{st['label']}' on image #{st['image_id']}.",
+            return (st, f"✓ {what}: revision **{rev.number}** of '{st['label']}' on image #{st['image_id']}.",
                     q.revision_rows(store, rev.annotation_id), gr.update(visible=False), "", None, None)
 
         save_outs = [ann, ann_status, history, conflict_box, conflict_md, mine_view, theirs_view]
@@ -380,7 +382,7 @@ def build_portal(app_state, engine) -> gr.Blocks:
                 annotations.reject(store, user, int(aid), comment)
             word = "Approved" if approve else "Rejected"
             gr.Info(f"{word} annotation #{aid}")
-            return (f"✅ {word} annotation #{aid}.", "", *refresh_review(pid, None, request))
+            return (f"✓ {word} annotation #{aid}.", "", *refresh_review(pid, None, request))
 
         rev_outs = [counts, subs, rev_pick]
         for trigger in (project.change, rev_refresh.click):
@@ -447,7 +449,7 @@ def build_portal(app_state, engine) -> gr.Blocks:
                 raise gr.Error("Give the number of epochs and the learning rate.")
             job = dispatch.submit_finetune(store, user, pid, {"mode": tmode, "epochs": int(epochs), "lr": float(lr)})
             gr.Info(f"Queued fine-tune job {job.id}")
-            return (f"✅ Queued job **{job.id}** ({tmode}, {int(epochs)} epochs, lr {float(lr):g}).",
+            return (f"✓ Queued job **{job.id}** ({tmode}, {int(epochs)} epochs, lr {float(lr):g}).",
                     *refresh_jobs(pid, job.id, request))
 
         @friendly
@@ -482,14 +484,14 @@ def build_portal(app_state, engine) -> gr.Blocks:
                 raise gr.Error("Give the id of the version to activate.")
             training.promote(store, user, pid, int(vid), force=bool(force))
             gr.Info(f"Version {int(vid)} is now active")
-            return f"✅ Version **{int(vid)}** is active" + (" (forced past the gate)." if force else "."), \
+            return f"✓ Version **{int(vid)}** is active" + (" (forced past the gate)." if force else "."), \
                 refresh_models(pid, request)
 
         @friendly
         def rollback(pid, request: gr.Request):
             user = user_of(store, request)
             project_row = model_versions.rollback(store, user, _need_project(pid))
-            return f"✅ Rolled back: version **{project_row.active_model_version_id}** is active.", \
+            return f"✓ Rolled back: version **{project_row.active_model_version_id}** is active.", \
                 refresh_models(pid, request)
 
         for trigger in (project.change, m_refresh.click):
@@ -515,7 +517,7 @@ def build_portal(app_state, engine) -> gr.Blocks:
                 created = projects.create_project(session, user, name or "", modality or "other", names)
                 pid, pname = created.id, created.name
             gr.Info(f"Created project {pname}")
-            return (f"✅ Created project **{pname}** (#{pid}).",
+            return (f"✓ Created project **{pname}** (#{pid}).",
                     gr.update(choices=q.projects_for(store, user), value=pid))
 
         @friendly
@@ -527,7 +529,7 @@ def build_portal(app_state, engine) -> gr.Blocks:
                 raise gr.Error(f"There is no user '{username}'.")
             with store.transaction() as session:
                 projects.add_member(session, user, pid, target)
-            return f"✅ {target.username} is a member of project #{pid}."
+            return f"✓ {target.username} is a member of project #{pid}."
 
         @friendly
         def upload(pid, files, window_choice, request: gr.Request, progress=gr.Progress()):
@@ -546,10 +548,10 @@ def build_portal(app_state, engine) -> gr.Blocks:
                     rows = images.add_image(store, user, pid, path, filename=name,
                                             window=window_value(window_choice))
                     good += 1
-                    lines.append(f"- ✅ {name}: image {rows[0].id}" + (f" ({len(rows)} slices)" if len(rows) > 1
+                    lines.append(f"- ✓ {name}: image {rows[0].id}" + (f" ({len(rows)} slices)" if len(rows) > 1
                                                                        else ""))
                 except MedsamError as exc:
-                    lines.append(f"- ❌ {name}: {exc}")
+                    lines.append(f"- ✗ {name}: {exc}")
             if good < len(files):
                 gr.Warning(f"{len(files) - good} of {len(files)} files were refused; see the list")
             return f"{good} of {len(files)} files added:\n" + "\n".join(lines), *refresh_admin(pid, request)
@@ -562,7 +564,7 @@ def build_portal(app_state, engine) -> gr.Blocks:
             if not image_id:
                 raise gr.Error("Give the id of the image to delete.")
             images.delete_image(store, user, int(image_id))
-            return f"✅ Deleted image {int(image_id)}.", *refresh_admin(pid, request)
+            return f"✓ Deleted image {int(image_id)}.", *refresh_admin(pid, request)
 
         @friendly
         def delete_project(pid, typed, request: gr.Request):
@@ -574,7 +576,7 @@ def build_portal(app_state, engine) -> gr.Blocks:
             with store.transaction() as session:
                 projects.delete_project(session, user, pid)
             choices = q.projects_for(store, user)
-            return (f"✅ Deleted project {row.name}.",
+            return (f"✓ Deleted project {row.name}.",
                     gr.update(choices=choices, value=choices[0][1] if choices else None))
 
         @friendly
@@ -584,7 +586,7 @@ def build_portal(app_state, engine) -> gr.Blocks:
             user = user_of(store, request)
             pid = _need_project(pid)
             job = dispatch.submit_precompute(store, user, pid, model_versions.active_version(store, pid).id)
-            return f"✅ Embedding precompute queued (job {job.id})."
+            return f"✓ Embedding precompute queued (job {job.id})."
 
         for trigger in (project.change,):
             trigger(refresh_admin, [project], [images_table, export_md])
