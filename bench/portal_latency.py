@@ -5,9 +5,12 @@ in a fresh data folder (the default). It measures:
 * the re-prompt latency on a cached image (p50/p95 over ``--prompts``), next to the
   server's own decode time for the same prompts;
 * the first prompt on a new image (the worker's encode included);
-* ``--clients`` concurrent clients prompting for ``--seconds`` (throughput, p95, errors).
+* ``--clients`` concurrent clients prompting for ``--seconds`` (throughput, p95, errors);
+* with ``--browser``, also in Debian's chromium (Playwright) on the Segment demo page: from
+  the mouse-up that ends a box drag to the overlay image being drawn, over ``--browser-prompts``
+  (timed inside the page, so Playwright's own round trips are not counted).
 
-    .venv/bin/python bench/portal_latency.py                  # starts its own server
+    .venv/bin/python bench/portal_latency.py --browser        # starts its own server
     .venv/bin/python bench/portal_latency.py --url http://127.0.0.1:7860 --user admin --password-stdin
 """
 
@@ -76,6 +79,8 @@ def main() -> int:
     p.add_argument("--prompts", type=int, default=50)
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--seconds", type=float, default=30)
+    p.add_argument("--browser", action="store_true", help="also measure mouse-up to overlay in chromium")
+    p.add_argument("--browser-prompts", type=int, default=10)
     args = p.parse_args()
     password = sys.stdin.readline().rstrip("\n") if args.password_stdin else "bench-password-1"
     proc, tmp = None, None
@@ -85,7 +90,12 @@ def main() -> int:
         tmp = tempfile.TemporaryDirectory(prefix="portal-bench-")
         url, proc = start_server(Path(tmp.name), password)
     try:
-        return run(url, args, password)
+        code = run(url, args, password)
+        if args.browser:
+            from portal_browser import browser_latency  # bench/portal_browser.py
+
+            browser_latency(url, args.user, password, args.browser_prompts)
+        return code
     finally:
         if proc is not None:
             os.kill(proc.pid, signal.SIGTERM)

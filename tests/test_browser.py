@@ -100,7 +100,7 @@ def portal(tmp_path_factory, data_dir):
     browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     try:
         yield {"url": server.url, "browser": browser, "settings": settings, "folder": folder,
-               "work": work.id, "train": train.id, "demo_image": demo_row.id}
+               "work": work.id, "train": train.id, "demo_image": demo_row.id, "anna": ids["anna"].id}
     finally:
         browser.close()
         pw.stop()
@@ -178,22 +178,37 @@ def test_annotate_brush_save_submit_then_reviewer_approves(portal):
     page.locator("#ann-editor").get_by_role("button", name="Brush").first.click()
     paint = image_frame(page, "#ann-editor", 512, 512)
     drag(page, paint(300, 100), paint(400, 100), steps=12)
-    time.sleep(1)
     shot(page, "annotate_brush")
+
+    # Autosave: without pressing Save, a draft with the stroke lands in the database within a few seconds.
+    store = _store(portal)
+    deadline, draft = time.monotonic() + 60, None
+    while time.monotonic() < deadline and draft is None:
+        time.sleep(1)
+        with store.transaction() as session:
+            ann = session.query(Annotation).filter_by(image_id=portal["demo_image"], label=LABEL).one_or_none()
+            latest = None if ann is None else session.query(AnnotationRevision).filter_by(
+                annotation_id=ann.id, number=ann.current_revision).one_or_none()
+            if latest is not None and ann.status == AnnotationStatus.draft \
+                    and load_mask(store, latest.blob_sha)[60:140, 300:400].any():
+                draft = latest.number
+    assert draft is not None, "no automatic draft with the brush stroke"
+    page.locator("#ann-status").get_by_text("Draft saved automatically").wait_for(timeout=30_000)
+
     page.locator("#ann-save").click()
-    page.locator("#ann-status").get_by_text("Draft saved: revision 1").wait_for(timeout=60_000)
+    page.locator("#ann-status").get_by_text(f"Draft saved: revision {draft + 1}").wait_for(timeout=60_000)
     page.locator("#ann-submit").click()
-    page.locator("#ann-status").get_by_text("Submitted for review: revision 2").wait_for(timeout=60_000)
+    page.locator("#ann-status").get_by_text(f"Submitted for review: revision {draft + 2}").wait_for(timeout=60_000)
     page.locator("#ann-history").scroll_into_view_if_needed()
     expect(page.locator("#ann-history")).to_contain_text("anna", timeout=30_000)
     shot(page, "annotate_history")
 
-    store = _store(portal)
     with store.transaction() as session:
         ann = session.query(Annotation).filter_by(image_id=portal["demo_image"], label=LABEL).one()
         revs = session.query(AnnotationRevision).filter_by(annotation_id=ann.id).order_by(
             AnnotationRevision.number).all()
-        assert ann.status == AnnotationStatus.submitted and [r.number for r in revs] == [1, 2]
+        assert ann.status == AnnotationStatus.submitted
+        assert [r.number for r in revs] == list(range(1, draft + 3))
         mask = load_mask(store, revs[-1].blob_sha)
         assert revs[0].base_mask_id is not None and revs[0].prompt["boxes"]
     ys, xs = np.nonzero(mask[:200, 250:])  # the stroke, far from the proposed mask
@@ -238,18 +253,22 @@ def test_two_editors_the_second_gets_the_conflict_and_nothing_is_overwritten(por
     paint = image_frame(first, "#ann-editor", 512, 512)
     drag(first, paint(60, 60), paint(120, 60))
     first.locator("#ann-save").click()
-    first.locator("#ann-status").get_by_text(f"Draft saved: revision {before + 1}").wait_for(timeout=60_000)
+    first.locator("#ann-status").get_by_text("Draft saved: revision").wait_for(timeout=60_000)
+    time.sleep(1)  # (an automatic draft of the stroke may have come first)
+    with store.transaction() as session:
+        saved = session.query(Annotation).filter_by(id=ann.id).one().current_revision
+    assert saved > before
     paint = image_frame(second, "#ann-editor", 512, 512)
     drag(second, paint(60, 400), paint(120, 400))
-    second.locator("#ann-save").click()
-    message = wait_toast(second, f"revision {before + 1} by anna")
+    second.locator("#ann-save").click()  # (its automatic draft, if first, meets the same conflict)
+    message = wait_toast(second, f"revision {saved} by anna")
     assert "nothing was overwritten" in message
-    second.locator("#ann-conflict").get_by_text(f"revision {before + 1} by anna").first.wait_for(timeout=30_000)
+    second.locator("#ann-conflict").get_by_text(f"revision {saved} by anna").first.wait_for(timeout=30_000)
     shot(second, "conflict")
     with store.transaction() as session:
         numbers = [r.number for r in session.query(AnnotationRevision).filter_by(annotation_id=ann.id)]
-        latest = session.query(AnnotationRevision).filter_by(annotation_id=ann.id, number=before + 1).one()
-    assert max(numbers) == before + 1 and latest.author_id is not None
+        latest = session.query(AnnotationRevision).filter_by(annotation_id=ann.id, number=saved).one()
+    assert max(numbers) == saved and latest.author_id == portal["anna"]
     store.close()
     for context in contexts:
         context.close()
@@ -280,4 +299,44 @@ def test_queue_a_one_epoch_decoder_finetune_and_see_it_under_models(portal):
     page.locator("#models-refresh").click()
     expect(page.locator("#models-table")).to_contain_text(f"job {job_id} (decoder", timeout=60_000)
     shot(page, "models")
+    context.close()
+
+
+def test_admin_imports_a_zip_prelabels_and_downloads_an_export(portal, tmp_path):
+    import zipfile
+
+    (a, mask), (b, _) = _synthetic(tmp_path, 2)
+    for path in (a, b):  # mirrored, so they are new images, not the fixture's (uploads are deduplicated)
+        PILImage.fromarray(np.asarray(PILImage.open(path))[:, ::-1].copy()).save(path)
+    mask_png = tmp_path / "mask.png"
+    PILImage.fromarray(mask[:, ::-1] * 255).save(mask_png)
+    bundle = tmp_path / "labels.zip"
+    with zipfile.ZipFile(bundle, "w") as zf:
+        zf.write(a, "images/imp_a.png")
+        zf.write(mask_png, "masks/imp_a.png")
+        zf.write(b, "images/imp_b.png")  # no mask: stays unlabelled, so pre-labelling has work
+    context = _context(portal)
+    page = login(context, portal["url"], "admin1", PASSWORD)
+    page.get_by_role("tab", name="Project admin").click()
+    choose(page, "#project", "Blobs")
+    page.locator("#admin-import input[type=file]").set_input_files(str(bundle))
+    time.sleep(1)
+    page.locator("#admin-import-btn").click()
+    expect(page.locator("#admin-status")).to_contain_text("Imported 2 images and 1 annotations", timeout=60_000)
+
+    page.locator("#admin-prelabel").click()
+    page.locator("#admin-status").get_by_text("Pre-labelling queued").wait_for(timeout=60_000)
+    expect(page.locator("#admin-job")).to_contain_text("succeeded", timeout=120_000)
+    expect(page.locator("#admin-job")).to_contain_text("1/1 images")
+
+    page.locator("#admin-export").click()
+    page.locator("#admin-status").get_by_text("Export ready").wait_for(timeout=60_000)
+    shot(page, "admin")
+    with page.expect_download() as download:
+        page.locator("#admin-export-download").click()
+    with zipfile.ZipFile(download.value.path()) as zf:
+        names = zf.namelist()
+        manifest = __import__("json").loads(zf.read("manifest.json"))
+    assert manifest["format"] == "npy" and any(n.startswith("masks/organ/") and "imp_a" in n for n in names)
+    assert page.errors == []
     context.close()

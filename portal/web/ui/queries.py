@@ -167,3 +167,19 @@ def project_of(store, project_id: int) -> Project | None:
 def user_by_name(store, username: str) -> User | None:
     with store.transaction() as session:
         return session.scalar(select(User).where(User.username == username))
+
+
+def prelabel_mask(store, image_id: int) -> Mask | None:
+    """The newest mask a bulk pre-label job stored for this image, if any."""
+    with store.transaction() as session:
+        return session.scalar(select(Mask).where(Mask.image_id == image_id, Mask.job_id.is_not(None))
+                              .order_by(Mask.id.desc()).limit(1))
+
+
+def unannotated_images(store, user, project_id: int) -> list[Image]:
+    """Images (2-D, or each slice) with no saved annotation of any label: what pre-labelling fills."""
+    with store.transaction() as session:
+        get_project(session, user, project_id)
+        done = select(Annotation.image_id).where(Annotation.current_revision > 0)
+        return list(session.scalars(select(Image).where(Image.project_id == project_id, Image.id.not_in(done))
+                                    .order_by(Image.id)))
