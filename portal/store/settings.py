@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     training_gpu: bool | None = Field(None, description="Do training workers have a GPU? None: look here.")
     allow_full_finetune_without_gpu: bool = Field(False, description="Permit full fine-tuning on a CPU.")
     training_time_limit_s: int = Field(7 * 24 * 3600, gt=0, description="Hard time limit of one training task.")
+    max_checkpoint_mb: int = Field(4096, gt=0, description="Largest checkpoint upload (SAM ViT-H is 2.5 GB).")
     max_upload_mb: int = Field(200, gt=0, description="Largest upload accepted by the portal, in MB.")
     public_demo: bool = Field(True, description="Offer the segmentation demo without login.")
     demo_ttl_minutes: int = Field(60, gt=0, description="Public demo uploads are deleted after this long.")

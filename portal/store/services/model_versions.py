@@ -93,3 +93,28 @@ def list_versions(store: Store, actor: User, project_id: int) -> list[ModelVersi
         get_project(session, actor, project_id)
         return list(session.scalars(select(ModelVersion).where(
             (ModelVersion.project_id == project_id) | ModelVersion.project_id.is_(None)).order_by(ModelVersion.id)))
+
+
+def register_checkpoint(store: Store, actor: User, project_id: int, family: str, path, name: str | None = None
+                        ) -> ModelVersion:
+    """Register a user's MedSAM/SAM checkpoint as a project version.
+
+    It is loaded (weights only) into the named family before anything is
+    stored, so a file that doesn't fit is refused with the family and the first
+    mismatched keys, and writes nothing. The same weights twice give one version.
+    """
+    from medsam_core.models import load_model
+
+    require_role(actor, Role.admin, doing="register model checkpoints")
+    with store.transaction() as session:
+        get_project(session, actor, project_id)
+    loaded = load_model(family, path, device="cpu")  # raises CheckpointError / UnknownModelError
+    with store.transaction() as session:
+        existing = session.scalar(select(ModelVersion).where(ModelVersion.project_id == project_id,
+                                                             ModelVersion.model_digest == loaded.model_digest))
+        if existing is not None:
+            return existing
+    blob, _ = store.blobs.put_file(path)
+    return register_version(store, name=name or f"uploaded {family}", family=family,
+                            encoder_digest=loaded.encoder_digest, model_digest=loaded.model_digest,
+                            project_id=project_id, checkpoint_blob=blob, metrics={"source": "upload"}, actor=actor)

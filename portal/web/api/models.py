@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from portal.store.models import ModelVersion, User
 from portal.store.services import model_versions, training
 from portal.web.api import PREFIX, store_of
+from portal.web.api.uploads import received_file
 from portal.web.auth import current_user
 
 router = APIRouter(prefix=PREFIX, tags=["models"])
@@ -43,6 +45,21 @@ def activate(pid: int, vid: int, request: Request, user: User = Depends(current_
     ``{"force": true}`` lets an admin override it, and the override is audited."""
     project = training.promote(store_of(request), user, pid, vid, force=bool(body and body.force))
     return {"project_id": pid, "active_model_version_id": project.active_model_version_id}
+
+
+@router.post("/projects/{pid}/models", status_code=201)
+async def upload_checkpoint(pid: int, request: Request, user: User = Depends(current_user)) -> dict:
+    """Multipart ``file`` (a PyTorch checkpoint) and form field ``family`` (medsam_vit_b, sam_vit_b, ...,
+    or lite); optional ``name``. Loaded weights-only into that family first: a file that doesn't fit is a
+    400 naming the family and the first mismatched keys, and nothing is stored."""
+    store = store_of(request)
+    # torch.save writes a zip; the limit is MEDSAM_MAX_CHECKPOINT_MB, not the image limit.
+    async with received_file(request, expect={".zip"}, limit_mb=store.settings.max_checkpoint_mb) as upload:
+        family = upload.fields.get("family") or "medsam_vit_b"
+        version = await run_in_threadpool(model_versions.register_checkpoint, store, user, pid, family,
+                                          upload.path, upload.fields.get("name") or None)
+    active = model_versions.active_version(store, pid).id
+    return version_json(version, active, training.evaluation(store, version.id, pid))
 
 
 @router.post("/projects/{pid}/models/rollback")

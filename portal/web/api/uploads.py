@@ -113,13 +113,13 @@ def _spill(source: UploadFile, folder: Path, expect: set[str] | None) -> tuple[P
 class received_file:
     """``async with received_file(request, expect={".zip"}) as upload:`` -- the file, then removed."""
 
-    def __init__(self, request: Request, expect: set[str] | None = None):
-        self.request, self.expect = request, expect
+    def __init__(self, request: Request, expect: set[str] | None = None, limit_mb: int | None = None):
+        self.request, self.expect, self.limit_mb = request, expect, limit_mb
         self.upload: Upload | None = None
 
     async def __aenter__(self) -> Upload:
         settings = self.request.app.state.settings
-        limit = settings.max_upload_mb * 1024 * 1024
+        limit = (self.limit_mb or settings.max_upload_mb) * 1024 * 1024
         form = await _parse(self.request, limit)
         try:
             source = form.get("file")

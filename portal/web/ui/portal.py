@@ -6,6 +6,8 @@ and nothing is written when a request is refused.
 """
 
 import gradio as gr
+
+from medsam_core.models import FAMILIES
 import pandas as pd
 
 from portal.store.models import TrainingJob
@@ -114,6 +116,13 @@ def build_portal(app_state, engine) -> gr.Blocks:
                     m_rollback = gr.Button("Roll back to the previous version", elem_id="models-rollback")
                     m_refresh = gr.Button("↻", size="sm", scale=0, elem_id="models-refresh")
                 m_status = gr.Markdown(elem_id="models-status")
+                with gr.Accordion("Register a MedSAM / SAM checkpoint", open=False):
+                    with gr.Row():
+                        ck_file = gr.File(label="Checkpoint (.pth)", file_types=[".pth", ".pt"], elem_id="ckpt-file")
+                        ck_family = gr.Dropdown(list(FAMILIES), value="medsam_vit_b", label="Model family",
+                                                elem_id="ckpt-family")
+                        ck_name = gr.Textbox(label="Name (optional)", elem_id="ckpt-name")
+                    ck_button = gr.Button("Register (checked by loading it first)", elem_id="ckpt-register")
 
             # ---------------------------------------------------------------- Project admin
             with gr.Tab("Project admin", id="admin"):
@@ -281,6 +290,16 @@ def build_portal(app_state, engine) -> gr.Blocks:
             return f"✓ Rolled back: version **{project_row.active_model_version_id}** is active.", \
                 refresh_models(pid, request)
 
+        @friendly
+        def register_checkpoint(pid, path, family, name, request: gr.Request):
+            user = user_of(store, request)
+            if not path:
+                raise gr.Error("Choose a checkpoint file first.")
+            version = model_versions.register_checkpoint(store, user, _need_project(pid), family, path, name or None)
+            return f"✓ Registered **{version.name}** as version {version.id}; evaluate or promote it above.", \
+                refresh_models(pid, request)
+
+        ck_button.click(register_checkpoint, [project, ck_file, ck_family, ck_name], [m_status, versions_table])
         for trigger in (project.change, m_refresh.click):
             trigger(refresh_models, [project], [versions_table])
         m_activate.click(activate, [project, m_version, m_force], [m_status, versions_table])
