@@ -21,7 +21,6 @@ from medsam_core.models import LoadedModel
 from medsam_core.prompt_decoder import build_prompt_arrays
 from medsam_core.prompts import validate_boxes, validate_mask_input, validate_points
 
-LOW_RES = 256
 
 
 @dataclass
@@ -64,13 +63,15 @@ class Predictor:
     def family(self) -> str:
         return self.model.family.name
 
-    def cache_key(self, rgb: np.ndarray) -> CacheKey:
-        return CacheKey(pixel_sha256(_check_rgb(rgb)), self.family, self.model.encoder_digest)
+    def cache_key(self, rgb: np.ndarray, pixel_digest: str | None = None) -> CacheKey:
+        """``pixel_digest``: a caller that keeps the pixels (the web process) hashes them once, not per prompt."""
+        digest = pixel_digest or pixel_sha256(_check_rgb(rgb))
+        return CacheKey(digest, self.family, self.model.encoder_digest)
 
-    def encode(self, rgb: np.ndarray) -> Embedding:
+    def encode(self, rgb: np.ndarray, pixel_digest: str | None = None) -> Embedding:
         rgb = _check_rgb(rgb)
         start = time.perf_counter()
-        key = self.cache_key(rgb)
+        key = self.cache_key(rgb, pixel_digest)
         features = self.cache.get(key)
         hit = features is not None
         if not hit:

@@ -106,16 +106,12 @@ def moto_endpoint():
     try:
         from moto.server import ThreadedMotoServer
     except ImportError as exc:
-        if IN_CI:
-            pytest.fail(f"required in CI: moto[server] is not installed ({exc})")
-        pytest.skip(f"moto[server] is not installed ({exc})")
+        require(False, f"moto[server] is not installed ({exc})")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     try:
         server.start()
     except Exception as exc:  # pragma: no cover - depends on the machine
-        if IN_CI:
-            pytest.fail(f"required in CI: moto server did not start ({exc})")
-        pytest.skip(f"moto server did not start ({exc})")
+        require(False, f"moto server did not start ({exc})")
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()

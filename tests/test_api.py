@@ -237,12 +237,12 @@ def test_export_formats(api):
         if fmt == "seed":
             gts = [n for n in names if n.startswith("gts/")]
             assert gts and [n for n in names if n.startswith("imgs/")]
-            labels = np.load(io.BytesIO(zf.read(gts[0])))
+            labels = np.load(io.BytesIO(zf.read(gts[0])), allow_pickle=False)
             assert labels.shape == (256, 256) and set(np.unique(labels)) == {0, 1}
         else:
             (mask_name,) = [n for n in names if n.startswith("masks/lesion/")]
             data = zf.read(mask_name)
-            arr = np.load(io.BytesIO(data)) if fmt == "npy" else np.asarray(PILImage.open(io.BytesIO(data)))
+            arr = np.load(io.BytesIO(data), allow_pickle=False) if fmt == "npy" else np.asarray(PILImage.open(io.BytesIO(data)))
             assert set(np.unique(arr)) == ({0, 1} if fmt == "npy" else {0, 255})
             assert [n for n in names if n.startswith("images/") and n.endswith(".png")]
     assert call(api, "GET", f"/projects/{pid}/export", params={"format": "tar"}).status_code == 422

@@ -50,7 +50,7 @@ def test_nifti_volume_drops_empty_slices_and_small_objects(tmp_path):
     report = prepare_folder(src, tmp_path / "out", window="abdomen", size=128, min_object_px=50)
     assert (report.written, report.objects_dropped) == (1, 1)
     check_layout(tmp_path / "out", ["liver_007-001"], 128)
-    gts = np.load(tmp_path / "out" / "gts" / "liver_007-001.npy")
+    gts = np.load(tmp_path / "out" / "gts" / "liver_007-001.npy", allow_pickle=False)
     ys, xs = np.nonzero(gts)  # the object spans x 10..39 of 64 and y 5..29 of 48, scaled to 128
     assert 15 <= xs.min() <= 25 and 75 <= xs.max() <= 82 and 10 <= ys.min() <= 16 and 75 <= ys.max() <= 82
 
@@ -72,7 +72,7 @@ def test_dicom_series_with_label_volume(tmp_path):
     report = prepare_folder(src, tmp_path / "out", size=64, min_object_px=10)
     assert report.written == 1 and report.slices_without_labels == 2
     check_layout(tmp_path / "out", ["case1-002"], 64)
-    assert set(np.unique(np.load(tmp_path / "out" / "gts" / "case1-002.npy"))) == {0, 3}
+    assert set(np.unique(np.load(tmp_path / "out" / "gts" / "case1-002.npy", allow_pickle=False))) == {0, 3}
 
 
 def test_prepare_refuses_unknown_layouts(tmp_path, run_medsam):

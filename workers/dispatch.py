@@ -25,7 +25,7 @@ TASK_FOR_KIND = {
 MAX_BATCH_ITEMS = 10_000
 
 
-def _check_version(session, version_id: int, project_id: int) -> None:
+def check_version(session, version_id: int, project_id: int) -> None:
     version = session.get(ModelVersion, version_id)
     if version is None:
         raise NotFoundError(f"model version {version_id} does not exist")
@@ -44,7 +44,7 @@ def submit_segment_batch(store: Store, actor: User | None, project_id: int, mode
     with store.transaction() as session:
         if actor is not None:
             get_project(session, actor, project_id)
-        _check_version(session, model_version_id, project_id)
+        check_version(session, model_version_id, project_id)
         ids = {int(item["image_id"]) for item in items if "image_id" in item}
         images = {i.id: i for i in session.scalars(select(Image).where(Image.id.in_(ids)))}
         for n, item in enumerate(items, start=1):
@@ -68,7 +68,7 @@ def submit_precompute(store: Store, actor: User | None, project_id: int, model_v
     with store.transaction() as session:
         if actor is not None:
             get_project(session, actor, project_id)
-        _check_version(session, model_version_id, project_id)
+        check_version(session, model_version_id, project_id)
     job = jobs.create_job(store, JobKind.precompute_embeddings, {"model_version_id": model_version_id},
                           project_id=project_id, actor=actor)
     return enqueue(store, job, celery_app)

@@ -72,11 +72,11 @@ class ModelPool:
             if version is None:
                 raise NotFoundError(f"model version {version_id} does not exist")
         settings = self.store.settings
-        checkpoint = None if version.checkpoint_blob is None else self._checkpoint_file(version.checkpoint_blob)
+        checkpoint = None if version.checkpoint_blob is None else self.checkpoint_file(version.checkpoint_blob)
         model = load_model(version.family, checkpoint, settings.device)
         return Predictor(model, self.cache, backend=settings.inference_backend, onnx_dir=settings.onnx_dir)
 
-    def _checkpoint_file(self, blob: str) -> Path:
+    def checkpoint_file(self, blob: str) -> Path:
         folder = self.store.settings.data_dir / "checkpoints"
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{blob}.pth"

@@ -58,7 +58,7 @@ def _load(store, version_id: int):
         version = session.get(ModelVersion, version_id)
         if version is None:
             raise NotFoundError(f"model version {version_id} does not exist")
-    checkpoint = None if version.checkpoint_blob is None else get_pool()._checkpoint_file(version.checkpoint_blob)
+    checkpoint = None if version.checkpoint_blob is None else get_pool().checkpoint_file(version.checkpoint_blob)
     return version, load_model(version.family, checkpoint, store.settings.device)
 
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from medsam_core.preprocess import Preprocessor
+from medsam_core.prompts import LOW_RES
 
-LOW_RES = 256
 
 
 @dataclass

@@ -85,14 +85,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     for router in routers():
         app.include_router(router)
-    try:
-        from portal.web.ui import mount_ui
-    except ImportError as exc:
-        if exc.name != "portal.web.ui":  # the UI exists but cannot load: serve the API, and say why
-            log.warning("the UI is not mounted: %s", exc)
-        mount_ui = None
-    if mount_ui is not None:
-        mount_ui(app)
+    from portal.web.ui import mount_ui
+
+    mount_ui(app)  # last: Gradio mounted at "/" hides any route added after it
     return app
 
 

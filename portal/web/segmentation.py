@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from medsam_core.cache import pixel_sha256
 from medsam_core.errors import MedsamError, PromptError
 from medsam_core.outputs import label_map
 from medsam_core.prompts import validate_boxes, validate_points
@@ -30,7 +31,7 @@ from portal.store.services.masks import record_mask
 from portal.store.services.model_versions import active_version
 from portal.store.store import Store
 from portal.web import metrics
-from workers.dispatch import _check_version
+from workers.dispatch import check_version
 from workers.runtime import ModelPool
 
 ENCODE_TASK = "medsam.inference.encode_image"
@@ -75,7 +76,7 @@ class SegmentationService:
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._inflight: dict[Any, Future] = {}
-        self._pixels: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._pixels: OrderedDict[tuple, tuple[np.ndarray, str]] = OrderedDict()
 
     def segment(self, actor: User | None, image_id: int, boxes=None, points=None,
                 model_version_id: int | None = None) -> dict[str, Any]:
@@ -89,9 +90,9 @@ class SegmentationService:
             raise PromptError("give at least one box [x0, y0, x1, y1] or one point [x, y, label]")
         version_id = self._version(image.project_id, model_version_id)
         predictor = self.predictor(version_id)
-        rgb = self._display(image)
-        wait_ms, hit = self._ensure_embedding(predictor, rgb, image.id, version_id)
-        embedding = predictor.encode(rgb)  # served from the cache now
+        rgb, digest = self._display(image)
+        wait_ms, hit = self._ensure_embedding(predictor, rgb, digest, image.id, version_id)
+        embedding = predictor.encode(rgb, digest)  # served from the cache now
         decode_start = time.perf_counter()
         prediction = predictor.decode(embedding, boxes=boxes, points=points)
         labels = label_map(prediction.masks)
@@ -135,26 +136,29 @@ class SegmentationService:
         if version_id is None:
             return active_version(self.store, project_id).id
         with self.store.transaction() as session:
-            _check_version(session, int(version_id), project_id)
+            check_version(session, int(version_id), project_id)
         return int(version_id)
 
-    def _display(self, image: Image) -> np.ndarray:
+    def _display(self, image: Image) -> tuple[np.ndarray, str]:
+        """The encoder's pixels and their SHA-256, both kept so a re-prompt neither re-reads nor re-hashes."""
         key = (image.id, image.blob_sha, image.slice_index, image.window)
         with self._lock:
-            rgb = self._pixels.get(key)
-            if rgb is not None:
+            found = self._pixels.get(key)
+            if found is not None:
                 self._pixels.move_to_end(key)
-                return rgb
+                return found
         rgb = display_pixels(self.store, image)
+        found = (rgb, pixel_sha256(rgb))
         with self._lock:
-            self._pixels[key] = rgb
-            while sum(a.nbytes for a in self._pixels.values()) > PIXEL_CACHE_BYTES and len(self._pixels) > 1:
+            self._pixels[key] = found
+            while sum(a.nbytes for a, _ in self._pixels.values()) > PIXEL_CACHE_BYTES and len(self._pixels) > 1:
                 self._pixels.popitem(last=False)
-        return rgb
+        return found
 
-    def _ensure_embedding(self, predictor, rgb: np.ndarray, image_id: int, version_id: int) -> tuple[float, bool]:
+    def _ensure_embedding(self, predictor, rgb: np.ndarray, digest: str, image_id: int,
+                          version_id: int) -> tuple[float, bool]:
         """(ms waited, was it cached). A miss is encoded by a worker, never here."""
-        key = predictor.cache_key(rgb)
+        key = predictor.cache_key(rgb, digest)
         if predictor.cache.get(key) is not None:
             return 0.0, True
         with self._lock:

@@ -63,7 +63,7 @@ def job_text(job: Job) -> str:
 def build_admin_tab(app_state, project) -> None:
     """Components and events of the tab; call inside ``gr.Tab``. ``project`` is the shared project dropdown."""
     store, settings = app_state.store, app_state.settings
-    celery_app = getattr(getattr(app_state, "segmentation", None), "celery_app", None)
+    celery_app = app_state.segmentation.celery_app
     with gr.Accordion("New project", open=True):
         with gr.Row():
             p_name = gr.Textbox(label="Name", elem_id="admin-name")

@@ -46,12 +46,7 @@ def build_portal(app_state, engine) -> gr.Blocks:
     settings = app_state.settings
 
     def seg_service():
-        service = getattr(app_state, "segmentation", None)
-        if service is None:
-            from portal.web.ui.engine import FallbackSegmentation
-
-            service = FallbackSegmentation(store, engine)
-        return service
+        return app_state.segmentation  # the REST API's service: one segmentation path for both
 
     with gr.Blocks(title="MedSAM portal") as demo:
         with gr.Row():
