@@ -19,9 +19,9 @@ from medsam_core.errors import PromptError
 from medsam_core.cache import CacheKey, EmbeddingCache, pixel_sha256
 from medsam_core.models import LoadedModel
 from medsam_core.prompt_decoder import build_prompt_arrays
-from medsam_core.prompts import validate_boxes, validate_mask_input, validate_points
+from medsam_core.prompts import LOW_RES, validate_boxes, validate_mask_input, validate_points
 
-
+DECODE_CHUNK_BOXES = 8
 
 @dataclass
 class Embedding:
@@ -52,7 +52,10 @@ def _check_rgb(rgb: np.ndarray) -> np.ndarray:
 
 class Predictor:
     def __init__(self, model: LoadedModel, cache: EmbeddingCache | None = None, backend: str = "auto",
-                 onnx_dir: str | Path | None = None):
+                 onnx_dir: str | Path | None = None, chunk_boxes: int = DECODE_CHUNK_BOXES):
+        if chunk_boxes < 1:
+            raise ValueError("chunk_boxes must be at least 1")
+        self.chunk_boxes = int(chunk_boxes)
         self.model = model
         self.cache = cache if cache is not None else EmbeddingCache(store=None)
         self.backend = make_backend(model, backend, onnx_dir)
@@ -90,9 +93,11 @@ class Predictor:
                multimask: bool | None = None) -> Prediction:
         """Boxes ``[x0, y0, x1, y1]`` and points ``(x, y, label)`` in original pixels.
 
-        Several boxes decode in one batched call; the points, if any, refine
-        every box. ``multimask`` defaults to SAM's advice: on for a single
-        point with no box (ambiguous), off otherwise.
+        Several boxes decode in batches of ``chunk_boxes``: the decoder copies the
+        image embedding once per box, so one batch of 200 boxes would need gigabytes,
+        while chunks keep the peak flat whatever the count. The points, if any, refine
+        every box. ``multimask`` defaults to SAM's advice: on for a single point with
+        no box (ambiguous), off otherwise.
         """
         if embedding.family != self.family or embedding.encoder_digest != self.model.encoder_digest:
             raise ValueError("this embedding was made by another model; encode the image with this predictor")
@@ -103,27 +108,34 @@ class Predictor:
         if box_arr is None and pts is None:
             raise PromptError("give at least one box [x0, y0, x1, y1] or one point (x, y, label)")
         n_prompts = 1 if box_arr is None else len(box_arr)
-        scale = self.preprocessor.scale_coords
-        coords, labels = build_prompt_arrays(
-            None if box_arr is None else scale(box_arr.reshape(-1, 2, 2), size).reshape(-1, 4),
-            None if pts is None else scale(pts, size), pt_labels,
-        )
         masks_in, has_mask = validate_mask_input(mask_input, n_prompts)
-        features = embedding.features.astype(np.float32)[None]
-        all_logits, all_iou = self.backend.decode(features, coords, labels, masks_in, has_mask)
         if multimask is None:
             multimask = box_arr is None and pts is not None and len(pts) == 1
-        if multimask:
-            best = 1 + np.argmax(all_iou[:, 1:], axis=1)
-        else:
-            best = np.zeros(n_prompts, dtype=np.int64)
-        rows = np.arange(n_prompts)
-        low_res = np.ascontiguousarray(all_logits[rows, best][:, None], dtype=np.float32)
-        iou = all_iou[rows, best].astype(np.float32)
-        full = self.preprocessor.logits_to_original(torch.from_numpy(low_res), size)
-        masks = (full[:, 0] > 0).numpy()
+        features = embedding.features.astype(np.float32)[None]
+        masks = np.empty((n_prompts, *size), dtype=bool)
+        low_res = np.empty((n_prompts, 1, LOW_RES, LOW_RES), dtype=np.float32)
+        iou = np.empty(n_prompts, dtype=np.float32)
+        for lo in range(0, n_prompts, self.chunk_boxes):
+            hi = min(lo + self.chunk_boxes, n_prompts)
+            chunk = None if box_arr is None else box_arr[lo:hi]
+            masks[lo:hi], low_res[lo:hi], iou[lo:hi] = self._decode_rows(
+                features, chunk, pts, pt_labels, masks_in[lo:hi], has_mask, size, multimask)
         return Prediction(masks=masks, low_res_logits=low_res, iou=iou,
                           decode_ms=(time.perf_counter() - start) * 1000, boxes=box_arr)
+
+    def _decode_rows(self, features, boxes, pts, pt_labels, masks_in, has_mask, size, multimask):
+        """One decoder call for a chunk of boxes (or one points-only prompt): masks, low-res logits, IoU."""
+        scale = self.preprocessor.scale_coords
+        coords, labels = build_prompt_arrays(
+            None if boxes is None else scale(boxes.reshape(-1, 2, 2), size).reshape(-1, 4),
+            None if pts is None else scale(pts, size), pt_labels,
+        )
+        all_logits, all_iou = self.backend.decode(features, coords, labels, masks_in, has_mask)
+        rows = np.arange(len(all_iou))
+        best = 1 + np.argmax(all_iou[:, 1:], axis=1) if multimask else np.zeros(len(rows), dtype=np.int64)
+        low_res = np.ascontiguousarray(all_logits[rows, best][:, None], dtype=np.float32)
+        full = self.preprocessor.logits_to_original(torch.from_numpy(low_res), size)
+        return (full[:, 0] > 0).numpy(), low_res, all_iou[rows, best].astype(np.float32)
 
     def segment(self, rgb: np.ndarray, boxes=None, points=None) -> tuple[Embedding, Prediction]:
         embedding = self.encode(rgb)

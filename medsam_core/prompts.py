@@ -9,6 +9,30 @@ from medsam_core.errors import PromptError
 LOW_RES = 256
 
 
+def _short(value, limit: int = 80) -> str:
+    """A prompt as echoed in a message: enough to recognise, never a megabyte of it."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_prompt_size(boxes, points, max_boxes: int, max_points: int) -> None:
+    """Refuse oversized prompts by counting rows, before any array is built or anything decoded.
+
+    Work per request must be bounded: each box costs a decoder pass and a full-size mask.
+    """
+    for values, limit, what, setting in ((boxes, max_boxes, "boxes", "MEDSAM_MAX_BOXES_PER_PROMPT"),
+                                         (points, max_points, "points", "MEDSAM_MAX_POINTS_PER_PROMPT")):
+        if values is None:
+            continue
+        try:
+            count = len(values)
+        except TypeError:
+            raise PromptError(f"{what} must be a list, got {_short(values)}") from None
+        if count > limit:
+            raise PromptError(f"{count} {what} in one prompt; at most {limit} {what} per prompt ({setting}). "
+                              "Split the prompt into several requests")
+
+
 def _rows(values, columns: int, what: str, form: str) -> np.ndarray | None:
     """Any nested sequence -> (N, columns) finite float64, or None for nothing given."""
     if values is None:
@@ -16,7 +40,7 @@ def _rows(values, columns: int, what: str, form: str) -> np.ndarray | None:
     try:
         arr = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
-        raise PromptError(f"a {what} must be numbers {form}, got {values!r}") from None
+        raise PromptError(f"a {what} must be numbers {form}, got {_short(values)}") from None
     if arr.size == 0:
         return None
     if arr.ndim == 1:

@@ -74,7 +74,8 @@ class ModelPool:
         settings = self.store.settings
         checkpoint = None if version.checkpoint_blob is None else self.checkpoint_file(version.checkpoint_blob)
         model = load_model(version.family, checkpoint, settings.device)
-        return Predictor(model, self.cache, backend=settings.inference_backend, onnx_dir=settings.onnx_dir)
+        return Predictor(model, self.cache, backend=settings.inference_backend, onnx_dir=settings.onnx_dir,
+                         chunk_boxes=settings.decode_chunk_boxes)
 
     def checkpoint_file(self, blob: str) -> Path:
         folder = self.store.settings.data_dir / "checkpoints"

@@ -14,7 +14,7 @@ import enum
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, MetaData, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 SHA = String(64)
@@ -97,6 +97,10 @@ class Project(Base):
         ForeignKey("model_versions.id", use_alter=True, ondelete="SET NULL"))
     # Image ids frozen by the first training job, so every version is compared on the same images.
     validation_image_ids: Mapped[list[Any] | None]
+    # Off by default: a DICOM file's name often carries the patient's name or MRN.
+    keep_original_names: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # On only for single-person projects, where nobody else could review.
+    allow_self_review: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     members: Mapped[list[ProjectMember]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
@@ -289,6 +293,16 @@ class EmbeddingEntry(Base):
     size_bytes: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class LoginThrottle(Base):
+    """Failed logins per key ("user:NAME" or "addr:IP"), shared by every web process through the database."""
+
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(String(160), primary_key=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    last_failure_at: Mapped[datetime | None]
+    locked_until: Mapped[datetime | None]
 
 
 class AuditEvent(Base):

@@ -12,49 +12,18 @@ import logging
 import threading
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
-from medsam_core.errors import MedsamError
-from portal.store.errors import ConflictError, DuplicateError, NotFoundError, PermissionDeniedError
-from portal.store.services.training import GateError
 from portal.store.settings import Settings, get_settings
 from portal.store.store import open_store
-from portal.web import health, metrics
+from portal.web import errors, health, metrics
 from portal.web.api import routers
 from portal.web.auth import ensure_first_admin
-from portal.web.segmentation import EncodeUnavailableError, SegmentationService
+from portal.web.middleware import JsonBodyLimit, SecurityHeaders
+from portal.web.segmentation import SegmentationService
 
 log = logging.getLogger(__name__)
 WARMUP_JOIN_S = 60
-
-# First match wins; anything else a user got wrong is a 400.
-ERROR_STATUS = (
-    (EncodeUnavailableError, 503),
-    (NotFoundError, 404),
-    (PermissionDeniedError, 403),
-    (ConflictError, 409),
-    (DuplicateError, 409),
-    (GateError, 409),
-)
-
-
-def status_for(exc: Exception) -> int:
-    return next((code for kind, code in ERROR_STATUS if isinstance(exc, kind)), 400)
-
-
-async def _medsam_error(_request: Request, exc: MedsamError) -> JSONResponse:
-    if isinstance(exc, ConflictError):
-        detail = {"current_revision": exc.current_revision, "author": exc.author, "message": str(exc)}
-    else:
-        detail = str(exc)
-    return JSONResponse({"detail": detail}, status_code=status_for(exc))
-
-
-async def _internal_error(_request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error", exc_info=exc)
-    return JSONResponse({"detail": f"internal error: {type(exc).__name__}; it was logged, please report it"},
-                        status_code=500)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -78,9 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = store
     app.state.settings = settings
     app.state.segmentation = segmentation
-    app.add_exception_handler(MedsamError, _medsam_error)
-    app.add_exception_handler(Exception, _internal_error)
+    errors.install(app)
+    app.add_middleware(JsonBodyLimit, limit_bytes=settings.max_json_kb * 1024)
     app.add_middleware(metrics.RequestTimer)
+    app.add_middleware(SecurityHeaders)  # outermost: even a refused body gets the headers
     app.include_router(health.router)
     app.include_router(metrics.router)
     for router in routers():

@@ -8,6 +8,7 @@ the raw path, so image ids do not explode the number of series.
 
 from __future__ import annotations
 
+import hmac
 import time
 
 from fastapi import APIRouter, Request
@@ -15,7 +16,8 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import func, select
 
-from portal.store.models import Job, JobState, TrainingJob
+from portal.store.models import Job, JobState, Role, TrainingJob
+from portal.store.services import users
 
 # Interactive latencies live between a few ms and tens of seconds (a first encode on a CPU).
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -62,8 +64,30 @@ class RequestTimer:
 router = APIRouter(tags=["health"])
 
 
+def _may_scrape(request: Request) -> bool:
+    """Open only when MEDSAM_METRICS_PUBLIC says so; otherwise the scrape token or an admin's API token.
+
+    Route names, queue depths and traffic say more about a deployment than it should tell strangers.
+    """
+    settings = request.app.state.settings
+    if settings.metrics_public:
+        return True
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    if settings.metrics_token and hmac.compare_digest(token.encode(), settings.metrics_token.encode()):
+        return True
+    with request.app.state.store.transaction() as session:
+        user = users.user_for_token(session, token)
+        return user is not None and user.role == Role.admin
+
+
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
+    if not _may_scrape(request):
+        return Response("metrics need 'Authorization: Bearer <MEDSAM_METRICS_TOKEN>' (or an admin's API token); "
+                        "set MEDSAM_METRICS_PUBLIC=true to serve them openly\n", status_code=401,
+                        media_type="text/plain", headers={"WWW-Authenticate": "Bearer"})
     store = request.app.state.store
     try:
         with store.transaction() as session:

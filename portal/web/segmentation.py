@@ -23,7 +23,7 @@ import numpy as np
 from medsam_core.cache import pixel_sha256
 from medsam_core.errors import MedsamError, PromptError
 from medsam_core.outputs import label_map
-from medsam_core.prompts import validate_boxes, validate_points
+from medsam_core.prompts import check_prompt_size, validate_boxes, validate_points
 from portal.store.errors import NotFoundError
 from portal.store.models import Image, User
 from portal.store.services.images import display_pixels, get_image
@@ -31,6 +31,7 @@ from portal.store.services.masks import record_mask
 from portal.store.services.model_versions import active_version
 from portal.store.store import Store
 from portal.web import metrics
+from portal.web.memory import release_after
 from workers.dispatch import check_version
 from workers.runtime import ModelPool
 
@@ -81,6 +82,9 @@ class SegmentationService:
     def segment(self, actor: User | None, image_id: int, boxes=None, points=None,
                 model_version_id: int | None = None) -> dict[str, Any]:
         started = time.perf_counter()
+        settings = self.store.settings
+        # Counted before anything else: an oversized prompt costs neither a lookup nor a decode.
+        check_prompt_size(boxes, points, settings.max_boxes_per_prompt, settings.max_points_per_prompt)
         image = self._image(actor, image_id)
         size = (image.height, image.width)
         # Prompts are checked before any waiting: a bad box must not cost an encode.
@@ -99,11 +103,14 @@ class SegmentationService:
         decode_ms = (time.perf_counter() - decode_start) * 1000
         ious = [round(float(v), 4) for v in prediction.iou]
         areas = [int(m.sum()) for m in prediction.masks]
+        n_masks = len(prediction.masks)
+        del prediction
         prompt = {"boxes": _plain(boxes), "points": _plain(points)}
         mask = record_mask(self.store, actor, image.id, labels, version_id, prompt, float(np.mean(ious)),
                            label_map=True)
         metrics.DECODE_SECONDS.observe(decode_ms / 1000)
         metrics.SEGMENTS.labels("hit" if hit else "miss").inc()
+        release_after(n_masks)
         return {
             "mask_id": mask.id, "image_id": image.id, "area": int(np.count_nonzero(labels)),
             "predicted_iou": round(float(np.mean(ious)), 4), "model_version_id": version_id,

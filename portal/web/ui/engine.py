@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from medsam_core.prompts import check_prompt_size
 from portal.store.store import Store
 
 
@@ -30,10 +31,13 @@ class DemoEngine:
                 settings = self.store.settings
                 model = load_model(settings.default_model, None, settings.device)
                 self._predictor = Predictor(model, EmbeddingCache(store=None, memory_items=8),
-                                            backend=settings.inference_backend, onnx_dir=settings.onnx_dir)
+                                            backend=settings.inference_backend, onnx_dir=settings.onnx_dir,
+                                            chunk_boxes=settings.decode_chunk_boxes)
             return self._predictor
 
     def segment(self, rgb: np.ndarray, boxes=None, points=None) -> dict[str, Any]:
+        settings = self.store.settings
+        check_prompt_size(boxes, points, settings.max_boxes_per_prompt, settings.max_points_per_prompt)
         predictor = self.predictor()
         with self._lock:  # one decode at a time per process: ONNX sessions share threads
             embedding = predictor.encode(rgb)

@@ -1,0 +1,105 @@
+"""Pure ASGI middleware for the whole app: a body limit on the JSON API and security headers.
+
+Pure ASGI rather than ``BaseHTTPMiddleware`` because both must act while the body
+streams in and on the response's first message, for Gradio's routes as well as ours.
+"""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+
+API_PREFIX = "/api/"
+# Swagger UI and ReDoc load their scripts from jsdelivr; nothing else may come from elsewhere.
+DOCS_PATHS = ("/api/docs", "/api/redoc")
+DOCS_CDN = "https://cdn.jsdelivr.net"
+
+# Gradio 6 runs inline scripts (our shortcuts, its own bootstrap) and compiles the
+# js_on_load snippets of gr.HTML, hence 'unsafe-inline' and 'unsafe-eval'. What
+# the policy still buys: no scripts, styles, fonts or frames from other origins, no
+# framing by other sites (clickjacking), no plugins, and forms post only here.
+CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'{cdn}; "
+       "style-src 'self' 'unsafe-inline'{cdn}; img-src 'self' data: blob:{img}; font-src 'self' data:; "
+       "connect-src 'self' ws: wss:; media-src 'self' data: blob:; worker-src 'self' blob:; "
+       "frame-ancestors 'self'; object-src 'none'; base-uri 'self'; form-action 'self'")
+_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
+            (b"x-frame-options", b"SAMEORIGIN"), (b"cross-origin-opener-policy", b"same-origin")]
+_CSP_APP = CSP.format(cdn="", img="").encode()
+_CSP_DOCS = CSP.format(cdn=" " + DOCS_CDN, img=" https://fastapi.tiangolo.com").encode()
+
+
+class SecurityHeaders:
+    """Adds the headers to every HTTP response, unless a route already set its own."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        csp = _CSP_DOCS if scope.get("path", "").startswith(DOCS_PATHS) else _CSP_APP
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {name.lower() for name, _ in headers}
+                headers += [(k, v) for k, v in _HEADERS + [(b"content-security-policy", csp)] if k not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class JsonBodyLimit:
+    """Refuses API bodies over ``limit_bytes`` (413), counting bytes as they arrive.
+
+    A declared Content-Length over the limit is refused before a byte is read; a
+    chunked body is cut off at the first chunk past it, so a client cannot make the
+    server buffer and parse 80 MB of JSON. Multipart uploads are left to their own
+    (larger) limit in ``portal.web.api.uploads``, and Gradio's routes to Gradio's.
+    """
+
+    def __init__(self, app, limit_bytes: int):
+        self.app = app
+        self.limit = int(limit_bytes)
+
+    def _applies(self, scope) -> bool:
+        if scope["type"] != "http" or not scope.get("path", "").startswith(API_PREFIX):
+            return False
+        content_type = _header(scope, b"content-type")
+        return not content_type.startswith(b"multipart/form-data")
+
+    def _message(self) -> str:
+        return (f"the request body exceeds the limit of {self.limit // 1024} KiB for API calls "
+                "(MEDSAM_MAX_JSON_KB); send fewer boxes or items per request")
+
+    async def __call__(self, scope, receive, send):
+        if not self._applies(scope):
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared.isdigit() and int(declared) > self.limit:
+            await JSONResponse({"detail": self._message()}, status_code=413,
+                               headers={"Connection": "close"})(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    # Raised inside the route's body read; FastAPI's exception middleware answers it.
+                    raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _header(scope, name: bytes) -> bytes:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.lower() if name == b"content-type" else value
+    return b""
