@@ -10,7 +10,7 @@ ROLES = ("annotator", "reviewer", "admin")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("user", help="add users, change passwords, list accounts")
+    p = sub.add_parser("user", help="add users, change passwords, revoke tokens, list accounts")
     usub = p.add_subparsers(dest="user_command", required=True, metavar="ACTION")
     add = usub.add_parser("add", help="create an account")
     add.add_argument("name")
@@ -22,6 +22,9 @@ def register(sub) -> None:
     pw.add_argument("name")
     pw.add_argument("--password-stdin", action="store_true")
     pw.set_defaults(handler=change_password)
+    rv = usub.add_parser("revoke", help="revoke all of a user's API tokens (a lost laptop, a leaked script)")
+    rv.add_argument("name")
+    rv.set_defaults(handler=revoke_tokens)
     ls = usub.add_parser("list", help="list accounts and their roles")
     ls.set_defaults(handler=list_users)
 
@@ -70,6 +73,20 @@ def change_password(args: argparse.Namespace) -> int:
         with store.transaction() as session:
             set_password(session, args.name, password)
         print(f"changed the password of '{args.name}'; its API tokens were revoked")
+    finally:
+        store.close()
+    return 0
+
+
+def revoke_tokens(args: argparse.Namespace) -> int:
+    from portal.store.services.users import revoke_tokens as revoke
+
+    store = _store()
+    try:
+        with store.transaction() as session:
+            count = revoke(session, args.name)
+        print(f"revoked {count} API token{'' if count == 1 else 's'} of '{args.name}'; "
+              "its clients must log in again")
     finally:
         store.close()
     return 0

@@ -2,7 +2,8 @@
 
 Tokens are the store's API tokens: random, kept only as a SHA-256, revocable.
 The token route takes a form, as FastAPI's OAuth2 flow and the "Authorize"
-button of /api/docs expect.
+button of /api/docs expect. Logins here and in the UI go through the same
+throttled ``users.login``; a locked account or address is answered 429.
 """
 
 from __future__ import annotations
@@ -28,6 +29,18 @@ def _unauthorised(message: str) -> HTTPException:
     return HTTPException(status_code=401, detail=message, headers={"WWW-Authenticate": "Bearer"})
 
 
+def too_many_logins(retry_after: int) -> HTTPException:
+    return HTTPException(status_code=429, headers={"Retry-After": str(retry_after)},
+                         detail="too many failed logins for this account or from this address; "
+                                f"try again in {retry_after} s")
+
+
+def client_address(scope) -> str | None:
+    """The peer as the ASGI server reports it (uvicorn applies X-Forwarded-For only from trusted proxies)."""
+    client = scope.get("client")
+    return client[0] if client else None
+
+
 def current_user(request: Request, token: str | None = Depends(_bearer)) -> User:
     """The user behind ``Authorization: Bearer …``; 401 (with WWW-Authenticate) otherwise."""
     if not token:
@@ -43,12 +56,23 @@ def current_user(request: Request, token: str | None = Depends(_bearer)) -> User
 @router.post("/auth/token")
 def login(request: Request, form: OAuth2PasswordRequestForm = Depends()) -> dict:
     with request.app.state.store.transaction() as session:
-        user = users.authenticate(session, form.username, form.password)
-        token = users.issue_token(session, user) if user is not None else None
-    # The failed attempt is committed (audited) before the refusal goes out.
+        outcome = users.login(session, form.username, form.password, client_address(request.scope),
+                              request.app.state.settings)
+        token = users.issue_token(session, outcome.user) if outcome.user is not None else None
+    # The failed or refused attempt is committed (counted, audited) before the refusal goes out.
+    if outcome.retry_after:
+        raise too_many_logins(outcome.retry_after)
     if token is None:
         raise _unauthorised("wrong username or password")
     return {"access_token": token, "token_type": "bearer"}
+
+
+@router.delete("/auth/token")
+def logout(request: Request, token: str | None = Depends(_bearer), user: User = Depends(current_user)) -> dict:
+    """Revoke the token this request carries; the user's other clients keep theirs."""
+    with request.app.state.store.transaction() as session:
+        users.revoke_token(session, user, token)
+    return {"revoked": True}
 
 
 @router.get("/auth/me")

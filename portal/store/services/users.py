@@ -5,20 +5,25 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from portal.store.errors import DuplicateError, PermissionDeniedError, StoreError
 from portal.store.models import ApiToken, Role, User
+from portal.store.services import login_throttle
 from portal.store.services.audit import record
+from portal.store.settings import Settings
 
 _hasher = PasswordHasher()
 USERNAME = re.compile(r"^[A-Za-z0-9_.@-]{2,64}$")
 MIN_PASSWORD = 8
+SHOWN_NAME = 100  # characters of a tried name kept in the audit log; a real one has at most 64
 
 
 def token_digest(token: str) -> str:
@@ -52,23 +57,56 @@ def set_password(session: Session, username: str, password: str, actor: User | N
     if len(password) < MIN_PASSWORD:
         raise StoreError(f"a password needs at least {MIN_PASSWORD} characters")
     user.password_hash = _hasher.hash(password)
-    for token in session.scalars(select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked.is_(False))):
-        token.revoked = True
+    _revoke_all(session, user)
     record(session, actor, "user.password", "user", user.id, username=username)
     return user
 
 
-def authenticate(session: Session, username: str, password: str) -> User | None:
+def authenticate(session: Session, username: str, password: str, address: str | None = None) -> User | None:
+    """Checks the password only (see :func:`login` for the throttled entry point).
+
+    An unknown or disabled account is checked against a dummy hash, so it
+    costs as long as a wrong password for a real one and timing cannot tell
+    which names exist.
+    """
     user = session.scalar(select(User).where(User.username == username))
-    ok = False
-    if user is not None and user.is_active:
-        try:
-            ok = _hasher.verify(user.password_hash, password)
-        except (VerificationError, InvalidHashError):
-            ok = False
+    usable = user is not None and user.is_active
+    try:
+        ok = _hasher.verify(user.password_hash if usable else _dummy_hash(), password) and usable
+    except (VerificationError, InvalidHashError):
+        ok = False
     record(session, user if ok else None, "login" if ok else "login.failed", "user",
-           user.id if user else None, username=username)
+           user.id if user else None, username=username[:SHOWN_NAME], address=address)
     return user if ok else None
+
+
+@dataclass(frozen=True)
+class LoginOutcome:
+    user: User | None
+    retry_after: int = 0  # seconds; > 0 when the account or the address is locked
+
+
+def login(session: Session, username: str, password: str, address: str | None, settings: Settings) -> LoginOutcome:
+    """The one login path of the API and the UI: throttled per account and per address.
+
+    While either key is locked the password is not even checked, so guessing
+    gains nothing and costs the server no hashing. The refusal is audited;
+    the caller commits before answering, so the record stays.
+    """
+    keys = (login_throttle.account_key(username), login_throttle.address_key(address))
+    rows = login_throttle.hold(session, keys)
+    wait = login_throttle.seconds_locked(rows)
+    if wait:
+        user = session.scalar(select(User).where(User.username == username))
+        record(session, None, "login.locked", "user", user.id if user else None,
+               username=username[:SHOWN_NAME], address=address, retry_after=wait)
+        return LoginOutcome(None, wait)
+    user = authenticate(session, username, password, address)
+    if user is None:
+        login_throttle.count_failure(session, rows, settings)
+    else:
+        login_throttle.count_success(session, rows)
+    return LoginOutcome(user)
 
 
 def issue_token(session: Session, user: User, name: str = "api", ttl_days: int | None = 90) -> str:
@@ -78,6 +116,31 @@ def issue_token(session: Session, user: User, name: str = "api", ttl_days: int |
     session.add(ApiToken(user_id=user.id, token_sha256=token_digest(token), name=name, expires_at=expires))
     record(session, user, "token.issue", "user", user.id, name=name)
     return token
+
+
+def revoke_token(session: Session, user: User, token: str) -> bool:
+    """Log out one API client: only the caller's own token, found by its digest."""
+    done = session.execute(update(ApiToken).where(
+        ApiToken.token_sha256 == token_digest(token), ApiToken.user_id == user.id, ApiToken.revoked.is_(False),
+    ).values(revoked=True)).rowcount
+    if done:
+        record(session, user, "token.revoke", "user", user.id, count=done)
+    return bool(done)
+
+
+def revoke_tokens(session: Session, username: str, actor: User | None = None) -> int:
+    """Every live API token of an account, e.g. after a laptop was lost; returns how many."""
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise StoreError(f"no user '{username}'")
+    count = _revoke_all(session, user)
+    record(session, actor, "token.revoke", "user", user.id, username=username, count=count)
+    return count
+
+
+def _revoke_all(session: Session, user: User) -> int:
+    return session.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked.is_(False))
+                           .values(revoked=True)).rowcount
 
 
 def user_for_token(session: Session, token: str) -> User | None:
@@ -93,6 +156,11 @@ def require_role(user: User, *roles: Role, doing: str) -> None:
     if user.role not in roles:
         allowed = " or ".join(r.value for r in roles)
         raise PermissionDeniedError(f"{user.username} is an {user.role.value}; only a {allowed} may {doing}")
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def _aware(value: datetime) -> datetime:

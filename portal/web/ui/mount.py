@@ -1,9 +1,13 @@
 """Mounting the two Blocks on the FastAPI app: the public demo at /demo, the logged-in portal at /."""
 
+from contextvars import ContextVar
+
 import gradio as gr
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
-from portal.store.services.users import authenticate
+from portal.store.services.users import login
+from portal.web.auth import client_address, too_many_logins
 from portal.web.ui.common import UI_TMP, DEMO_TTL_S, sweep, tmp_dir
 from portal.web.ui.engine import DemoEngine
 from portal.web.ui.segment import build_segment_tab
@@ -15,10 +19,40 @@ button[aria-label^="Rotate"], button[title^="Rotate"] { display: none !important
 """
 
 
+# Gradio calls the auth function with (username, password) only; the address reaches it through this.
+_client: ContextVar[str | None] = ContextVar("ui_login_client", default=None)
+
+
+class _ClientAddress:
+    """Pure ASGI middleware that notes each HTTP request's peer address for the UI login's throttle."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        token = _client.set(client_address(scope))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _client.reset(token)
+
+
 def _auth(store):
-    def check(username: str, password: str) -> bool:
+    """The UI login, throttled like the API's. A locked login raises 429, which Gradio's
+    /login route passes on; the hashing and the database run off the event loop."""
+
+    def attempt(username: str, password: str, address: str | None):
         with store.transaction() as session:
-            return authenticate(session, username, password) is not None
+            outcome = login(session, username, password, address, store.settings)
+            return outcome.user is not None, outcome.retry_after
+
+    async def check(username: str, password: str) -> bool:
+        ok, retry_after = await run_in_threadpool(attempt, username, password, _client.get())
+        if retry_after:
+            raise too_many_logins(retry_after)
+        return ok
 
     return check
 
@@ -47,7 +81,10 @@ def mount(app: FastAPI) -> None:
         gr.mount_gradio_app(app, demo, path="/demo", allowed_paths=allowed, css=CSS, footer_links=[])
     portal = build_portal(app.state, engine)
     portal.queue(default_concurrency_limit=4)
+    app.add_middleware(_ClientAddress)
     gr.mount_gradio_app(app, portal, path="/", auth=_auth(store),
                         auth_message="Log in to the MedSAM portal. No account? Ask an admin "
-                                     "(medsam user add NAME --role annotator).",
+                                     "(medsam user add NAME --role annotator). After "
+                                     f"{settings.login_max_failures} wrong passwords the account "
+                                     "and your address are locked for a while.",
                         allowed_paths=allowed, css=CSS, head=SHORTCUTS_JS, footer_links=["api"])
