@@ -19,6 +19,7 @@ from portal.store.store import open_store
 from portal.web import errors, health, metrics
 from portal.web.api import routers
 from portal.web.auth import ensure_first_admin
+from portal.web.memory import limit_arenas
 from portal.web.middleware import JsonBodyLimit, SecurityHeaders
 from portal.web.segmentation import SegmentationService
 
@@ -28,6 +29,7 @@ WARMUP_JOIN_S = 60
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    limit_arenas()
     store = open_store(settings)  # upgrades a database that is behind, or refuses with the reason
     ensure_first_admin(store)
     segmentation = SegmentationService(store)

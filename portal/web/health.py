@@ -8,11 +8,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from portal.web.errors import scrub
+
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict:
+async def healthz() -> dict:
+    """On the event loop, not the thread pool: liveness must answer while every worker thread decodes."""
     return {"status": "ok"}
 
 
@@ -22,7 +25,7 @@ def _check(name: str, fn) -> dict:
         fn()
         return {"name": name, "ok": True, "ms": round((time.perf_counter() - start) * 1000, 1)}
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready", with the reason
-        return {"name": name, "ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+        return {"name": name, "ok": False, "error": scrub(f"{type(exc).__name__}: {exc}")[:300]}
 
 
 @router.get("/readyz")

@@ -11,6 +11,7 @@ prompts on the same new image share a single encode.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -75,6 +76,7 @@ class SegmentationService:
         self.encode_timeout_s = float(encode_timeout_s)
         self.pool = ModelPool(store, store.settings.model_pool_size)
         self._lock = threading.Lock()
+        self._decode_slots = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
         self._load_lock = threading.Lock()
         self._inflight: dict[Any, Future] = {}
         self._pixels: OrderedDict[tuple, tuple[np.ndarray, str]] = OrderedDict()
@@ -97,10 +99,11 @@ class SegmentationService:
         rgb, digest = self._display(image)
         wait_ms, hit = self._ensure_embedding(predictor, rgb, digest, image.id, version_id)
         embedding = predictor.encode(rgb, digest)  # served from the cache now
-        decode_start = time.perf_counter()
-        prediction = predictor.decode(embedding, boxes=boxes, points=points)
-        labels = label_map(prediction.masks)
-        decode_ms = (time.perf_counter() - decode_start) * 1000
+        with self._decode_slots:  # more decodes at once than cores only add memory and latency
+            decode_start = time.perf_counter()
+            prediction = predictor.decode(embedding, boxes=boxes, points=points)
+            labels = label_map(prediction.masks)
+            decode_ms = (time.perf_counter() - decode_start) * 1000
         ious = [round(float(v), 4) for v in prediction.iou]
         areas = [int(m.sum()) for m in prediction.masks]
         n_masks = len(prediction.masks)
