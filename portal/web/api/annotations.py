@@ -57,7 +57,7 @@ def _png_mask(data: str, width: int, height: int) -> np.ndarray:
             if im.mode == "RGB":
                 return np.asarray(im).max(axis=2) > 0
             return np.asarray(im) > 0  # L, 1, P (palette index), I;16
-    except OSError as exc:
+    except (OSError, PILImage.DecompressionBombError) as exc:  # a bomb's header is refused before its pixels
         raise StoreError(f"the mask PNG cannot be read: {exc}") from None
 
 
