@@ -152,7 +152,7 @@ def deidentify_dicom_bytes(data: bytes, *, keep_identifiers: bool = False, uid_s
         _clean(ds, uid_salt)
         meta = ds.file_meta
         _clean(meta, uid_salt)
-        if "SOPInstanceUID" in ds:
+        if ds.get("SOPInstanceUID"):  # present but empty in some real exports: keep the meta copy
             meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = METHOD

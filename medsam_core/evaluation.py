@@ -67,19 +67,36 @@ def find_pairs(data_dir: str | Path) -> list[Pair]:
     )
 
 
-def read_labels(path: Path) -> np.ndarray:
+def read_labels(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Masks arrive in untrusted zips too, so their size is checked from the header before any pixel is
+    decoded: a few kilobytes of PNG can declare billions of pixels."""
     try:
         if path.suffix.lower() == ".npy":
-            arr = np.load(path, allow_pickle=False)
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)  # the header alone: nothing read yet
+            _check_mask_size(path, arr.shape, max_pixels)
+            arr = np.array(arr)
         else:
             with Image.open(path) as im:
+                _check_mask_size(path, im.size, max_pixels)
                 arr = np.asarray(im.convert("L") if im.mode in ("RGB", "RGBA", "P", "LA") else im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidImageError(f"{path}: the mask declares far more pixels than the limit of {max_pixels:,} "
+                                "(possible decompression bomb); masks must be the size of their image") from None
+    except InvalidImageError:
+        raise
     except (OSError, ValueError) as exc:
         raise InvalidImageError(f"{path}: cannot read the ground-truth mask ({exc})") from None
     arr = np.squeeze(arr)
     if arr.ndim != 2:
         raise InvalidImageError(f"{path}: a ground-truth mask must be 2-D, got shape {arr.shape}")
     return arr
+
+
+def _check_mask_size(path: Path, shape: tuple, max_pixels: int) -> None:
+    pixels = int(np.prod(shape, dtype=np.float64)) if shape else 1
+    if pixels > max_pixels:
+        raise InvalidImageError(f"{path}: the mask is {' x '.join(str(n) for n in shape)} = {pixels:,} pixels, "
+                                f"above the limit of {max_pixels:,}; masks must be the size of their image")
 
 
 def boxes_from_labels(labels: np.ndarray, jitter: int, rng: np.random.Generator) -> tuple[list[int], np.ndarray]:
@@ -103,7 +120,7 @@ def evaluate(predictor: Predictor, pairs: list[Pair], *, box_jitter: int = 0, se
     rng = np.random.default_rng(seed)
     for pair in pairs:
         rgb = read_image(pair.image, max_pixels=max_pixels).display()
-        labels = read_labels(pair.mask)
+        labels = read_labels(pair.mask, max_pixels)
         if labels.shape != rgb.shape[:2]:
             raise InvalidImageError(
                 f"{pair.mask}: mask is {labels.shape[1]}x{labels.shape[0]} but image {pair.image.name} is "

@@ -30,9 +30,10 @@ def upgrade() -> None:
     sa.Column('locked_until', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('key', name=op.f('pk_login_throttle'))
     )
-    with op.batch_alter_table('projects', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('keep_original_names', sa.Boolean(), server_default=sa.false(), nullable=False))
-        batch_op.add_column(sa.Column('allow_self_review', sa.Boolean(), server_default=sa.false(), nullable=False))
+    # Plain ALTERs, not batch mode: on SQLite a batch copy of 'projects' drops the old table, and with
+    # foreign keys on that DELETEs every image, annotation and member through ON DELETE CASCADE.
+    op.add_column('projects', sa.Column('keep_original_names', sa.Boolean(), server_default=sa.false(), nullable=False))
+    op.add_column('projects', sa.Column('allow_self_review', sa.Boolean(), server_default=sa.false(), nullable=False))
     _phi_free_dicom_rows(op.get_bind())
 
 
@@ -94,7 +95,6 @@ def _rename_in_audit(conn, renamed: dict) -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('projects', schema=None) as batch_op:
-        batch_op.drop_column('allow_self_review')
-        batch_op.drop_column('keep_original_names')
+    op.drop_column('projects', 'allow_self_review')  # SQLite >= 3.35 drops a column in place (see upgrade)
+    op.drop_column('projects', 'keep_original_names')
     op.drop_table('login_throttle')

@@ -119,7 +119,7 @@ class Image(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     filename: Mapped[str] = mapped_column(String(255))
-    sha256: Mapped[str] = mapped_column(SHA)  # of the uploaded file; also its blob name
+    sha256: Mapped[str] = mapped_column(SHA)  # of the stored file (de-identified for DICOM): dedup key
     blob_sha: Mapped[str] = mapped_column(SHA, index=True)  # the stored copy (de-identified for DICOM)
     width: Mapped[int]
     height: Mapped[int]

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
+import stat
 import zipfile
+import zlib
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
@@ -42,6 +43,11 @@ from portal.web.api.uploads import sniff_suffix
 MAX_ZIP_ENTRIES = 20_000
 UNZIP_FACTOR = 4  # a zip may expand to this many times the upload limit, no more (zip bombs)
 FORMATS = ("npy", "png", "seed")
+STEM_CHARS = 40  # of an image's name inside an export; the id in front keeps names unique
+_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+# What zipfile raises while READING a damaged or hostile entry, not only when opening the archive.
+_DAMAGED = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
+            ValueError, OSError, OverflowError)
 
 
 def scratch_dir(settings) -> Path:
@@ -56,7 +62,9 @@ def _safe(text: str) -> str:
 
 
 def _name(image) -> str:
-    stem = _safe(re.sub(r"(\.nii\.gz|\.[A-Za-z0-9]+)$", "", image.filename))
+    """Entry and file names in an export: the id makes them unique, the capped stem keeps them readable and
+    short enough for any file system, whatever the upload was called."""
+    stem = _safe(re.sub(r"(\.nii\.gz|\.[A-Za-z0-9]+)$", "", image.filename))[:STEM_CHARS].rstrip("._-") or "x"
     return f"{image.id}_{stem}" + (f"_s{image.slice_index:03d}" if image.num_slices > 1 else "")
 
 
@@ -123,17 +131,41 @@ def _seed(store, rows, by_id, labels, size: int, folder: Path, zf: zipfile.ZipFi
              "written": (out / "gts" / f"{_name(by_id[i])}.npy").exists()} for i in maps]
 
 
+def _shown(name: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in name)[:120]
+
+
+def _refuse_entry(info: zipfile.ZipInfo) -> None:
+    """Refuse what an archive of images/ and masks/ never needs, before anything is read from it."""
+    name = info.filename.replace("\\", "/")
+    if name.startswith("/") or re.match(r"[A-Za-z]:", name) or ".." in PurePosixPath(name).parts:
+        raise StoreError(f"nothing was imported: the zip entry '{_shown(info.filename)}' points outside the zip's "
+                         "own folders (an absolute path or '..'); zip the images/ and masks/ folders themselves")
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise StoreError(f"nothing was imported: the zip entry '{_shown(info.filename)}' is a symbolic link; "
+                         "a zip of images/ and masks/ holds plain files only (zip without --symlinks)")
+    if info.flag_bits & 0x1:
+        raise StoreError(f"nothing was imported: the zip entry '{_shown(info.filename)}' is encrypted; "
+                         "zip the files again without a password")
+    if info.compress_type not in _METHODS:
+        raise StoreError(f"nothing was imported: the zip entry '{_shown(info.filename)}' uses compression method "
+                         f"{info.compress_type}, which cannot be read here; zip it again with the default (deflate)")
+
+
 def _entries(zf: zipfile.ZipFile, limit_bytes: int) -> tuple[dict, dict]:
     """({stem: image entry}, {(stem, label folder or None): mask entry})."""
-    infos = [i for i in zf.infolist() if not i.is_dir()]
-    if len(infos) > MAX_ZIP_ENTRIES:
-        raise StoreError(f"the zip holds {len(infos)} files; at most {MAX_ZIP_ENTRIES}")
+    everything = zf.infolist()
+    if len(everything) > MAX_ZIP_ENTRIES:
+        raise StoreError(f"the zip holds {len(everything)} entries; at most {MAX_ZIP_ENTRIES}")
+    for info in everything:
+        _refuse_entry(info)
+    infos = [i for i in everything if not i.is_dir()]
     if sum(i.file_size for i in infos) > limit_bytes * UNZIP_FACTOR:
         raise StoreError("the zip expands to more than "
                          f"{UNZIP_FACTOR}x the upload limit; split it")
     found_images, found_masks = {}, {}
     for info in infos:
-        parts = PurePosixPath(info.filename).parts
+        parts = PurePosixPath(info.filename.replace("\\", "/")).parts
         if any(p.startswith(".") or p == "__MACOSX" for p in parts) or info.filename.endswith("manifest.json"):
             continue
         stem = re.sub(r"(\.nii\.gz|\.[A-Za-z0-9]+)$", "", parts[-1])
@@ -146,46 +178,111 @@ def _entries(zf: zipfile.ZipFile, limit_bytes: int) -> tuple[dict, dict]:
     return found_images, found_masks
 
 
-def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, folder: Path, index: int) -> Path:
-    with zf.open(info) as src:
-        head = src.read(544)
-    suffix = sniff_suffix(head) or ""
-    target = folder / f"{index}{suffix}"
-    with zf.open(info) as src, open(target, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-    return target
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, zlib.error):
+        return "its compressed data is corrupt"
+    if isinstance(exc, EOFError):
+        return "it ends before the data its headers announce"
+    if isinstance(exc, NotImplementedError):
+        return "it uses a compression method that cannot be read here"
+    if isinstance(exc, RuntimeError) and "encrypted" in str(exc):
+        return "it is encrypted"
+    if isinstance(exc, zipfile.BadZipFile):
+        return str(exc).replace("for file", "for")
+    return f"its headers are inconsistent ({type(exc).__name__})"
+
+
+class _Budget:
+    """Bytes actually written while extracting, against the limit: headers can lie about sizes."""
+
+    def __init__(self, limit: int):
+        self.left = limit
+
+    def spend(self, n: int, info: zipfile.ZipInfo, so_far: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise StoreError(f"nothing was imported: the zip expands to more than {UNZIP_FACTOR}x the upload "
+                             "limit (a zip bomb, or simply too much); split it")
+        if so_far > info.file_size:
+            raise StoreError(f"nothing was imported: the zip entry '{_shown(info.filename)}' holds more data than "
+                             "its header says; the zip is damaged, make it again")
+
+
+def _chunks(zf: zipfile.ZipFile, info: zipfile.ZipInfo, zip_name: str):
+    """The entry's bytes; whatever zipfile raises on a damaged entry becomes a StoreError (400, not 500)."""
+    try:
+        with zf.open(info) as src:
+            while chunk := src.read(1 << 20):
+                yield chunk
+    except _DAMAGED as exc:
+        raise StoreError(f"nothing was imported: '{_shown(zip_name)}' is damaged and cannot be read "
+                         f"({_shown(info.filename)}: {_why(exc)}); make the zip again") from None
+
+
+def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, folder: Path, name: str, budget: _Budget,
+             zip_name: str) -> Path:
+    """Written under our own name (never the entry's: no zip slip), suffixed by content for the readers."""
+    part = folder / f"{name}.part"
+    written = 0
+    with open(part, "wb") as dst:
+        for chunk in _chunks(zf, info, zip_name):
+            written += len(chunk)
+            budget.spend(len(chunk), info, written)
+            dst.write(chunk)
+    with open(part, "rb") as fh:
+        suffix = sniff_suffix(fh.read(544)) or ""
+    return part.rename(folder / f"{name}{suffix}")
+
+
+def _plain(exc: Exception, path: Path, entry: str) -> str:
+    """The readers name the file they read, a server path here: name the zip entry instead."""
+    return f"{_shown(entry)}: " + str(exc).replace(f"{path}: ", "").replace(str(path), "the file")
+
+
+def _plan(store, zf: zipfile.ZipFile, zip_name: str, labels: list[str], folder: Path) -> tuple[list, list]:
+    """Every image and mask read and checked; (plan, problems). Damaged or hostile zips raise StoreError."""
+    settings = store.settings
+    limit = settings.max_upload_mb * 1024 * 1024
+    found_images, found_masks = _entries(zf, limit)
+    if not found_images:
+        raise StoreError("the zip has no images/ folder with images in it")
+    budget = _Budget(limit * UNZIP_FACTOR)
+    orphans = sorted({stem for stem, _ in found_masks} - set(found_images))
+    errors, plan = [f"masks for '{s}' but no images/{s}.*" for s in orphans], []
+    for n, (stem, info) in enumerate(sorted(found_images.items())):
+        path = _extract(zf, info, folder, str(n), budget, zip_name)
+        try:
+            image = read_image(path, max_pixels=settings.max_image_pixels)
+        except MedsamError as exc:
+            errors.append(_plain(exc, path, info.filename))
+            continue
+        targets = []
+        for (mstem, folder_label), minfo in found_masks.items():
+            if mstem != stem:
+                continue
+            mpath = _extract(zf, minfo, folder, f"{n}_m{len(targets)}", budget, zip_name)
+            try:
+                mask = read_labels(mpath, settings.max_image_pixels)
+                if image.num_slices > 1 or mask.shape != (image.height, image.width):
+                    raise MedsamError(f"the mask is {mask.shape}; the image is "
+                                      f"{image.height}x{image.width} with {image.num_slices} slice(s)")
+                targets += _label_masks(mask, folder_label, labels, "the mask")
+            except MedsamError as exc:
+                errors.append(_plain(exc, mpath, minfo.filename))
+        plan.append((stem, info.filename, path, targets))
+    return plan, errors
 
 
 def import_zip(store, user: User, pid: int, zip_path: Path, folder: Path, zip_name: str) -> dict:
+    """A bad zip, however it is bad, is a StoreError raised before the first image is stored."""
     with store.transaction() as session:
         labels = label_names(get_project(session, user, pid))
     try:
         zf = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile as exc:
-        raise StoreError(f"'{zip_name}' is not a readable zip: {exc}") from None
+    except _DAMAGED as exc:
+        raise StoreError(f"'{_shown(zip_name)}' is not a readable zip: {_why(exc)}") from None
     with zf:
-        found_images, found_masks = _entries(zf, store.settings.max_upload_mb * 1024 * 1024)
-        if not found_images:
-            raise StoreError("the zip has no images/ folder with images in it")
-        errors, plan = [], []
-        orphans = sorted({stem for stem, _ in found_masks} - set(found_images))
-        errors += [f"masks for '{s}' but no images/{s}.*" for s in orphans]
-        for n, (stem, info) in enumerate(sorted(found_images.items())):
-            try:
-                path = _extract(zf, info, folder, n)
-                image = read_image(path, max_pixels=store.settings.max_image_pixels)
-                targets = []
-                for (mstem, folder_label), minfo in found_masks.items():
-                    if mstem != stem:
-                        continue
-                    mask = read_labels(_extract(zf, minfo, folder, f"{n}_m{len(targets)}"))
-                    if image.num_slices > 1 or mask.shape != (image.height, image.width):
-                        raise MedsamError(f"mask {minfo.filename} is {mask.shape}; the image is "
-                                          f"{image.height}x{image.width} with {image.num_slices} slice(s)")
-                    targets += _label_masks(mask, folder_label, labels, minfo.filename)
-                plan.append((stem, info.filename, path, targets))
-            except MedsamError as exc:
-                errors.append(f"{info.filename}: {exc}")
+        plan, errors = _plan(store, zf, zip_name, labels, folder)
     if errors:  # nothing was stored yet
         raise StoreError(f"nothing was imported; {len(errors)} problem(s): " + "; ".join(errors[:20]))
     report = {"images": 0, "annotations": 0, "skipped": []}

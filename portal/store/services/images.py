@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
+import unicodedata
 import uuid
 from pathlib import Path
 
@@ -14,7 +16,6 @@ import numpy as np
 from sqlalchemy import select
 
 from medsam_core.imageio import read_image
-from portal.store.errors import NotFoundError
 from portal.store.models import Image, Role, User
 from portal.store.services.audit import record
 from portal.store.services.projects import get_project
@@ -30,6 +31,53 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+MAX_STEM_CHARS = 120  # of a stored name; with its suffix well inside the 255-character column
+_SUFFIX = re.compile(r"(\.nii\.gz|\.[A-Za-z0-9]{1,8})$", re.IGNORECASE)
+
+
+def safe_filename(name: str | None, fallback: str = "upload") -> str:
+    """A display name that is safe wherever it is shown or logged: clients send paths, NULs and 300 characters.
+
+    Directories (either slash) and control or invisible characters go, leading
+    and trailing dots and blanks go (so ``..`` is no name at all), and the stem
+    is capped while the suffix the readers rely on is kept.
+    """
+    text = unicodedata.normalize("NFC", str(name or ""))
+    text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch)[0] != "C")
+    text = " ".join(re.split(r"[\\/]", text)[-1].split()).strip(" .")
+    match = _SUFFIX.search(text)
+    suffix = match.group(0) if match else ""
+    stem = text[: len(text) - len(suffix)].strip(" .")[:MAX_STEM_CHARS].rstrip(" .")
+    return (stem or fallback) + suffix
+
+
+def _field(ds, keyword: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", str(ds.get(keyword) or ""))[:16]
+
+
+def dicom_name(path: Path, content_sha: str) -> str:
+    """A DICOM's stored name, from fields de-identification keeps: upload names often carry the patient's name.
+
+    Modality, series and instance number say where a slice belongs without
+    saying whose it is; without them the name comes from the stored content.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        modality, series, instance = (_field(ds, k) for k in ("Modality", "SeriesNumber", "InstanceNumber"))
+    except Exception:  # noqa: BLE001 - the file was read and validated already; a name is no reason to refuse
+        series = instance = ""
+    if not (series or instance):
+        return f"dicom_{content_sha[:12]}.dcm"
+    parts = [modality or "DICOM", f"series{series}" if series else "", f"instance{instance}" if instance else ""]
+    return "_".join(p for p in parts if p) + ".dcm"
+
+
+def _same_content(project_id: int, sha: str):
+    return select(Image).where(Image.project_id == project_id, Image.sha256 == sha).order_by(Image.slice_index)
+
+
 def add_image(store: Store, actor: User, project_id: int, path: str | os.PathLike, filename: str | None = None,
               window: str | None = None) -> list[Image]:
     """Store an upload and return its rows: one for a 2-D image, one per slice for a volume.
@@ -37,31 +85,38 @@ def add_image(store: Store, actor: User, project_id: int, path: str | os.PathLik
     Order matters for never losing or half-writing anything: the file is read
     and validated first (a rejected file writes nothing), then the blob is
     written, then the rows; a crash between the last two leaves only an orphan
-    blob, which ``medsam db gc`` removes.
+    blob, which ``medsam db gc`` removes. The content hash is of what is stored
+    (the de-identified copy for DICOM), so no digest of identified data is kept.
+    DICOM rows are named from de-identified fields unless the project keeps
+    original names; other formats keep their (sanitised) names. The site-wide
+    ``keep_dicom_identifiers`` governs only the stored file, not the name: a
+    name travels further (lists, audit, export manifests), so keeping it is a
+    per-project decision.
     """
     path = Path(path)
-    filename = filename or path.name
     with store.transaction() as session:
         project = get_project(session, actor, project_id)
-        modality = project.modality
+        modality, keep_names = project.modality, project.keep_original_names
     image = read_image(path, max_pixels=store.settings.max_image_pixels)  # raises InvalidImageError
     if window is not None:
         image.display(window=window)  # an unknown window name fails here, before anything is written
-    sha = _file_sha256(path)
-    with store.transaction() as session:
-        existing = list(session.scalars(select(Image).where(Image.project_id == project_id, Image.sha256 == sha)
-                                        .order_by(Image.slice_index)))
-        if existing:
-            return existing
     stored = _stored_copy(path, image.source_format, store.settings.keep_dicom_identifiers)
     try:
+        sha = _file_sha256(stored)
+        with store.transaction() as session:
+            existing = list(session.scalars(_same_content(project_id, sha)))
+        if existing:
+            return existing
+        if image.source_format == "dicom" and not keep_names:
+            filename = dicom_name(stored, sha)
+        else:
+            filename = safe_filename(filename or path.name)
         blob_sha, _ = store.blobs.put_file(stored)
     finally:
         if stored != path:
             stored.unlink(missing_ok=True)
     with store.transaction() as session:
-        again = list(session.scalars(select(Image).where(Image.project_id == project_id, Image.sha256 == sha)
-                                     .order_by(Image.slice_index)))
+        again = list(session.scalars(_same_content(project_id, sha)))
         if again:  # someone uploaded the same file meanwhile
             return again
         rows = [
@@ -84,16 +139,18 @@ def _stored_copy(path: Path, source_format: str, keep_identifiers: bool) -> Path
 
     fd, tmp = tempfile.mkstemp(suffix=".dcm")
     os.close(fd)
-    deidentify_dicom_file(path, tmp)
+    try:
+        deidentify_dicom_file(path, tmp)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return Path(tmp)
 
 
 def get_image(store: Store, actor: User, image_id: int) -> Image:
     with store.transaction() as session:
         image = session.get(Image, image_id)
-        if image is None:
-            raise NotFoundError(f"image {image_id} does not exist")
-        get_project(session, actor, image.project_id)
+        get_project(session, actor, image.project_id if image else None, what=f"image {image_id}")
         return image
 
 
@@ -115,9 +172,7 @@ def delete_image(store: Store, actor: User, image_id: int) -> None:
     require_role(actor, Role.admin, Role.reviewer, doing="delete images")
     with store.transaction() as session:
         image = session.get(Image, image_id)
-        if image is None:
-            raise NotFoundError(f"image {image_id} does not exist")
-        get_project(session, actor, image.project_id)
+        get_project(session, actor, image.project_id if image else None, what=f"image {image_id}")
         siblings = list(session.scalars(select(Image).where(Image.project_id == image.project_id,
                                                             Image.sha256 == image.sha256)))
         record(session, actor, "image.delete", "image", image_id, image.project_id, filename=image.filename,

@@ -7,7 +7,7 @@ import re
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from portal.store.errors import DuplicateError, NotFoundError, PermissionDeniedError, StoreError
+from portal.store.errors import DuplicateError, NotFoundError, StoreError
 from portal.store.models import Project, ProjectMember, Role, User
 from portal.store.services.audit import record
 from portal.store.services.users import require_role
@@ -33,9 +33,25 @@ def _label_classes(classes: list) -> list[dict]:
     return out
 
 
+SWITCHES = ("keep_original_names", "allow_self_review")
+
+
+def _switches(values: dict) -> dict[str, bool]:
+    unknown = sorted(set(values) - set(SWITCHES))
+    if unknown:
+        raise StoreError(f"unknown project setting(s) {', '.join(unknown)}; the settings are {', '.join(SWITCHES)}")
+    for key, value in values.items():
+        if not isinstance(value, bool):
+            raise StoreError(f"'{key}' is true or false, not {value!r}")
+    return dict(values)
+
+
 def create_project(session: Session, actor: User, name: str, modality: str = "other",
-                   label_classes: list | None = None) -> Project:
+                   label_classes: list | None = None, **switches: bool) -> Project:
+    """``switches``: keep_original_names (DICOM upload names, off: they often name the patient) and
+    allow_self_review (for single-person projects), both off unless asked for."""
     require_role(actor, Role.admin, doing="create projects")
+    switches = _switches(switches)
     name = name.strip()
     if not name or len(name) > 128:
         raise StoreError("a project name has 1-128 characters")
@@ -44,11 +60,26 @@ def create_project(session: Session, actor: User, name: str, modality: str = "ot
     if session.scalar(select(Project).where(Project.name == name)):
         raise DuplicateError(f"a project named '{name}' already exists")
     project = Project(name=name, modality=modality, label_classes=_label_classes(label_classes or []),
-                      created_by=actor.id)
+                      created_by=actor.id, **{k: switches.get(k, False) for k in SWITCHES})
     session.add(project)
     session.flush()
     session.add(ProjectMember(project_id=project.id, user_id=actor.id))
-    record(session, actor, "project.create", "project", project.id, project.id, name=name)
+    record(session, actor, "project.create", "project", project.id, project.id, name=name,
+           **{k: getattr(project, k) for k in SWITCHES})
+    return project
+
+
+def update_project(session: Session, actor: User, project_id: int, **switches: bool) -> Project:
+    """Admins flip a project's switches; the audit keeps each old and new value. Outsiders get the
+    same answer as for a missing project before the role is even considered."""
+    project = get_project(session, actor, project_id)
+    require_role(actor, Role.admin, doing="change project settings")
+    changes = {k: {"from": getattr(project, k), "to": v} for k, v in _switches(switches).items()
+               if getattr(project, k) != v}
+    for key, change in changes.items():
+        setattr(project, key, change["to"])
+    if changes:
+        record(session, actor, "project.update", "project", project.id, project.id, **changes)
     return project
 
 
@@ -60,17 +91,33 @@ def add_member(session: Session, actor: User, project_id: int, user: User) -> No
         record(session, actor, "project.member.add", "project", project_id, project_id, user=user.username)
 
 
-def is_member(session: Session, user: User, project_id: int) -> bool:
-    return user.role == Role.admin or session.get(ProjectMember, (project_id, user.id)) is not None
+def is_member(session: Session, user: User, project_id: int | None) -> bool:
+    if user.role == Role.admin:
+        return True
+    return project_id is not None and session.get(ProjectMember, (project_id, user.id)) is not None
 
 
-def get_project(session: Session, user: User, project_id: int) -> Project:
-    """The project, if ``user`` may see it: members see theirs, admins see all."""
-    project = session.get(Project, project_id)
-    if project is None:
-        raise NotFoundError(f"project {project_id} does not exist")
-    if not is_member(session, user, project_id):
-        raise PermissionDeniedError(f"{user.username} is not a member of project '{project.name}'")
+def not_found(what: str, *, trusted: bool = False) -> NotFoundError:
+    """The same words whether ``what`` is missing or in someone else's project, so probing ids reveals nothing.
+
+    A ``trusted`` caller (a worker, the CLI: no acting user) sees everything, so "does not exist" is simply true.
+    """
+    if trusted:
+        return NotFoundError(f"{what} does not exist")
+    if what.startswith("project "):
+        return NotFoundError(f"{what} not found (or you are not a member)")
+    return NotFoundError(f"{what} not found (or you are not a member of its project)")
+
+
+def get_project(session: Session, user: User, project_id: int | None, *, what: str | None = None) -> Project:
+    """The project, if ``user`` may see it: members see theirs, admins see all.
+
+    ``what`` names the thing being reached through the project ("image 5"), so a
+    refusal speaks of that and never of the project's id or name.
+    """
+    project = session.get(Project, project_id) if project_id is not None else None
+    if project is None or not is_member(session, user, project_id):
+        raise not_found(what or f"project {project_id}")
     return project
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from portal.store.errors import NotFoundError, StoreError
@@ -22,6 +22,16 @@ class ProjectIn(BaseModel):
     modality: str = "other"
     labels: list[str | dict[str, Any]] = Field(default_factory=lambda: ["lesion"],
                                               description='label class names, or {"name", "color": "#rrggbb"}')
+    keep_original_names: bool = Field(False, description="keep DICOM upload names (they often name the patient)")
+    allow_self_review: bool = Field(False, description="let a reviewer approve their own work (one-person projects)")
+
+
+class ProjectSettingsIn(BaseModel):
+    """Only what may change after creation; anything else is a 422, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+    keep_original_names: bool | None = None
+    allow_self_review: bool | None = None
 
 
 class MemberIn(BaseModel):
@@ -33,6 +43,7 @@ def project_json(project: Project) -> dict:
     return {"id": project.id, "name": project.name, "modality": project.modality,
             "labels": [c["name"] for c in project.label_classes], "label_classes": project.label_classes,
             "active_model_version_id": project.active_model_version_id,
+            "keep_original_names": project.keep_original_names, "allow_self_review": project.allow_self_review,
             "created_at": project.created_at.isoformat()}
 
 
@@ -45,13 +56,21 @@ def list_projects(request: Request, user: User = Depends(current_user)) -> list[
 @router.post("/projects", status_code=201)
 def create_project(body: ProjectIn, request: Request, user: User = Depends(current_user)) -> dict:
     with store_of(request).transaction() as session:
-        return project_json(projects.create_project(session, user, body.name, body.modality, body.labels))
+        return project_json(projects.create_project(session, user, body.name, body.modality, body.labels,
+                                                    keep_original_names=body.keep_original_names,
+                                                    allow_self_review=body.allow_self_review))
 
 
 @router.get("/projects/{pid}")
 def get_project(pid: int, request: Request, user: User = Depends(current_user)) -> dict:
     with store_of(request).transaction() as session:
         return project_json(projects.get_project(session, user, pid))
+
+
+@router.patch("/projects/{pid}")
+def update_project(pid: int, body: ProjectSettingsIn, request: Request, user: User = Depends(current_user)) -> dict:
+    with store_of(request).transaction() as session:
+        return project_json(projects.update_project(session, user, pid, **body.model_dump(exclude_none=True)))
 
 
 @router.post("/projects/{pid}/members")

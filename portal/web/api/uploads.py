@@ -20,6 +20,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from medsam_core.errors import MedsamError
+from portal.store.services.images import safe_filename
+
 # Room for the multipart boundaries and part headers around the file itself.
 ENVELOPE_BYTES = 64 * 1024
 SUPPORTED = "PNG, JPEG, BMP, TIFF, npy, DICOM, NIfTI (.nii, .nii.gz)"
@@ -61,8 +64,9 @@ _KNOWN = (".nii.gz", ".tiff", ".jpeg", ".tif", ".jpg", ".png", ".bmp", ".npy", "
 
 
 def _named(filename: str, suffix: str) -> str:
-    """Keep the client's name when its suffix tells the truth; otherwise put the true one on its stem."""
-    base = Path(filename or "").name or "upload"
+    """Keep the client's (sanitised, capped) name when its suffix tells the truth; otherwise put the true one
+    on its stem."""
+    base = safe_filename(filename)
     if base.lower().endswith(_ALIASES.get(suffix, (suffix,))):
         return base
     stem = next((base[: -len(k)] for k in _KNOWN if base.lower().endswith(k)), base)
@@ -137,6 +141,11 @@ class received_file:
         finally:
             await form.close()
 
-    async def __aexit__(self, *exc) -> None:
-        if self.upload is not None:
-            self.upload.path.unlink(missing_ok=True)
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if self.upload is None:
+            return
+        self.upload.path.unlink(missing_ok=True)
+        if isinstance(exc, MedsamError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+            # The readers name the file they opened, our temporary copy; the user knows it by their own name.
+            exc.args = (exc.args[0].replace(str(self.upload.path), self.upload.filename)
+                        .replace(self.upload.path.name, self.upload.filename),)
