@@ -45,7 +45,7 @@ def api(tmp_path_factory, data_dir):
     port = free_port()
     env = {**os.environ, "MEDSAM_DATA_DIR": str(folder), "MEDSAM_PORT": str(port),
            "MEDSAM_MAX_UPLOAD_MB": str(LIMIT_MB), "MEDSAM_MIN_TRAINING_IMAGES": "2",
-           "MEDSAM_TRAINING_GPU": "false"}
+           "MEDSAM_TRAINING_GPU": "false", "MEDSAM_METRICS_TOKEN": "scrape-secret"}
     for name, role in USERS.items():  # the CLI a deployment uses, password from stdin
         done = medsam(env, "user", "add", name, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
         assert done.returncode == 0 and f"created user '{name}'" in done.stdout, done.stderr
@@ -61,7 +61,7 @@ def api(tmp_path_factory, data_dir):
             return False
 
     try:
-        wait_for(healthy, 120, "the web server")
+        wait_for(healthy, 300, "the web server")
         tokens = {}
         for name in USERS:
             r = client.post("/api/v1/auth/token", data={"username": name, "password": PASSWORD})
@@ -131,7 +131,7 @@ def test_projects_and_membership(api):
     pid = project["id"]
     api["state"]["pid"] = pid
     assert pid not in [p["id"] for p in ok(call(api, "GET", "/projects", user="anna"))]
-    assert call(api, "GET", f"/projects/{pid}", user="anna").status_code == 403
+    assert call(api, "GET", f"/projects/{pid}", user="anna").status_code == 404  # not a member: as if missing
     assert call(api, "POST", f"/projects/{pid}/members", json={"username": "anna", "role": "admin"}).status_code == 400
     assert call(api, "POST", f"/projects/{pid}/members", json={"username": "ghost"}).status_code == 404
     for name, role in (("anna", "annotator"), ("rita", "reviewer")):
@@ -159,7 +159,7 @@ def test_uploads_are_checked_before_anything_is_stored(api):
     assert call(api, "POST", f"/projects/{pid}/images", content=b"x", headers={
         **api["as"]["boss"], "Content-Type": "application/octet-stream"}).status_code == 400
     assert call(api, "POST", f"/projects/{pid}/images", user="otto",
-                files={"file": ("ct.png", DEMO_IMAGE.read_bytes(), "image/png")}).status_code == 403
+                files={"file": ("ct.png", DEMO_IMAGE.read_bytes(), "image/png")}).status_code == 404
     assert image_count(api, pid) == before
     again = ok(call(api, "POST", f"/projects/{pid}/images", files={"file": ("ct.png", DEMO_IMAGE.read_bytes())}), 201)
     assert again["id"] == image["id"]  # the same file dedupes
@@ -188,8 +188,8 @@ def test_segment_with_boxes(api):
     for body in ({"boxes": [[600, 600, 700, 700]]}, {"boxes": [[10, 10, 10, 50]]}, {}, {"boxes": [[1, 2, 3]]}):
         r = call(api, "POST", f"/images/{iid}/segment", user="anna", json=body)
         assert r.status_code in (400, 422) and r.json()["detail"], (body, r.text)
-    assert call(api, "POST", f"/images/{iid}/segment", user="otto", json={"boxes": [DEMO_BOX]}).status_code == 403
-    assert call(api, "GET", f"/masks/{first['mask_id']}.npy", user="otto").status_code == 403
+    assert call(api, "POST", f"/images/{iid}/segment", user="otto", json={"boxes": [DEMO_BOX]}).status_code == 404
+    assert call(api, "GET", f"/masks/{first['mask_id']}.npy", user="otto").status_code == 404
     assert call(api, "POST", "/images/999999/segment", json={"boxes": [DEMO_BOX]}).status_code == 404
     api["state"]["mask_id"] = first["mask_id"]
 
@@ -246,7 +246,7 @@ def test_export_formats(api):
             assert set(np.unique(arr)) == ({0, 1} if fmt == "npy" else {0, 255})
             assert [n for n in names if n.startswith("images/") and n.endswith(".png")]
     assert call(api, "GET", f"/projects/{pid}/export", params={"format": "tar"}).status_code == 422
-    assert call(api, "GET", f"/projects/{pid}/export", user="otto").status_code == 403
+    assert call(api, "GET", f"/projects/{pid}/export", user="otto").status_code == 404
 
 
 def kvasir_zip(pairs, bad_mask: bool = False) -> bytes:
@@ -290,16 +290,17 @@ def test_prelabel_and_precompute_jobs(api):
     assert done["state"] == "succeeded" and done["result"]["masks"] == 2, done
     warm = ok(call(api, "POST", f"/projects/{pid}/precompute"), 201)
     assert wait_job(api, f"/jobs/{warm['id']}", 180)["state"] == "succeeded"
-    assert call(api, "GET", f"/jobs/{job['id']}", user="otto").status_code == 403
+    assert call(api, "GET", f"/jobs/{job['id']}", user="otto").status_code == 404
 
 
 def test_training_jobs_and_promotion(api):
     pid = api["state"]["polyp_pid"]
     too_few = call(api, "POST", f"/projects/{pid}/training-jobs", json={"epochs": 1})
     assert too_few.status_code == 400 and "approved labels" in too_few.json()["detail"]
-    assert call(api, "POST", f"/projects/{pid}/training-jobs", json={"epochs": 0}).status_code == 400
-    for aid in api["state"]["polyp_annotations"]:
-        ok(call(api, "POST", f"/annotations/{aid}/review", user="boss", json={"decision": "approve"}))
+    assert call(api, "POST", f"/projects/{pid}/training-jobs", json={"epochs": 0}).status_code == 422
+    ok(call(api, "POST", f"/projects/{pid}/members", json={"username": "rita"}))
+    for aid in api["state"]["polyp_annotations"]:  # boss imported them: someone else approves
+        ok(call(api, "POST", f"/annotations/{aid}/review", user="rita", json={"decision": "approve"}))
     job = ok(call(api, "POST", f"/projects/{pid}/training-jobs",
                   json={"epochs": 1, "batch_size": 2, "val_fraction": 0.25}), 201)
     queued = ok(call(api, "POST", f"/projects/{pid}/training-jobs", json={"epochs": 1}), 201)
@@ -345,7 +346,12 @@ def test_checkpoint_upload_is_validated_before_it_is_registered(api):
 
 
 def test_metrics(api):
-    text = api["client"].get("/metrics").text
+    anonymous = api["client"].get("/metrics")
+    assert anonymous.status_code == 401 and "MEDSAM_METRICS_TOKEN" in anonymous.text
+    assert api["client"].get("/metrics", headers=api["as"]["anna"]).status_code == 401  # not an admin
+    scraper = api["client"].get("/metrics", headers={"Authorization": "Bearer scrape-secret"})
+    assert scraper.status_code == 200
+    text = api["client"].get("/metrics", headers=api["as"]["boss"]).text
     for name in ("medsam_http_request_duration_seconds_bucket", "medsam_segment_decode_seconds_count",
                  "medsam_segment_encode_wait_seconds_count", "medsam_queue_depth"):
         assert name in text, name

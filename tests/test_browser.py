@@ -84,7 +84,7 @@ def portal(tmp_path_factory, data_dir):
         for name, role in (("anna", Role.annotator), ("bob", Role.annotator), ("rita", Role.reviewer)):
             ids[name] = users.create_user(session, name, PASSWORD, role)
         work = projects.create_project(session, admin, "Abdomen CT", "ct", [LABEL])
-        train = projects.create_project(session, admin, "Blobs", "other", [LABEL])
+        train = projects.create_project(session, admin, "Blobs", "other", [LABEL], allow_self_review=True)
         for name in ("anna", "bob", "rita"):
             projects.add_member(session, admin, work.id, ids[name])
     (demo_row,) = images.add_image(store, admin, work.id, DEMO_IMAGE)

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from medsam_core.errors import InvalidImageError
-from portal.store.errors import ConflictError, PermissionDeniedError, StoreError
+from portal.store.errors import ConflictError, NotFoundError, PermissionDeniedError, StoreError
 from portal.store.models import (
     AnnotationRevision,
     AnnotationStatus,
@@ -84,7 +84,7 @@ def test_members_see_only_their_projects(store, admin, project):
     with store.transaction() as session:
         assert project.id in [p.id for p in projects.list_projects(session, member)]
         assert project.id not in [p.id for p in projects.list_projects(session, outsider)]
-        with pytest.raises(PermissionDeniedError, match="not a member"):
+        with pytest.raises(NotFoundError, match=rf"project {project.id} not found \(or you are not a member\)"):
             projects.get_project(session, outsider, project.id)
         with pytest.raises(PermissionDeniedError, match="only a admin"):
             projects.create_project(session, member, "nope")

@@ -133,6 +133,10 @@ def test_bad_requests_are_refused_before_queueing(env, sample_data):
         training.create_job(store, admin, project.id, {"parent_version_id": vit.id})
     with pytest.raises(StoreError, match="epochs must be"):
         training.create_job(store, admin, project.id, {"epochs": 0, "parent_version_id": base.id})
+    # Four labelled images, but validation takes one: the worker could only fail, so refuse now.
+    admin4, four = labelled_project(env, sample_data, 83, n=4)
+    with pytest.raises(StoreError, match="only 3 labelled images would be left for training"):
+        training.create_job(store, admin4, four.id, {})
 
 
 def test_killed_worker_resumes_from_its_last_epoch_and_cancel_lands(env, sample_data):

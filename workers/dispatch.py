@@ -6,15 +6,19 @@ refused at once with a message, never discovered later by a worker.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sqlalchemy import select
 
-from medsam_core.prompts import validate_boxes, validate_points
+from medsam_core.errors import PromptError
+from medsam_core.prompts import check_prompt_size, validate_boxes, validate_points
 from portal.store.errors import NotFoundError, StoreError
-from portal.store.models import Image, Job, JobKind, ModelVersion, TrainingJob, User
+from portal.store.models import Image, Job, JobKind, Role, TrainingJob, User
 from portal.store.services import jobs
+from portal.store.services.model_versions import active_version, usable_version
 from portal.store.services.projects import get_project
+from portal.store.services.users import require_role
 from portal.store.store import Store
 from workers.app import app
 
@@ -23,52 +27,98 @@ TASK_FOR_KIND = {
     JobKind.precompute_embeddings: "medsam.inference.precompute_embeddings",
 }
 MAX_BATCH_ITEMS = 10_000
+ONLY_ADMINS = (Role.admin,)  # queued work over a whole project; the UI offers it in the admin tab only
 
 
-def check_version(session, version_id: int, project_id: int) -> None:
-    version = session.get(ModelVersion, version_id)
-    if version is None:
-        raise NotFoundError(f"model version {version_id} does not exist")
-    if version.project_id not in (None, project_id):
-        raise StoreError(f"model version {version_id} belongs to another project")
+class PrelabelItem(BaseModel):
+    """One pre-labelling prompt: the API's body schema and the check on what the UI sends.
+
+    Strict (no "5" for 5, no true for 1) and finite, like every JSON number the portal takes.
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    image_id: int = Field(description="an image of this project")
+    boxes: list[Annotated[list[float], Field(min_length=4, max_length=4)]] | None = Field(
+        None, max_length=1, description="at most one box [x0, y0, x1, y1] per item (one mask each)")
+    points: list[Annotated[list[float], Field(min_length=3, max_length=3)]] | None = Field(
+        None, description="[[x, y, label], ...], label 1 include or 0 exclude")
 
 
-def submit_segment_batch(store: Store, actor: User | None, project_id: int, model_version_id: int,
-                         items: list[dict[str, Any]], celery_app=None) -> Job:
-    """items: ``[{"image_id": 1, "boxes": [[x0, y0, x1, y1]], "points": [[x, y, 1]]}, ...]``, one object each."""
-    if not items:
+ITEMS = TypeAdapter(list[PrelabelItem])
+
+
+def check_version(session, version_id: int, project_id: int, actor: User | None = None) -> None:
+    usable_version(session, actor, version_id, project_id)
+
+
+def _authorise(store: Store, actor: User | None, project_id: int, model_version_id: int | None,
+               doing: str) -> int:
+    """Membership (404 outside one's projects), then role (403), then the version; ``actor`` None is trusted."""
+    if actor is not None:
+        with store.transaction() as session:
+            get_project(session, actor, project_id)
+        require_role(actor, *ONLY_ADMINS, doing=doing)
+    if model_version_id is None:
+        return active_version(store, project_id).id
+    with store.transaction() as session:
+        check_version(session, model_version_id, project_id, actor)
+    return model_version_id
+
+
+def _items(items: Any, settings) -> list[PrelabelItem]:
+    """Whatever a caller passed, as checked items, or a message naming the item and the field."""
+    if isinstance(items, list) and not items:
         raise StoreError("a batch needs at least one item")
-    if len(items) > MAX_BATCH_ITEMS:
+    if isinstance(items, list) and len(items) > MAX_BATCH_ITEMS:
         raise StoreError(f"a batch holds at most {MAX_BATCH_ITEMS} items; split it")
+    try:
+        checked = ITEMS.validate_python(items)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = first["loc"]
+        item = f"item {loc[0] + 1}: " if loc and isinstance(loc[0], int) else ""
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:]).lstrip(".") or "items"
+        raise StoreError(f"{item}{where}: {first['msg'][0].lower()}{first['msg'][1:]} "
+                         f"(got {repr(first['input'])[:60]})") from None
+    for n, item in enumerate(checked, start=1):
+        try:
+            check_prompt_size(item.boxes, item.points, settings.max_boxes_per_prompt, settings.max_points_per_prompt)
+        except PromptError as exc:
+            raise StoreError(f"item {n}: {exc}") from None
+    return checked
+
+
+def submit_segment_batch(store: Store, actor: User | None, project_id: int, model_version_id: int | None,
+                         items: list[dict[str, Any]] | list[PrelabelItem], celery_app=None) -> Job:
+    """items: ``[{"image_id": 1, "boxes": [[x0, y0, x1, y1]], "points": [[x, y, 1]]}, ...]``, one object each.
+
+    ``model_version_id`` None: the project's active version.
+    """
+    version_id = _authorise(store, actor, project_id, model_version_id, "queue pre-labelling")
+    checked = _items(items, store.settings)
     clean = []
     with store.transaction() as session:
-        if actor is not None:
-            get_project(session, actor, project_id)
-        check_version(session, model_version_id, project_id)
-        ids = {int(item["image_id"]) for item in items if "image_id" in item}
+        ids = {item.image_id for item in checked}
         images = {i.id: i for i in session.scalars(select(Image).where(Image.id.in_(ids)))}
-        for n, item in enumerate(items, start=1):
-            image = images.get(int(item.get("image_id", -1)))
+        for n, item in enumerate(checked, start=1):
+            image = images.get(item.image_id)
             if image is None or image.project_id != project_id:
-                raise NotFoundError(f"item {n}: image {item.get('image_id')} is not in project {project_id}")
-            boxes = validate_boxes(item.get("boxes"), (image.height, image.width))
-            points, _ = validate_points(item.get("points"), (image.height, image.width))
+                raise NotFoundError(f"item {n}: image {item.image_id} is not in project {project_id}")
+            boxes = validate_boxes(item.boxes, (image.height, image.width))
+            points, _ = validate_points(item.points, (image.height, image.width))
             if boxes is None and points is None:
                 raise StoreError(f"item {n}: give a box or points")
-            if boxes is not None and len(boxes) > 1:
-                raise StoreError(f"item {n}: one box per item (one mask each); list several items instead")
-            clean.append({"image_id": image.id, "boxes": item.get("boxes"), "points": item.get("points")})
-    job = jobs.create_job(store, JobKind.segment_batch, {"model_version_id": model_version_id, "items": clean},
+            clean.append({"image_id": image.id, "boxes": item.boxes, "points": item.points})
+    job = jobs.create_job(store, JobKind.segment_batch, {"model_version_id": version_id, "items": clean},
                           project_id=project_id, actor=actor)
     return enqueue(store, job, celery_app)
 
 
-def submit_precompute(store: Store, actor: User | None, project_id: int, model_version_id: int,
+def submit_precompute(store: Store, actor: User | None, project_id: int, model_version_id: int | None,
                       celery_app=None) -> Job:
-    with store.transaction() as session:
-        if actor is not None:
-            get_project(session, actor, project_id)
-        check_version(session, model_version_id, project_id)
+    """``model_version_id`` None: the project's active version."""
+    model_version_id = _authorise(store, actor, project_id, model_version_id, "queue embedding precompute")
     job = jobs.create_job(store, JobKind.precompute_embeddings, {"model_version_id": model_version_id},
                           project_id=project_id, actor=actor)
     return enqueue(store, job, celery_app)

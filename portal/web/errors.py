@@ -8,12 +8,15 @@ attacker about the deployment, so every message is scrubbed down to file names.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
 import tempfile
 from pathlib import Path
 
 from fastapi import Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
@@ -72,6 +75,21 @@ async def http_error(_request: Request, exc: HTTPException) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # 'nan', 'inf': JSON has no such numbers
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's own 422 shape; a refused NaN echoed back as ``input`` would otherwise make the answer a 500."""
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
 async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse({"detail": f"internal error: {type(exc).__name__}; it was logged, please report it"},
@@ -81,4 +99,5 @@ async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
 def install(app) -> None:
     app.add_exception_handler(MedsamError, medsam_error)
     app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, internal_error)

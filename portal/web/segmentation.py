@@ -94,7 +94,7 @@ class SegmentationService:
         point_arr, _ = validate_points(points, size)
         if box_arr is None and point_arr is None:
             raise PromptError("give at least one box [x0, y0, x1, y1] or one point [x, y, label]")
-        version_id = self._version(image.project_id, model_version_id)
+        version_id = self._version(image.project_id, model_version_id, actor)
         predictor = self.predictor(version_id)
         rgb, digest = self._display(image)
         wait_ms, hit = self._ensure_embedding(predictor, rgb, digest, image.id, version_id)
@@ -142,11 +142,11 @@ class SegmentationService:
                 raise NotFoundError(f"image {image_id} does not exist")
             return image
 
-    def _version(self, project_id: int, version_id: int | None) -> int:
+    def _version(self, project_id: int, version_id: int | None, actor: User | None) -> int:
         if version_id is None:
             return active_version(self.store, project_id).id
         with self.store.transaction() as session:
-            check_version(session, int(version_id), project_id)
+            check_version(session, int(version_id), project_id, actor)  # another project's: "not found"
         return int(version_id)
 
     def _display(self, image: Image) -> tuple[np.ndarray, str]:

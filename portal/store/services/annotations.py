@@ -14,12 +14,13 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from portal.store.errors import ConflictError, NotFoundError, StoreError
+from portal.store.errors import ConflictError, NotFoundError, PermissionDeniedError, StoreError
 from portal.store.models import (
     Annotation,
     AnnotationRevision,
     AnnotationStatus,
     Image,
+    Project,
     Review,
     Role,
     User,
@@ -39,9 +40,7 @@ def save_revision(store: Store, actor: User, image_id: int, label: str, mask: np
     """Append revision ``base_revision + 1``; 0 means "there was nothing yet"."""
     with store.transaction() as session:
         image = session.get(Image, image_id)
-        if image is None:
-            raise NotFoundError(f"image {image_id} does not exist")
-        project = get_project(session, actor, image.project_id)
+        project = get_project(session, actor, image.project_id if image else None, what=f"image {image_id}")
         if label not in label_names(project):
             raise StoreError(f"'{label}' is not a label class of project '{project.name}': "
                              f"{', '.join(label_names(project))}")
@@ -98,16 +97,39 @@ def _conflict(session, annotation_id: int | None, base_revision: int) -> Conflic
         current_revision=latest.number, author=name)
 
 
+def _visible(session, actor: User, annotation_id: int) -> tuple[Annotation, Image, Project]:
+    annotation = session.get(Annotation, annotation_id)
+    image = session.get(Image, annotation.image_id) if annotation else None
+    project = get_project(session, actor, image.project_id if image else None, what=f"annotation {annotation_id}")
+    return annotation, image, project
+
+
+def _check_not_own(session, actor: User, annotation: Annotation, project: Project) -> None:
+    """Four eyes: whoever saved the revision under review may not approve it.
+
+    The author is the one who saved the current revision, because that is the
+    content an approval vouches for; someone who only created an earlier
+    revision may approve a colleague's later one.
+    """
+    if project.allow_self_review:
+        return
+    author = session.scalar(select(AnnotationRevision.author_id).where(
+        AnnotationRevision.annotation_id == annotation.id, AnnotationRevision.number == annotation.current_revision))
+    if author == actor.id:
+        raise PermissionDeniedError(
+            f"you saved revision {annotation.current_revision} of annotation {annotation.id} yourself, so someone "
+            "else must approve it: ask another reviewer or an admin of the project (an admin may allow "
+            "self-review for a one-person project with its allow_self_review setting)")
+
+
 def _transition(store: Store, actor: User, annotation_id: int, to: AnnotationStatus, allowed_from: set,
                 comment: str | None = None) -> Annotation:
     with store.transaction() as session:
-        annotation = session.get(Annotation, annotation_id)
-        if annotation is None:
-            raise NotFoundError(f"annotation {annotation_id} does not exist")
-        image = session.get(Image, annotation.image_id)
-        get_project(session, actor, image.project_id)
+        annotation, image, project = _visible(session, actor, annotation_id)
         if annotation.status not in allowed_from or annotation.current_revision == 0:
             raise StoreError(f"annotation {annotation_id} is {annotation.status.value}; it cannot become {to.value}")
+        if to == AnnotationStatus.approved:
+            _check_not_own(session, actor, annotation, project)
         annotation.status = to
         annotation.updated_at = utcnow()
         if to in (AnnotationStatus.approved, AnnotationStatus.rejected):
@@ -129,6 +151,7 @@ def approve(store: Store, actor: User, annotation_id: int, comment: str | None =
 
 
 def reject(store: Store, actor: User, annotation_id: int, comment: str) -> Annotation:
+    """Authors may reject their own work: it only sends it back for rework and vouches for nothing."""
     require_role(actor, Role.reviewer, Role.admin, doing="reject annotations")
     if not comment or not comment.strip():
         raise StoreError("say why when rejecting, so the annotator knows what to fix")
@@ -137,10 +160,7 @@ def reject(store: Store, actor: User, annotation_id: int, comment: str) -> Annot
 
 def revisions(store: Store, actor: User, annotation_id: int) -> list[AnnotationRevision]:
     with store.transaction() as session:
-        annotation = session.get(Annotation, annotation_id)
-        if annotation is None:
-            raise NotFoundError(f"annotation {annotation_id} does not exist")
-        get_project(session, actor, session.get(Image, annotation.image_id).project_id)
+        _visible(session, actor, annotation_id)
         return list(session.scalars(select(AnnotationRevision).where(AnnotationRevision.annotation_id ==
                                                                       annotation_id).order_by(AnnotationRevision.number)))
 

@@ -14,9 +14,10 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from portal.store.errors import NotFoundError, StoreError
-from portal.store.models import Job, JobKind, JobState, TrainingJob, User, utcnow
+from portal.store.errors import PermissionDeniedError, StoreError
+from portal.store.models import Job, JobKind, JobState, Role, TrainingJob, User, utcnow
 from portal.store.services.audit import record
+from portal.store.services.projects import is_member, not_found
 from portal.store.store import Store
 
 JobModel = type[Job] | type[TrainingJob]
@@ -37,12 +38,27 @@ def create_job(store: Store, kind: JobKind, params: dict[str, Any], *, project_i
         return job
 
 
-def get_job(store: Store, model: JobModel, job_id: int):
-    with store.transaction() as session:
-        job = session.get(model, job_id)
+def _label(model: JobModel, job_id: int) -> str:
+    return f"{model.__tablename__[:-1].replace('_', ' ')} {job_id}"
+
+
+def _visible(session, model: JobModel, job_id: int, actor: User | None):
+    """The job if ``actor`` may see it: members of its project, or whoever queued a job that has no project."""
+    job = session.get(model, job_id)
+    if actor is None:
         if job is None:
-            raise NotFoundError(f"{model.__tablename__[:-1].replace('_', ' ')} {job_id} does not exist")
+            raise not_found(_label(model, job_id), trusted=True)
         return job
+    if job is None or not (is_member(session, actor, job.project_id) if job.project_id is not None
+                           else actor.role == Role.admin or job.requested_by == actor.id):
+        raise not_found(_label(model, job_id))
+    return job
+
+
+def get_job(store: Store, model: JobModel, job_id: int, actor: User | None = None):
+    """``actor`` None is a trusted caller (a worker, the reaper) that sees every job."""
+    with store.transaction() as session:
+        return _visible(session, model, job_id, actor)
 
 
 def set_task_id(store: Store, model: JobModel, job_id: int, task_id: str) -> None:
@@ -107,11 +123,19 @@ def finish(store: Store, model: JobModel, job_id: int, state: JobState, *, error
 
 
 def request_cancel(store: Store, model: JobModel, job_id: int, actor: User | None = None) -> Job | TrainingJob:
-    """Flag the job; a queued job is cancelled at once, a running one at its next step."""
+    """Flag the job; a queued job is cancelled at once, a running one at its next step.
+
+    Only whoever queued it, or an admin, may cancel: a colleague's fine-tune
+    of hours is not another member's to stop.
+    """
     with store.transaction() as session:
-        job = session.get(model, job_id)
-        if job is None:
-            raise NotFoundError(f"job {job_id} does not exist")
+        job = _visible(session, model, job_id, actor)
+        if actor is not None and actor.role != Role.admin and job.requested_by != actor.id:
+            owner = session.get(User, job.requested_by) if job.requested_by else None
+            if owner is None:
+                raise PermissionDeniedError(f"{_label(model, job_id)} was not queued by you; ask an admin to cancel it")
+            raise PermissionDeniedError(f"{_label(model, job_id)} was queued by {owner.username}; only they or an "
+                                        "admin may cancel it: ask them")
         if job.state in FINISHED:
             raise StoreError(f"job {job_id} is already {job.state.value}")
         job.cancel_requested = True

@@ -9,10 +9,10 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from portal.store.errors import NotFoundError, StoreError
+from portal.store.errors import StoreError
 from portal.store.models import Image, Mask, User
 from portal.store.services.audit import record
-from portal.store.services.projects import get_project
+from portal.store.services.projects import get_project, not_found
 from portal.store.store import Store
 
 
@@ -57,10 +57,10 @@ def record_mask(store: Store, actor: User | None, image_id: int, mask: np.ndarra
     1..K (one per box) instead of binarising."""
     with store.transaction() as session:
         image = session.get(Image, image_id)
-        if image is None:
-            raise NotFoundError(f"image {image_id} does not exist")
         if actor is not None:
-            get_project(session, actor, image.project_id)
+            get_project(session, actor, image.project_id if image else None, what=f"image {image_id}")
+        elif image is None:
+            raise not_found(f"image {image_id}", trusted=True)
         check_mask_shape(image, mask)
     blob = store.blobs.put_bytes(mask_to_bytes(mask, labels=label_map))  # blob first: a crash leaves an orphan, not a dangling row
     try:
@@ -90,8 +90,9 @@ def get_mask(store: Store, actor: User | None, mask_id: int) -> Mask:
     """The mask row, if ``actor`` may see its project (``None``: a trusted caller such as the public demo)."""
     with store.transaction() as session:
         mask = session.get(Mask, mask_id)
-        if mask is None:
-            raise NotFoundError(f"mask {mask_id} does not exist")
         if actor is not None:
-            get_project(session, actor, session.get(Image, mask.image_id).project_id)
+            image = session.get(Image, mask.image_id) if mask else None
+            get_project(session, actor, image.project_id if image else None, what=f"mask {mask_id}")
+        elif mask is None:
+            raise not_found(f"mask {mask_id}", trusted=True)
         return mask

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from portal.store.errors import NotFoundError, StoreError
 from portal.store.models import ModelActivation, ModelVersion, Project, Role, User
 from portal.store.services.audit import record
-from portal.store.services.projects import get_project
+from portal.store.services.projects import get_project, is_member, not_found
 from portal.store.services.users import require_role
 from portal.store.store import Store
 
@@ -46,25 +46,40 @@ def register_version(store: Store, *, name: str, family: str, encoder_digest: st
 
 
 def active_version(store: Store, project_id: int) -> ModelVersion:
-    """The project's active version, or the bundled base model when none was promoted."""
+    """The project's active version, or the bundled base model when none was promoted.
+
+    No membership check here: callers check first. A missing project gets the
+    words a non-member gets, so a caller that asks before checking leaks nothing.
+    """
     with store.transaction() as session:
         project = session.get(Project, project_id)
         if project is None:
-            raise NotFoundError(f"project {project_id} does not exist")
+            raise not_found(f"project {project_id}")
         if project.active_model_version_id is not None:
             return session.get(ModelVersion, project.active_model_version_id)
     return base_version(store)
+
+
+def usable_version(session, actor: User | None, version_id: int, project_id: int) -> ModelVersion:
+    """A version that may run in ``project_id``: a base version or one of the project's own.
+
+    Another project's version is "not found" to someone outside that project,
+    exactly like a missing one; only its members learn that it belongs elsewhere.
+    """
+    version = session.get(ModelVersion, version_id)
+    if version is None or (actor is not None and version.project_id is not None
+                           and not is_member(session, actor, version.project_id)):
+        raise not_found(f"model version {version_id}", trusted=actor is None)
+    if version.project_id not in (None, project_id):
+        raise StoreError(f"model version {version_id} belongs to another project")
+    return version
 
 
 def set_active(store: Store, actor: User, project_id: int, version_id: int, *, reason: str = "promote") -> Project:
     require_role(actor, Role.admin, doing="promote model versions")
     with store.transaction() as session:
         project = get_project(session, actor, project_id)
-        version = session.get(ModelVersion, version_id)
-        if version is None:
-            raise NotFoundError(f"model version {version_id} does not exist")
-        if version.project_id not in (None, project_id):
-            raise StoreError(f"model version {version_id} belongs to another project")
+        usable_version(session, actor, version_id, project_id)
         previous = project.active_model_version_id
         project.active_model_version_id = version_id
         session.add(ModelActivation(project_id=project_id, model_version_id=version_id, activated_by=actor.id))

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy import select, update
 
 from medsam_core.models import FAMILIES
-from portal.store.errors import NotFoundError, PermissionDeniedError, StoreError
+from medsam_core.training.data import Sample, split_by_group
+from portal.store.errors import PermissionDeniedError, StoreError
 from portal.store.models import (
     ModelActivation,
     ModelEvaluation,
-    ModelVersion,
     Project,
     Role,
     TrainingJob,
@@ -19,13 +20,55 @@ from portal.store.models import (
 )
 from portal.store.services.annotations import training_set
 from portal.store.services.audit import record
-from portal.store.services.model_versions import active_version, base_version, set_active
+from portal.store.services.model_versions import active_version, base_version, set_active, usable_version
 from portal.store.services.projects import get_project
 from portal.store.services.users import require_role
 from portal.store.store import Store
 
-DEFAULTS = {"mode": "decoder", "epochs": 5, "lr": 1e-4, "batch_size": 8, "bbox_shift": 20.0, "seed": 0,
-            "val_fraction": 0.2, "early_stopping": None}
+
+class FinetuneParams(BaseModel):
+    """The one definition of a fine-tune's parameters: the API's body schema and the service's check.
+
+    Strict, so a string, a list or ``true`` where a number belongs is refused,
+    not coerced; NaN and infinities are refused too. A null means "the default".
+    Each description completes "<name> must be ...", the service's message.
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    mode: Literal["decoder", "full"] = Field("decoder", description="decoder or full")
+    epochs: int = Field(5, ge=1, le=1000, description="a whole number from 1 to 1000")
+    lr: float = Field(1e-4, gt=0, lt=1, description="a number between 0 and 1 (MedSAM uses 1e-4)")
+    batch_size: int = Field(8, ge=1, le=256, description="a whole number from 1 to 256")
+    bbox_shift: float = Field(20.0, ge=0, le=1024, description="0 to 1024 pixels (at 1024x1024)")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="a whole number from 0 to 4294967295")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="a number between 0 and 1")
+    early_stopping: int | None = Field(None, ge=1, le=1000, description="a whole number of epochs from 1 to 1000")
+    parent_version_id: int | None = Field(None, ge=1, description="a model version id; default: the active one")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
+def parse_params(params: Any) -> dict[str, Any]:
+    """A dict from the UI or the CLI, checked by the same model the API declares; 400-style message on error."""
+    try:
+        return FinetuneParams.model_validate(params).model_dump()
+    except ValidationError as exc:
+        errors = exc.errors()
+        unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+        if unknown:
+            raise StoreError(f"unknown training parameter(s): {', '.join(unknown)}") from None
+        first = errors[0]
+        if not first["loc"]:
+            raise StoreError("training parameters are a JSON object such as {\"epochs\": 5}") from None
+        name = str(first["loc"][0])
+        if name == "mode":
+            raise StoreError(f"unknown training mode {first['input']!r}; choose decoder or full") from None
+        raise StoreError(f"{name.replace('_', ' ')} must be {FinetuneParams.model_fields[name].description}; "
+                         f"got {repr(first['input'])[:60]}") from None
 
 
 def training_gpu(store: Store) -> bool:
@@ -37,45 +80,50 @@ def training_gpu(store: Store) -> bool:
 
 
 def validate_request(store: Store, actor: User, project_id: int, params: dict[str, Any]) -> dict[str, Any]:
-    """Every reason a fine-tune would fail, found before anything is queued."""
+    """Every reason a fine-tune would fail, found before anything is queued.
+
+    Membership first (404 outside one's projects), then role (403), then the parameters.
+    """
+    with store.transaction() as session:
+        get_project(session, actor, project_id)
     require_role(actor, Role.admin, Role.reviewer, doing="queue fine-tuning")
-    unknown = set(params) - set(DEFAULTS) - {"parent_version_id"}
-    if unknown:
-        raise StoreError(f"unknown training parameter(s): {', '.join(sorted(unknown))}")
-    clean = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
-    if clean["mode"] not in ("decoder", "full"):
-        raise StoreError(f"unknown training mode '{clean['mode']}'; choose decoder or full")
-    if not (isinstance(clean["epochs"], int) and 1 <= clean["epochs"] <= 1000):
-        raise StoreError("epochs must be a whole number from 1 to 1000")
-    if not 0 < float(clean["lr"]) < 1:
-        raise StoreError(f"learning rate {clean['lr']} is out of range; MedSAM uses 1e-4")
-    if not (isinstance(clean["batch_size"], int) and 1 <= clean["batch_size"] <= 256):
-        raise StoreError("batch size must be a whole number from 1 to 256")
-    if not 0 < float(clean["val_fraction"]) < 1:
-        raise StoreError("the validation fraction must be between 0 and 1")
+    clean = parse_params(params)
     if clean["mode"] == "full" and not training_gpu(store) and not store.settings.allow_full_finetune_without_gpu:
         raise StoreError("full fine-tuning needs a GPU worker, and none is configured (MEDSAM_TRAINING_GPU); "
                          "use decoder mode, which trains on a CPU in seconds per epoch")
-    with store.transaction() as session:
-        get_project(session, actor, project_id)
     parent = active_version(store, project_id) if clean.get("parent_version_id") is None else None
     with store.transaction() as session:
-        parent = parent or session.get(ModelVersion, clean["parent_version_id"])
-        if parent is None:
-            raise NotFoundError(f"model version {clean['parent_version_id']} does not exist")
-        if parent.project_id not in (None, project_id):
-            raise StoreError(f"model version {parent.id} belongs to another project")
+        parent = parent or usable_version(session, actor, clean["parent_version_id"], project_id)
     if parent.family not in FAMILIES:
         raise StoreError(f"unknown model family '{parent.family}'")
     if parent.family != "lite" and (parent.checkpoint_blob is None or not store.blobs.exists(parent.checkpoint_blob)):
         raise StoreError(f"model version {parent.id} ({parent.family}) has no checkpoint in the blob store; "
                          "register the ViT checkpoint first")
-    labelled = {image.id for image, _, _ in training_set(store, project_id)}
+    rows = training_set(store, project_id)
+    labelled = {image.id for image, _, _ in rows}
     if len(labelled) < store.settings.min_training_images:
         raise StoreError(f"the project has {len(labelled)} images with approved labels; fine-tuning needs at least "
                          f"{store.settings.min_training_images}")
+    _check_training_split(store, project_id, rows, clean)
     clean["parent_version_id"] = parent.id
     return clean
+
+
+def _check_training_split(store: Store, project_id: int, rows, clean: dict[str, Any]) -> None:
+    """The worker's own split, done now: a job that can only fail later must be refused at once."""
+    with store.transaction() as session:
+        frozen = session.get(Project, project_id).validation_image_ids
+    samples = [Sample(key=str(image.id), group=image.sha256, load_rgb=None, load_labels=None)  # type: ignore[arg-type]
+               for image, _, _ in rows]
+    if frozen is None:
+        train, _ = split_by_group(samples, clean["val_fraction"], clean["seed"])
+    else:
+        train, _ = split_by_group(samples, 0, fixed_val_keys={str(i) for i in frozen})
+    if len(train) < store.settings.min_training_images:
+        held = "the project's frozen validation set" if frozen is not None else "validation"
+        raise StoreError(f"only {len(train)} labelled images would be left for training once {held} takes its "
+                         f"share; fine-tuning needs at least {store.settings.min_training_images}. Approve more "
+                         "labelled images")
 
 
 def create_job(store: Store, actor: User, project_id: int, params: dict[str, Any]) -> TrainingJob:

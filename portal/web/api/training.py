@@ -7,31 +7,32 @@ the answers here are read from it.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Body, Depends, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from portal.store.models import Job, Role, TrainingJob, User
+from portal.store.models import Job, TrainingJob, User
 from portal.store.services import jobs
-from portal.store.services.model_versions import active_version
-from portal.store.services.projects import get_project
-from portal.store.services.users import require_role
+from portal.store.services.training import FinetuneParams
 from portal.web.api import PREFIX, store_of
 from portal.web.auth import current_user
 from workers import dispatch
+from workers.dispatch import MAX_BATCH_ITEMS, PrelabelItem
 
 router = APIRouter(prefix=PREFIX, tags=["jobs"])
+STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
 class PrelabelIn(BaseModel):
-    items: list[dict[str, Any]] = Field(description='[{"image_id": 1, "boxes": [[x0, y0, x1, y1]]}, ...]; '
-                                                    "one box (or points) per item")
+    model_config = STRICT
+    items: list[PrelabelItem] = Field(min_length=1, max_length=MAX_BATCH_ITEMS,
+                                      description='[{"image_id": 1, "boxes": [[x0, y0, x1, y1]]}, ...]; '
+                                                  "one box (or points) per item")
     model_version_id: int | None = Field(None, description="default: the project's active version")
 
 
 class PrecomputeIn(BaseModel):
-    model_version_id: int | None = None
+    model_config = STRICT
+    model_version_id: int | None = Field(None, description="default: the project's active version")
 
 
 def job_json(job: Job | TrainingJob) -> dict:
@@ -47,63 +48,53 @@ def job_json(job: Job | TrainingJob) -> dict:
     return out
 
 
-def _visible(store, user: User, model, job_id: int):
-    job = jobs.get_job(store, model, job_id)
-    with store.transaction() as session:
-        get_project(session, user, job.project_id)
-    return job
-
-
 def _celery(request: Request):
     return request.app.state.segmentation.celery_app
 
 
 @router.post("/projects/{pid}/training-jobs", status_code=201)
 def create_training_job(pid: int, request: Request, user: User = Depends(current_user),
-                        params: dict[str, Any] = Body(default_factory=dict, examples=[{
+                        params: FinetuneParams | None = Body(None, examples=[{
                             "mode": "decoder", "epochs": 5, "lr": 1e-4, "batch_size": 8}])) -> dict:
-    """Parameters: mode (decoder|full), epochs, lr, batch_size, bbox_shift, seed, val_fraction,
-    early_stopping, parent_version_id. Needs approved labels on enough images."""
-    return job_json(dispatch.submit_finetune(store_of(request), user, pid, params, celery_app=_celery(request)))
+    """Reviewers and admins. Every parameter is optional; a wrong type or a value out of range is a 422
+    naming the field. Needs approved labels on enough images."""
+    given = params.model_dump(exclude_unset=True) if params else {}
+    return job_json(dispatch.submit_finetune(store_of(request), user, pid, given, celery_app=_celery(request)))
 
 
 @router.get("/training-jobs/{jid}")
 def get_training_job(jid: int, request: Request, user: User = Depends(current_user)) -> dict:
-    return job_json(_visible(store_of(request), user, TrainingJob, jid))
+    return job_json(jobs.get_job(store_of(request), TrainingJob, jid, user))
 
 
 @router.delete("/training-jobs/{jid}")
 def cancel_training_job(jid: int, request: Request, user: User = Depends(current_user)) -> dict:
-    store = store_of(request)
-    _visible(store, user, TrainingJob, jid)
-    require_role(user, Role.admin, Role.reviewer, doing="cancel fine-tuning")
-    return job_json(dispatch.cancel(store, TrainingJob, jid, user, celery_app=_celery(request)))
+    """Whoever queued the job, or an admin."""
+    return job_json(dispatch.cancel(store_of(request), TrainingJob, jid, user, celery_app=_celery(request)))
 
 
 @router.post("/projects/{pid}/prelabel", status_code=201)
 def prelabel(pid: int, body: PrelabelIn, request: Request, user: User = Depends(current_user)) -> dict:
-    store = store_of(request)
-    version = body.model_version_id or active_version(store, pid).id
-    return job_json(dispatch.submit_segment_batch(store, user, pid, version, body.items,
+    """Admins only, like the admin tab that offers it."""
+    return job_json(dispatch.submit_segment_batch(store_of(request), user, pid, body.model_version_id, body.items,
                                                   celery_app=_celery(request)))
 
 
 @router.post("/projects/{pid}/precompute", status_code=201)
 def precompute(pid: int, request: Request, user: User = Depends(current_user),
                body: PrecomputeIn | None = None) -> dict:
-    store = store_of(request)
-    version = (body.model_version_id if body else None) or active_version(store, pid).id
-    return job_json(dispatch.submit_precompute(store, user, pid, version, celery_app=_celery(request)))
+    """Admins only, like the admin tab that offers it."""
+    version = body.model_version_id if body else None
+    return job_json(dispatch.submit_precompute(store_of(request), user, pid, version, celery_app=_celery(request)))
 
 
 @router.get("/jobs/{jid}")
 def get_job(jid: int, request: Request, user: User = Depends(current_user)) -> dict:
     """A pre-labelling or precompute job; its masks have ``job_id`` set (see /masks/{id})."""
-    return job_json(_visible(store_of(request), user, Job, jid))
+    return job_json(jobs.get_job(store_of(request), Job, jid, user))
 
 
 @router.delete("/jobs/{jid}")
 def cancel_job(jid: int, request: Request, user: User = Depends(current_user)) -> dict:
-    store = store_of(request)
-    _visible(store, user, Job, jid)
-    return job_json(dispatch.cancel(store, Job, jid, user, celery_app=_celery(request)))
+    """Whoever queued the job, or an admin."""
+    return job_json(dispatch.cancel(store_of(request), Job, jid, user, celery_app=_celery(request)))

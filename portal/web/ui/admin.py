@@ -17,7 +17,6 @@ import gradio as gr
 from medsam_core.errors import MedsamError
 from portal.store.models import Job
 from portal.store.services import images, jobs, model_versions, projects
-from portal.store.services.projects import get_project
 from portal.web.transfer import FORMATS, build_export, import_zip, scratch_dir
 from portal.web.ui import queries as q
 from portal.web.ui.common import WINDOW_CHOICES, friendly, new_work_dir, sweep, user_of, window_value
@@ -201,9 +200,7 @@ def build_admin_tab(app_state, project) -> None:
             return gr.skip()
         try:
             user = user_of(store, request)
-            job = jobs.get_job(store, Job, int(jid))
-            with store.transaction() as session:
-                get_project(session, user, job.project_id)  # membership
+            job = jobs.get_job(store, Job, int(jid), user)  # members of its project only
         except Exception:  # noqa: BLE001 - a timer tick never raises a toast
             return gr.skip()
         return job_text(job)
