@@ -18,6 +18,17 @@ def make_store(db_url: str, data_dir, storage_url: str | None = None, **extra) -
     return open_store(settings)
 
 
+def store_per_database(request, tmp_path_factory, prefix: str):
+    """Body of a module fixture parametrised over ["sqlite", "postgresql"]: a store on a throwaway database."""
+    from tests.dbutil import temporary_database
+
+    tmp = tmp_path_factory.mktemp(f"{prefix}_{request.param}")
+    with temporary_database(request.param, tmp) as url:
+        store = make_store(url, tmp)
+        yield store
+        store.close()
+
+
 def new_user(store: Store, role: Role, prefix: str = "u"):
     with store.transaction() as session:
         return create_user(session, f"{prefix}{uuid.uuid4().hex[:8]}", "correct horse battery", role)

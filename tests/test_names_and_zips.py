@@ -37,7 +37,7 @@ from portal.web.transfer import MAX_ZIP_ENTRIES, build_export, import_zip, scrat
 from tests.conftest import require
 from tests.test_api import api, call, ok  # noqa: F401 - api: the real `medsam serve` fixture
 from tests.dbutil import temporary_database
-from tests.storeutil import make_store, new_user, png_file, square_mask
+from tests.storeutil import new_user, png_file, square_mask, store_per_database
 
 PATIENT = "Doe_Johnathan_MRN-424242.dcm"
 SECRETS = ("Doe", "Johnathan", "424242")
@@ -45,11 +45,7 @@ SECRETS = ("Doe", "Johnathan", "424242")
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def store(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp(f"names_{request.param}")
-    with temporary_database(request.param, tmp) as url:
-        s = make_store(url, tmp)
-        yield s
-        s.close()
+    yield from store_per_database(request, tmp_path_factory, "names")
 
 
 @pytest.fixture()

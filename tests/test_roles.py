@@ -26,8 +26,7 @@ from portal.store.services import annotations as ann
 from portal.store.services import images, jobs, model_versions, projects, training
 from portal.store.services.masks import get_mask, record_mask
 from tests.conftest import DEMO_BOX, DEMO_IMAGE
-from tests.dbutil import temporary_database
-from tests.storeutil import make_store, new_user, png_file, square_mask
+from tests.storeutil import new_user, png_file, square_mask, store_per_database
 from tests.test_api import api, call, ok  # noqa: F401 - the real server fixture, one for this module
 from workers import dispatch
 
@@ -36,11 +35,7 @@ MISSING = 987_654_321
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def store(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp(f"roles_{request.param}")
-    with temporary_database(request.param, tmp) as url:
-        s = make_store(url, tmp)
-        yield s
-        s.close()
+    yield from store_per_database(request, tmp_path_factory, "roles")
 
 
 @pytest.fixture()

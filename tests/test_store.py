@@ -23,17 +23,12 @@ from portal.store.models import (
 from portal.store.services import annotations as ann
 from portal.store.services import images, model_versions, projects, users
 from portal.store.services.masks import load_mask, record_mask
-from tests.dbutil import temporary_database
-from tests.storeutil import make_store, new_user, png_file, square_mask
+from tests.storeutil import new_user, png_file, square_mask, store_per_database
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def store(request, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp(f"store_{request.param}")
-    with temporary_database(request.param, tmp) as url:
-        s = make_store(url, tmp)
-        yield s
-        s.close()
+    yield from store_per_database(request, tmp_path_factory, "store")
 
 
 @pytest.fixture()
