@@ -58,6 +58,7 @@ def run_broker(name: str, calls: int, redis_url: str) -> list[tuple[str, list[fl
     from portal.store.services import images, model_versions, projects, users
     from portal.store.store import open_store
     from workers.app import make_app
+    from workers.names import TASK_ENCODE, TASK_NOOP
 
     store = open_store()
     with store.transaction() as session:
@@ -71,19 +72,19 @@ def run_broker(name: str, calls: int, redis_url: str) -> list[tuple[str, list[fl
                               env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
-        app.send_task("medsam.inference.noop", args=[0]).get(timeout=120, interval=0.005)
-        app.send_task("medsam.inference.encode_image", args=[image.id, version]).get(timeout=300, interval=0.01)
+        app.send_task(TASK_NOOP, args=[0]).get(timeout=120, interval=0.005)
+        app.send_task(TASK_ENCODE, args=[image.id, version]).get(timeout=300, interval=0.01)
         from workers import tasks
         from workers.runtime import get_pool
 
         get_pool().predictor(version)  # load the model here too, for the direct calls
         rows = [
             (f"{name}: noop round trip", timed(
-                lambda: app.send_task("medsam.inference.noop", args=[1]).get(timeout=60, interval=0.001),
+                lambda: app.send_task(TASK_NOOP, args=[1]).get(timeout=60, interval=0.001),
                 calls, f"{name} noop")),
             ("direct: noop call", timed(lambda: tasks.noop.run(1), calls, "direct noop")),
             (f"{name}: encode_image (cache hit) round trip", timed(
-                lambda: app.send_task("medsam.inference.encode_image", args=[image.id, version])
+                lambda: app.send_task(TASK_ENCODE, args=[image.id, version])
                 .get(timeout=60, interval=0.001), calls, f"{name} encode")),
             ("direct: encode_image (cache hit) call", timed(
                 lambda: tasks.encode_image.run(image.id, version), calls, "direct encode")),

@@ -28,7 +28,9 @@ from portal.store.services.masks import get_mask, record_mask
 from tests.conftest import DEMO_BOX, DEMO_IMAGE
 from tests.storeutil import new_user, png_file, square_mask, store_per_database
 from tests.test_api import api, call, ok  # noqa: F401 - the real server fixture, one for this module
-from workers import dispatch
+from workers.queue import JobQueue
+
+dispatch = JobQueue()  # its broker is never touched here: every call is refused, or cancels a row never sent
 
 MISSING = 987_654_321
 

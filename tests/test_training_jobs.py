@@ -18,8 +18,8 @@ from portal.store.store import open_store
 from tests.conftest import first_pairs
 from tests.storeutil import new_user
 from tests.workerutil import WORKER_ENV, WorkerProcess, wait_for
-from workers import dispatch
 from workers.app import make_app
+from workers.queue import JobQueue
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def env(tmp_path_factory, data_dir):
     store = open_store(settings)
     worker = WorkerProcess(values, folder / "worker.log", queues="training").start()
     worker.wait_ready()
-    state = {"values": values, "store": store, "app": make_app(settings), "worker": worker, "folder": folder}
+    state = {"values": values, "store": store, "queue": JobQueue(app=make_app(settings)), "worker": worker,
+             "folder": folder}
     yield state
     state["worker"].stop()
     store.close()
@@ -62,8 +63,7 @@ def finished(env, job_id):
 def test_queued_finetune_registers_a_version_behind_the_gate(env, sample_data):
     store = env["store"]
     admin, project = labelled_project(env, sample_data, 50)
-    job = dispatch.submit_finetune(store, admin, project.id, {"epochs": 2, "lr": 1e-4, "val_fraction": 0.25},
-                                   celery_app=env["app"])
+    job = env["queue"].submit_finetune(store, admin, project.id, {"epochs": 2, "lr": 1e-4, "val_fraction": 0.25})
     done = wait_for(lambda: finished(env, job.id), 600, "the fine-tune")
     assert done.state == JobState.succeeded, done.error
     assert [m["epoch"] for m in done.epoch_metrics] == [1, 2] and done.curves_blob and done.checkpoint_blob
@@ -142,8 +142,7 @@ def test_bad_requests_are_refused_before_queueing(env, sample_data):
 def test_killed_worker_resumes_from_its_last_epoch_and_cancel_lands(env, sample_data):
     store = env["store"]
     admin, project = labelled_project(env, sample_data, 30)
-    job = dispatch.submit_finetune(store, admin, project.id, {"epochs": 6, "batch_size": 1},
-                                   celery_app=env["app"])
+    job = env["queue"].submit_finetune(store, admin, project.id, {"epochs": 6, "batch_size": 1})
     first = wait_for(lambda: (j := jobs.get_job(store, TrainingJob, job.id)).epoch_metrics and j, 600,
                      "the first epoch checkpoint")
     env["worker"].kill_all()
@@ -158,9 +157,8 @@ def test_killed_worker_resumes_from_its_last_epoch_and_cancel_lands(env, sample_
     assert done.epoch_metrics[:done_epochs] == before.epoch_metrics[:done_epochs]  # not trained again
     assert done.attempts >= 2 and first.epoch_metrics[0] == done.epoch_metrics[0]
     # Cancel: a running job stops within one step.
-    again = dispatch.submit_finetune(store, admin, project.id, {"epochs": 50, "batch_size": 1},
-                                     celery_app=env["app"])
+    again = env["queue"].submit_finetune(store, admin, project.id, {"epochs": 50, "batch_size": 1})
     wait_for(lambda: jobs.get_job(store, TrainingJob, again.id).progress.get("step"), 300, "the first step")
-    dispatch.cancel(store, TrainingJob, again.id, celery_app=env["app"])
+    env["queue"].cancel(store, TrainingJob, again.id)
     stopped = wait_for(lambda: finished(env, again.id), 60, "the cancel")
     assert stopped.state == JobState.cancelled

@@ -16,8 +16,9 @@ from portal.store.store import open_store
 from tests.conftest import first_pairs, require, tight_box
 from tests.storeutil import new_user
 from tests.workerutil import WORKER_ENV, WorkerProcess, wait_for
-from workers import dispatch
 from workers.app import make_app
+from workers.names import TASK_ENCODE, TASK_NOOP
+from workers.queue import JobQueue
 
 
 def _redis_url() -> str:
@@ -51,7 +52,9 @@ def env(request, tmp_path_factory, data_dir):
     store = open_store(settings)
     worker = WorkerProcess(values, folder / "worker.log").start()
     worker.wait_ready()
-    state = {"values": values, "store": store, "app": make_app(settings), "worker": worker, "folder": folder}
+    app = make_app(settings)
+    state = {"values": values, "store": store, "app": app, "queue": JobQueue(app=app), "worker": worker,
+             "folder": folder}
     yield state
     state["worker"].stop()  # the kill test replaces the worker: stop the one that runs now
     store.close()
@@ -96,19 +99,18 @@ def finished(env, job_id):
 
 def test_round_trips_of_each_task(env, project, sample_data):
     app, store = env["app"], env["store"]
-    assert app.send_task("medsam.inference.noop", args=[41]).get(timeout=60, interval=0.02) == 41
+    assert app.send_task(TASK_NOOP, args=[41]).get(timeout=60, interval=0.02) == 41
     (item,) = add_kvasir(env, project, sample_data, 0, 1)
-    first = app.send_task("medsam.inference.encode_image", args=[item["image_id"], project["base"].id])
+    first = app.send_task(TASK_ENCODE, args=[item["image_id"], project["base"].id])
     assert first.get(timeout=180, interval=0.05)["cache_hit"] is False
-    again = app.send_task("medsam.inference.encode_image", args=[item["image_id"], project["base"].id])
+    again = app.send_task(TASK_ENCODE, args=[item["image_id"], project["base"].id])
     assert again.get(timeout=60, interval=0.05)["cache_hit"] is True
-    batch = dispatch.submit_segment_batch(store, project["admin"], project["project"].id, project["base"].id,
-                                          [item, {**item, "boxes": [[0, 0, 50, 50]]}], celery_app=app)
+    batch = env["queue"].submit_segment_batch(store, project["admin"], project["project"].id, project["base"].id,
+                                              [item, {**item, "boxes": [[0, 0, 50, 50]]}])
     done = wait_for(lambda: finished(env, batch.id), 120, "segment_batch")
     assert done.state == JobState.succeeded, done.error
     assert sorted(masks_of(env, batch.id)) == [0, 1] and done.progress["done"] == 2
-    warm = dispatch.submit_precompute(store, project["admin"], project["project"].id, project["base"].id,
-                                      celery_app=app)
+    warm = env["queue"].submit_precompute(store, project["admin"], project["project"].id, project["base"].id)
     done = wait_for(lambda: finished(env, warm.id), 120, "precompute")
     assert done.state == JobState.succeeded and done.result["already_cached"] >= 1
 
@@ -123,8 +125,7 @@ def _assert_exactly_once(env, job_id, n):
 
 def test_killed_pool_child_requeues_at_once(env, project, sample_data):
     items = add_kvasir(env, project, sample_data, 10, 6)
-    job = dispatch.submit_segment_batch(env["store"], None, project["project"].id, project["base"].id, items,
-                                        celery_app=env["app"])
+    job = env["queue"].submit_segment_batch(env["store"], None, project["project"].id, project["base"].id, items)
     wait_for(lambda: len(masks_of(env, job.id)) >= 2, 240, "two masks before the kill")
     (child,) = env["worker"].pool_children()
     os.kill(child, signal.SIGKILL)
@@ -144,8 +145,7 @@ def requeued_by_reaper(env, job_id) -> bool:
 
 def test_killed_worker_is_reaped_and_job_completes(env, project, sample_data):
     items = add_kvasir(env, project, sample_data, 20, 6)
-    job = dispatch.submit_segment_batch(env["store"], None, project["project"].id, project["base"].id, items,
-                                        celery_app=env["app"])
+    job = env["queue"].submit_segment_batch(env["store"], None, project["project"].id, project["base"].id, items)
     wait_for(lambda: len(masks_of(env, job.id)) >= 2, 240, "two masks before the kill")
     env["worker"].kill_all()
     assert job_state(env, job.id).state == JobState.running  # the row still says running: only the reaper knows
@@ -157,10 +157,9 @@ def test_killed_worker_is_reaped_and_job_completes(env, project, sample_data):
 
 def test_cancel_a_running_job_lands_within_a_step(env, project, sample_data):
     items = add_kvasir(env, project, sample_data, 30, 6)
-    job = dispatch.submit_segment_batch(env["store"], None, project["project"].id, project["base"].id, items,
-                                        celery_app=env["app"])
+    job = env["queue"].submit_segment_batch(env["store"], None, project["project"].id, project["base"].id, items)
     wait_for(lambda: len(masks_of(env, job.id)) >= 1, 240, "the first mask")
-    dispatch.cancel(env["store"], Job, job.id, celery_app=env["app"])
+    env["queue"].cancel(env["store"], Job, job.id)
     done = wait_for(lambda: finished(env, job.id), 60, "the cancel to land")
     assert done.state == JobState.cancelled and len(masks_of(env, job.id)) < len(items)
 
@@ -169,26 +168,25 @@ def test_cancel_a_queued_job(env, project):
     store = env["store"]
     job = jobs.create_job(store, JobKind.segment_batch, {"model_version_id": project["base"].id, "items": []},
                           project_id=project["project"].id)
-    assert dispatch.cancel(store, Job, job.id).state == JobState.cancelled
-    dispatch.enqueue(store, job, env["app"])  # delivered anyway: the worker must leave it alone
-    assert env["app"].send_task("medsam.inference.noop", args=[1]).get(timeout=60, interval=0.02) == 1
+    assert env["queue"].cancel(store, Job, job.id).state == JobState.cancelled
+    env["queue"].enqueue(store, job)  # delivered anyway: the worker must leave it alone
+    assert env["app"].send_task(TASK_NOOP, args=[1]).get(timeout=60, interval=0.02) == 1
     assert job_state(env, job.id).state == JobState.cancelled and job_state(env, job.id).attempts == 0
 
 
 def test_missing_image_or_model_fails_clearly_and_worker_keeps_serving(env, project, sample_data):
     store, app = env["store"], env["app"]
     (item,) = add_kvasir(env, project, sample_data, 40, 1)
-    job = dispatch.submit_segment_batch(store, None, project["project"].id, project["base"].id, [item],
-                                        celery_app=app)
+    job = env["queue"].submit_segment_batch(store, None, project["project"].id, project["base"].id, [item])
     images.delete_image(store, project["admin"], item["image_id"])  # gone before the worker got to it
     done = wait_for(lambda: finished(env, job.id), 120, "the job to fail")
     assert done.state == JobState.failed and f"image {item['image_id']} does not exist" in done.error
     ghost = jobs.create_job(store, JobKind.precompute_embeddings, {"model_version_id": 987654},
                             project_id=project["project"].id)
-    dispatch.enqueue(store, ghost, app)
+    env["queue"].enqueue(store, ghost)
     done = wait_for(lambda: finished(env, ghost.id), 120, "the job to fail")
     assert done.state == JobState.failed and "model version 987654 does not exist" in done.error
-    assert app.send_task("medsam.inference.noop", args=[7]).get(timeout=60, interval=0.02) == 7
+    assert app.send_task(TASK_NOOP, args=[7]).get(timeout=60, interval=0.02) == 7
     with store.transaction() as session:
         assert session.scalar(select(func.count()).select_from(Mask).where(Mask.job_id == job.id)) == 0
 
@@ -197,8 +195,8 @@ def test_bad_batches_are_refused_before_queueing(env, project):
     store = env["store"]
     pid, base = project["project"].id, project["base"].id
     with pytest.raises(Exception, match="not in project"):
-        dispatch.submit_segment_batch(store, None, pid, base, [{"image_id": 99999, "boxes": [[0, 0, 5, 5]]}])
+        env["queue"].submit_segment_batch(store, None, pid, base, [{"image_id": 99999, "boxes": [[0, 0, 5, 5]]}])
     with pytest.raises(Exception, match="model version 424242 does not exist"):
-        dispatch.submit_precompute(store, None, pid, 424242)
+        env["queue"].submit_precompute(store, None, pid, 424242)
     with pytest.raises(Exception, match="at least one item"):
-        dispatch.submit_segment_batch(store, None, pid, base, [])
+        env["queue"].submit_segment_batch(store, None, pid, base, [])

@@ -4,6 +4,9 @@ The broker alone cannot save them: kombu's SQLAlchemy transport never returns
 a message fetched by a killed worker, and Redis only after its visibility
 timeout. The job rows know better: a running job whose heartbeat went stale is
 put back on the queue. Tasks are idempotent, so a duplicate is harmless.
+
+It runs as its own process (``python -m workers.reaper``), which the worker
+starts when it is ready and stops when it shuts down (``workers.app``).
 """
 
 from __future__ import annotations
@@ -14,53 +17,22 @@ from datetime import timedelta
 from portal.store.models import Job, TrainingJob
 from portal.store.services import jobs
 from portal.store.store import Store
-from workers.app import app
+from workers.queue import JobQueue
 
 log = logging.getLogger(__name__)
 
 
-def reap(store: Store) -> list[tuple[str, int]]:
+def reap(store: Store, queue: JobQueue) -> list[tuple[str, int]]:
     stale_after = timedelta(seconds=store.settings.job_stale_s)
     requeued = []
     for model in (Job, TrainingJob):
         for job_id in jobs.stale_jobs(store, model, stale_after):
             if not jobs.requeue_if_stale(store, model, job_id, stale_after):
                 continue  # another reaper got there first
-            job = jobs.get_job(store, model, job_id)
-            from workers.dispatch import task_name
-
-            result = app.send_task(task_name(model, job), args=[job_id])
-            jobs.set_task_id(store, model, job_id, result.id)
+            queue.enqueue(store, jobs.get_job(store, model, job_id))
             log.warning("requeued %s %s: its worker stopped sending heartbeats", model.__tablename__, job_id)
             requeued.append((model.__tablename__, job_id))
     return requeued
-
-
-_process = None
-
-
-def _die_with_parent() -> None:
-    import ctypes
-    import signal
-
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def start_reaper_process() -> None:
-    global _process
-    import subprocess
-    import sys
-
-    _process = subprocess.Popen([sys.executable, "-m", "workers.reaper"], preexec_fn=_die_with_parent)
-
-
-def stop_reaper_process() -> None:
-    if _process is not None and _process.poll() is None:
-        _process.terminate()
-        try:
-            _process.wait(10)
-        except Exception:  # noqa: BLE001
-            _process.kill()
 
 
 def run_forever() -> None:
@@ -71,9 +43,10 @@ def run_forever() -> None:
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s: %(levelname)s/reaper] %(message)s")
     store = get_store()
+    queue = JobQueue(store.settings)
     while True:
         try:
-            reap(store)
+            reap(store, queue)
         except Exception:  # noqa: BLE001 - the reaper must outlive a database hiccup
             log.exception("reaper pass failed")
         time.sleep(store.settings.reaper_interval_s)

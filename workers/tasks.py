@@ -1,5 +1,8 @@
 """Inference tasks. Arguments are ids; the parameters and all state live in the database.
 
+Shared tasks, so they bind to whichever app the worker built (``workers.app.make_app``),
+which also sets their time limits from settings.
+
 Every task is idempotent: an embedding is content-addressed and cached, and a
 batch stores each item's mask under (job, item) exactly once, so a redelivered
 or reaped task only does the work that is missing.
@@ -9,18 +12,16 @@ from __future__ import annotations
 
 import time
 
+from celery import shared_task
 from sqlalchemy import select
 
 from portal.store.errors import NotFoundError
 from portal.store.models import Image, Job
 from portal.store.services.images import display_pixels
 from portal.store.services.masks import job_item_mask, record_mask
-from portal.store.settings import get_settings
-from workers.app import app
+from workers import names
 from workers.jobrunner import Step, run_job
 from workers.runtime import get_pool, get_store
-
-INFERENCE_LIMIT = get_settings().inference_time_limit_s
 
 
 def _image(store, image_id: int) -> Image:
@@ -31,13 +32,13 @@ def _image(store, image_id: int) -> Image:
         return image
 
 
-@app.task(name="medsam.inference.noop")
+@shared_task(name=names.TASK_NOOP)
 def noop(value=None):
     """A round trip with no work, for health checks and the queue-overhead benchmark."""
     return value
 
 
-@app.task(name="medsam.inference.encode_image", time_limit=INFERENCE_LIMIT)
+@shared_task(name=names.TASK_ENCODE)
 def encode_image(image_id: int, model_version_id: int) -> dict:
     store = get_store()
     predictor = get_pool().predictor(model_version_id)
@@ -46,7 +47,7 @@ def encode_image(image_id: int, model_version_id: int) -> dict:
             "pixel_sha256": embedding.key.pixel_sha256}
 
 
-@app.task(bind=True, name="medsam.inference.segment_batch", time_limit=INFERENCE_LIMIT)
+@shared_task(bind=True, name=names.TASK_SEGMENT_BATCH)
 def segment_batch(self, job_id: int) -> dict:
     store = get_store()
     return run_job(store, Job, job_id, self.request.id, _segment_items)
@@ -74,7 +75,7 @@ def _segment_items(job: Job, step: Step) -> dict:
     return {"masks": len(items), "computed": done, "already_stored": skipped}
 
 
-@app.task(bind=True, name="medsam.inference.precompute_embeddings", time_limit=INFERENCE_LIMIT)
+@shared_task(bind=True, name=names.TASK_PRECOMPUTE)
 def precompute_embeddings(self, job_id: int) -> dict:
     store = get_store()
     return run_job(store, Job, job_id, self.request.id, _precompute)

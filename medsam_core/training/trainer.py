@@ -1,6 +1,6 @@
-"""The training loop, shared by ``medsam train`` and the Celery training task.
+"""The training loop that ``finetune`` (``run.py``) runs for ``medsam train`` and the training worker.
 
-Persistence is the caller's: after every epoch the trainer hands over a
+Persistence is the caller's (a sink): after every epoch the trainer hands over a
 complete checkpoint dict (model, optimizer, epoch, best weights, history), and
 ``fit`` accepts one back to resume. The best weights are chosen by validation
 Dice, never by training loss, and start as the untouched weights, so the best
@@ -25,8 +25,7 @@ from medsam_core.predictor import Predictor
 from medsam_core.prompt_decoder import BOX_CORNER_LABELS, PromptDecoder
 from medsam_core.training.data import LOW_RES, Prepared, Sample, jitter_box, prepare
 from medsam_core.training.losses import medsam_loss
-
-MODES = ("decoder", "full")
+from medsam_core.training.modes import MODES, unknown_mode_message
 
 
 @dataclass
@@ -45,7 +44,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         if self.mode not in MODES:
-            raise MedsamError(f"unknown training mode '{self.mode}'; choose decoder or full")
+            raise MedsamError(unknown_mode_message(self.mode))
         if self.epochs < 1 or self.batch_size < 1 or self.grad_accum < 1:
             raise MedsamError("epochs, batch size and gradient accumulation must be at least 1")
         if not (0 < self.lr < 1):
@@ -61,6 +60,13 @@ class TrainResult:
     best_epoch: int  # 0: the starting weights were best
     history: list[dict] = field(default_factory=list)
     best_state: dict | None = None
+    train_images: int = 0
+    val_images: int = 0
+
+    def summary(self) -> dict:
+        """What both the CLI and a training job report at the end."""
+        return {"baseline_val_dice": round(self.baseline_val_dice, 4), "best_val_dice": round(self.best_val_dice, 4),
+                "best_epoch": self.best_epoch, "train_images": self.train_images, "val_images": self.val_images}
 
 
 StepCallback = Callable[[dict], None]
@@ -155,6 +161,17 @@ class Trainer:
         return {"val_dice": float(np.mean(dices)) if dices else float("nan"),
                 "val_nsd": float(np.mean(nsds)) if nsds else float("nan")}
 
+    def _train_mode(self) -> None:
+        """Decoder mode keeps the frozen encoder in eval mode: the predictor encodes with this very module.
+
+        LiteMedSAM's TinyViT has BatchNorm and dropout. In train mode a cache miss
+        would store batch-statistics embeddings under the inference cache's key and
+        move the running statistics, so the "unchanged" encoder's digest would drift.
+        """
+        self.module.train()
+        if self.config.mode == "decoder":
+            self.module.image_encoder.eval()
+
     def _autocast(self):
         if self.amp_dtype is None:
             return torch.autocast("cpu", enabled=False)
@@ -185,7 +202,7 @@ class Trainer:
             rng = np.random.default_rng([cfg.seed, epoch])  # same order and jitter after a resume
             torch.manual_seed(cfg.seed * 1000 + epoch)
             order = rng.permutation(len(train))
-            self.module.train()
+            self._train_mode()
             started, losses = time.perf_counter(), []
             for step in range(steps):
                 batch = [train[i] for i in order[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
@@ -222,5 +239,5 @@ class Trainer:
             if cfg.early_stopping and epoch + 1 - max(best_epoch, start) >= cfg.early_stopping:
                 break
         self.module.eval()
-        return TrainResult(baseline, best_dice, best_epoch, history, best_state)
+        return TrainResult(baseline, best_dice, best_epoch, history, best_state, len(train_samples), len(val_samples))
 

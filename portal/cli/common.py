@@ -21,12 +21,15 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_predictor(args: argparse.Namespace, settings: Settings | None = None):
+    """The command line's model options over the settings, then the store's one predictor factory."""
     from medsam_core.cache import DirectoryEmbeddingStore, EmbeddingCache
     from medsam_core.models import load_model
-    from medsam_core.predictor import Predictor
+    from portal.store.runtime import build_predictor as predictor_from_settings
 
     settings = settings or get_settings()
+    if args.backend:
+        settings = settings.model_copy(update={"inference_backend": args.backend})
     model = load_model(args.model or settings.default_model, args.checkpoint, args.device or settings.device)
     store = DirectoryEmbeddingStore(settings.embedding_dir, settings.embedding_cache_mb * 1024 * 1024)
     cache = EmbeddingCache(store, memory_items=settings.embedding_memory_items)
-    return Predictor(model, cache, backend=args.backend or settings.inference_backend, onnx_dir=settings.onnx_dir)
+    return predictor_from_settings(settings, model, cache)

@@ -18,8 +18,7 @@ import threading
 import time
 
 from portal.store.settings import get_settings
-
-WORKER_QUEUES = ("inference", "training")
+from workers.names import QUEUES as WORKER_QUEUES
 STOP_GRACE_S = 15
 
 

@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
+from medsam_core.training.modes import MODES
 from portal.cli.common import add_model_options
 from portal.store.settings import get_settings
 
@@ -18,7 +20,7 @@ def register(sub) -> None:
                                    "starts as the untouched weights), metrics.json and curves.png into --out.")
     p.add_argument("data_dir", type=Path, metavar="DATA_DIR")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--mode", choices=("decoder", "full"), default="decoder",
+    p.add_argument("--mode", choices=MODES, default="decoder",
                    help="decoder: frozen encoder, trains on cached embeddings (fast, CPU-friendly); "
                         "full: encoder and decoder, as MedSAM does (needs a GPU)")
     p.add_argument("--epochs", type=int, default=5)
@@ -36,22 +38,15 @@ def register(sub) -> None:
     p.set_defaults(handler=run)
 
 
-def check_full_mode(mode: str, device, settings) -> None:
-    from medsam_core.errors import MedsamError
-
-    if mode == "full" and device.type != "cuda" and not settings.allow_full_finetune_without_gpu:
-        raise MedsamError("full fine-tuning needs a GPU (about a minute per step on a CPU); use --mode decoder, "
-                          "or set MEDSAM_ALLOW_FULL_FINETUNE_WITHOUT_GPU=true to insist")
+# The --json summary line's keys, in the order scripts have always read them.
+SUMMARY_KEYS = ("baseline_val_dice", "best_val_dice", "best_epoch", "epochs", "train_images", "val_images", "out")
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from medsam_core.errors import MedsamError
-    from medsam_core.outputs import atomic_write
-    from medsam_core.training import TrainConfig, Trainer, split_by_group
-    from medsam_core.training.artifacts import best_checkpoint, checkpoint_bytes, checkpoint_from_bytes, curves_png
+    from medsam_core.training import TrainConfig, check_mode, finetune, split_by_group
     from medsam_core.training.folder import folder_samples
+    from medsam_core.training.folder_sink import FolderSink
     from portal.cli.common import build_predictor
 
     settings = get_settings()
@@ -65,61 +60,40 @@ def run(args: argparse.Namespace) -> int:
         raise MedsamError(f"{args.data_dir} has {len(samples)} labelled images; fine-tuning needs at least "
                           f"{settings.min_training_images} (MEDSAM_MIN_TRAINING_IMAGES)")
     train, val = split_by_group(samples, args.val_fraction, args.seed)
-    latest = args.out / "checkpoint_latest.pth"
-    resume = None
-    if args.resume:
-        if not latest.exists():
-            raise MedsamError(f"--resume: {latest} does not exist")
-        resume = checkpoint_from_bytes(latest.read_bytes())
+    bar = _ProgressBar()
+    sink = FolderSink(args.out, resume=args.resume, on_step=bar.show,
+                      on_epoch=(lambda record: print(json.dumps(record), flush=True)) if args.json else None)
     predictor = build_predictor(args, settings)
-    check_full_mode(args.mode, predictor.model.device, settings)
-    args.out.mkdir(parents=True, exist_ok=True)
-    family = predictor.family
-    bar = tqdm(desc="train", unit="step", file=sys.stderr, disable=None)
-
-    def write_best(state, epoch, dice):
-        atomic_write(args.out / "checkpoint_best.pth", checkpoint_bytes(best_checkpoint(state, family, epoch, dice)))
-
-    def on_step(p):
-        bar.total = p["steps"] * p["epochs"]
-        bar.n = (p["epoch"] - 1) * p["steps"] + p["step"]
-        bar.set_postfix(epoch=p["epoch"], loss=p["loss"])
-        bar.refresh()
-
-    def on_epoch(record, checkpoint):
-        atomic_write(latest, checkpoint_bytes(checkpoint))
-        if checkpoint["best_epoch"] == record["epoch"] or not (args.out / "checkpoint_best.pth").exists():
-            write_best(checkpoint["best_model"], checkpoint["best_epoch"], checkpoint["best_val_dice"])
-        write_metrics(args.out, family, config, train, val, checkpoint)
-        atomic_write(args.out / "curves.png", curves_png(checkpoint["history"], checkpoint["baseline_val_dice"],
-                                                         f"{family}, {config.mode} mode"))
-        if args.json:
-            print(json.dumps(record), flush=True)
-
-    trainer = Trainer(predictor.model, config, predictor)
-    result = trainer.fit(train, val, resume=resume, on_step=on_step, on_epoch=on_epoch)
+    check_mode(args.mode, predictor.model.device.type == "cuda", settings.allow_full_finetune_without_gpu,
+               remedy=" (about a minute per step on a CPU); use --mode decoder, "
+                      "or set MEDSAM_ALLOW_FULL_FINETUNE_WITHOUT_GPU=true to insist")
+    result = finetune(predictor.model, train, val, config, sink, predictor=predictor)
     bar.close()
-    write_best(result.best_state, result.best_epoch, result.best_val_dice)
-    atomic_write(args.out / "curves.png", curves_png(result.history, result.baseline_val_dice,
-                                                     f"{family}, {config.mode} mode"))
-    summary = {"baseline_val_dice": round(result.baseline_val_dice, 4), "best_val_dice": round(result.best_val_dice, 4),
-               "best_epoch": result.best_epoch, "epochs": len(result.history), "train_images": len(train),
-               "val_images": len(val), "out": str(args.out)}
+    summary = {**result.summary(), "epochs": len(result.history), "out": str(args.out)}
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps({k: summary[k] for k in SUMMARY_KEYS}))
     else:
         print(f"validation Dice {summary['baseline_val_dice']:.4f} before, {summary['best_val_dice']:.4f} best "
               f"(epoch {result.best_epoch}); checkpoints in {args.out}")
     return 0
 
 
-def write_metrics(out: Path, family: str, config, train, val, checkpoint: dict) -> None:
-    from dataclasses import asdict
+class _ProgressBar:
+    """tqdm on stderr over all epochs' steps, from the first step on; silent when stderr is not a terminal."""
 
-    from medsam_core.outputs import atomic_write
+    def __init__(self) -> None:
+        self.bar: Any = None
 
-    metrics = {"family": family, "config": asdict(config), "train_images": [s.key for s in train],
-               "val_images": [s.key for s in val], "baseline_val_dice": checkpoint["baseline_val_dice"],
-               "best_val_dice": checkpoint["best_val_dice"], "best_epoch": checkpoint["best_epoch"],
-               "epochs": checkpoint["history"]}
-    atomic_write(out / "metrics.json", json.dumps(metrics, indent=2).encode())
+    def show(self, p: dict[str, Any]) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc="train", unit="step", file=sys.stderr, disable=None)
+        self.bar.total = p["steps"] * p["epochs"]
+        self.bar.n = (p["epoch"] - 1) * p["steps"] + p["step"]
+        self.bar.set_postfix(epoch=p["epoch"], loss=p["loss"])
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

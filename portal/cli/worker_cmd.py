@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-QUEUES = ("inference", "training")
+from workers.names import QUEUES
 
 
 def register(sub) -> None:
@@ -29,8 +29,10 @@ def run(args: argparse.Namespace) -> int:
         raise MedsamError(f"unknown queue(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(QUEUES)}")
     if args.concurrency < 1:
         raise MedsamError("--concurrency must be at least 1")
-    from workers.app import app
+    from portal.store.settings import get_settings
+    from workers.app import make_app
 
+    app = make_app(get_settings())
     name = args.hostname or f"{'+'.join(queues)}@%h"
     app.worker_main(["worker", "-Q", ",".join(queues), "-c", str(args.concurrency), "-P", args.pool,
                      "-l", args.loglevel, "-n", name, "--without-gossip", "--without-mingle"])

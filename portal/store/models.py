@@ -242,6 +242,7 @@ class JobKind(str, enum.Enum):
     encode_image = "encode_image"
     segment_batch = "segment_batch"
     precompute_embeddings = "precompute"
+    evaluate = "evaluate"  # a model version on the project's frozen validation images (training queue)
 
 
 class Job(JobColumns, Base):

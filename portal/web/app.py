@@ -2,8 +2,9 @@
 
 One app serves the REST API (/api/v1, docs at /api/docs), health, /metrics and,
 when the UI package is present, the Gradio UI at /. The UI gets the same
-store, settings and SegmentationService on ``app.state``, so both halves call
-the same services.
+store, settings, SegmentationService and job queue on ``app.state``, so both
+halves call the same services. The queue (``workers.queue.JobQueue``) is the
+only piece of the workers this process holds; it connects on its first send.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from portal.web.auth import ensure_first_admin
 from portal.web.memory import limit_arenas
 from portal.web.middleware import JsonBodyLimit, SecurityHeaders
 from portal.web.segmentation import SegmentationService
+from workers.queue import JobQueue
 
 log = logging.getLogger(__name__)
 WARMUP_JOIN_S = 60
@@ -32,7 +34,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limit_arenas()
     store = open_store(settings)  # upgrades a database that is behind, or refuses with the reason
     ensure_first_admin(store)
-    segmentation = SegmentationService(store)
+    queue = JobQueue(settings)
+    segmentation = SegmentationService(store, queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -48,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=lifespan)
     app.state.store = store
     app.state.settings = settings
+    app.state.queue = queue
     app.state.segmentation = segmentation
     errors.install(app)
     app.add_middleware(JsonBodyLimit, limit_bytes=settings.max_json_kb * 1024)

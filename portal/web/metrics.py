@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import func, select
 
-from portal.store.models import Job, JobState, Role, TrainingJob
+from portal.store.models import Job, JobKind, JobState, Role, TrainingJob
 from portal.store.services import users
 
 # Interactive latencies live between a few ms and tens of seconds (a first encode on a CPU).
@@ -91,10 +91,11 @@ def metrics(request: Request) -> Response:
     store = request.app.state.store
     try:
         with store.transaction() as session:
-            QUEUE_DEPTH.labels("inference").set(session.scalar(
-                select(func.count()).select_from(Job).where(Job.state == JobState.queued)))
-            QUEUE_DEPTH.labels("training").set(session.scalar(
-                select(func.count()).select_from(TrainingJob).where(TrainingJob.state == JobState.queued)))
+            queued = select(func.count()).select_from(Job).where(Job.state == JobState.queued)
+            QUEUE_DEPTH.labels("inference").set(session.scalar(queued.where(Job.kind != JobKind.evaluate)))
+            QUEUE_DEPTH.labels("training").set(session.scalar(  # evaluations run on the training queue
+                select(func.count()).select_from(TrainingJob).where(TrainingJob.state == JobState.queued))
+                + session.scalar(queued.where(Job.kind == JobKind.evaluate)))
     except Exception:  # noqa: BLE001 - a scrape must still answer while the database is down
         pass
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -4,9 +4,9 @@ Why the split: the encoder takes seconds on a CPU and belongs to the
 ``inference`` workers, while a box or point decodes in tens of milliseconds
 against the cached embedding. A queue round trip per click would cost more than
 the decode itself, so the web process keeps its own predictors (an LRU of model
-versions, the workers' ``ModelPool``) and the shared embedding cache (memory in
-front of the blob store). Only a cache miss goes to the queue, and concurrent
-prompts on the same new image share a single encode.
+versions, ``portal.store.runtime.ModelPool``, as the workers do) and the shared
+embedding cache (memory in front of the blob store). Only a cache miss goes to
+the queue port, and concurrent prompts on the same new image share a single encode.
 """
 
 from __future__ import annotations
@@ -22,27 +22,23 @@ from typing import Any
 import numpy as np
 
 from medsam_core.cache import pixel_sha256
-from medsam_core.errors import MedsamError, PromptError
+from medsam_core.errors import PromptError
 from medsam_core.outputs import label_map
 from medsam_core.prompts import check_prompt_size, validate_boxes, validate_points
 from portal.store.errors import NotFoundError
 from portal.store.models import Image, User
 from portal.store.services.images import display_pixels, get_image
 from portal.store.services.masks import record_mask
-from portal.store.services.model_versions import active_version
+from portal.store.runtime import ModelPool
+from portal.store.services.model_versions import active_version, base_version, usable_version
 from portal.store.store import Store
 from portal.web import metrics
 from portal.web.memory import release_after
-from workers.dispatch import check_version
-from workers.runtime import ModelPool
+from workers.queue import EncodeUnavailableError, JobQueue, encode_timeout_message
 
-ENCODE_TASK = "medsam.inference.encode_image"
+__all__ = ["EncodeUnavailableError", "SegmentationService"]
 DEFAULT_ENCODE_TIMEOUT_S = 120.0
 PIXEL_CACHE_BYTES = 512 * 1024 * 1024  # decoded display images, so a re-prompt never re-reads the file
-
-
-class EncodeUnavailableError(MedsamError):
-    """No worker encoded the image in time (or it failed): the web layer answers 503."""
 
 
 class SegmentationService:
@@ -66,13 +62,9 @@ class SegmentationService:
     The mask array is then ``portal.store.services.masks.load_mask(store, mask.blob_sha)``.
     """
 
-    def __init__(self, store: Store, celery_app=None, *, encode_timeout_s: float = DEFAULT_ENCODE_TIMEOUT_S):
-        if celery_app is None:
-            from workers.app import make_app
-
-            celery_app = make_app(store.settings)
+    def __init__(self, store: Store, queue: JobQueue, *, encode_timeout_s: float = DEFAULT_ENCODE_TIMEOUT_S):
         self.store = store
-        self.celery_app = celery_app
+        self.queue = queue
         self.encode_timeout_s = float(encode_timeout_s)
         self.pool = ModelPool(store, store.settings.model_pool_size)
         self._lock = threading.Lock()
@@ -129,8 +121,6 @@ class SegmentationService:
 
     def warm(self, version_id: int | None = None) -> None:
         """Load the base model ahead of the first prompt, so nobody waits for it."""
-        from portal.store.services.model_versions import base_version
-
         self.predictor(version_id or base_version(self.store).id)
 
     def _image(self, actor: User | None, image_id: int) -> Image:
@@ -146,7 +136,7 @@ class SegmentationService:
         if version_id is None:
             return active_version(self.store, project_id).id
         with self.store.transaction() as session:
-            check_version(session, int(version_id), project_id, actor)  # another project's: "not found"
+            usable_version(session, actor, int(version_id), project_id)  # another project's: "not found"
         return int(version_id)
 
     def _display(self, image: Image) -> tuple[np.ndarray, str]:
@@ -169,7 +159,7 @@ class SegmentationService:
                           version_id: int) -> tuple[float, bool]:
         """(ms waited, was it cached). A miss is encoded by a worker, never here."""
         key = predictor.cache_key(rgb, digest)
-        if predictor.cache.get(key) is not None:
+        if self.pool.cache.get(key) is not None:
             return 0.0, True
         with self._lock:
             future = self._inflight.get(key)
@@ -198,7 +188,7 @@ class SegmentationService:
             metrics.ENCODES_IN_FLIGHT.dec()
         waited = (time.perf_counter() - start) * 1000
         metrics.ENCODE_WAIT_SECONDS.observe(waited / 1000)
-        if predictor.cache.get(key) is None:
+        if self.pool.cache.get(key) is None:
             raise EncodeUnavailableError(
                 f"a worker encoded image {image_id}, but its embedding is not in the shared cache; the web "
                 "process and the workers must use the same database and blob store (MEDSAM_DATABASE_URL, "
@@ -206,26 +196,10 @@ class SegmentationService:
         return waited, False
 
     def _remote_encode(self, image_id: int, version_id: int) -> None:
-        from celery.exceptions import TimeoutError as CeleryTimeout
-
-        result = self.celery_app.send_task(ENCODE_TASK, args=[image_id, version_id])
-        try:
-            result.get(timeout=self.encode_timeout_s, interval=0.05)
-        except CeleryTimeout:
-            raise EncodeUnavailableError(self._timeout_message(image_id)) from None
-        except Exception as exc:  # noqa: BLE001 - the worker's own error, told as it is
-            raise EncodeUnavailableError(f"the inference worker could not encode image {image_id}: "
-                                         f"{type(exc).__name__}: {exc}") from None
-        finally:
-            try:
-                result.forget()
-            except Exception:  # noqa: BLE001 - a result left in the backend expires on its own
-                pass
+        self.queue.encode(image_id, version_id, self.encode_timeout_s)
 
     def _timeout_message(self, image_id: int) -> str:
-        return (f"no inference worker encoded image {image_id} within {self.encode_timeout_s:.0f} s; the queue "
-                "may be busy, or no worker runs (start one with `medsam worker --queues inference`, or use "
-                "`medsam serve` without --no-workers); try again")
+        return encode_timeout_message(image_id, self.encode_timeout_s)
 
 
 def _plain(value):

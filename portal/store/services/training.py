@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy import select, update
 
 from medsam_core.models import FAMILIES
 from medsam_core.training.data import Sample, split_by_group
+from medsam_core.training.modes import MODES, Mode, check_mode, unknown_mode_message
 from portal.store.errors import PermissionDeniedError, StoreError
 from portal.store.models import (
     ModelActivation,
@@ -36,7 +37,7 @@ class FinetuneParams(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
-    mode: Literal["decoder", "full"] = Field("decoder", description="decoder or full")
+    mode: Mode = Field("decoder", description=" or ".join(MODES))
     epochs: int = Field(5, ge=1, le=1000, description="a whole number from 1 to 1000")
     lr: float = Field(1e-4, gt=0, lt=1, description="a number between 0 and 1 (MedSAM uses 1e-4)")
     batch_size: int = Field(8, ge=1, le=256, description="a whole number from 1 to 256")
@@ -66,7 +67,7 @@ def parse_params(params: Any) -> dict[str, Any]:
             raise StoreError("training parameters are a JSON object such as {\"epochs\": 5}") from None
         name = str(first["loc"][0])
         if name == "mode":
-            raise StoreError(f"unknown training mode {first['input']!r}; choose decoder or full") from None
+            raise StoreError(unknown_mode_message(first["input"])) from None
         raise StoreError(f"{name.replace('_', ' ')} must be {FinetuneParams.model_fields[name].description}; "
                          f"got {repr(first['input'])[:60]}") from None
 
@@ -88,9 +89,9 @@ def validate_request(store: Store, actor: User, project_id: int, params: dict[st
         get_project(session, actor, project_id)
     require_role(actor, Role.admin, Role.reviewer, doing="queue fine-tuning")
     clean = parse_params(params)
-    if clean["mode"] == "full" and not training_gpu(store) and not store.settings.allow_full_finetune_without_gpu:
-        raise StoreError("full fine-tuning needs a GPU worker, and none is configured (MEDSAM_TRAINING_GPU); "
-                         "use decoder mode, which trains on a CPU in seconds per epoch")
+    check_mode(clean["mode"], training_gpu(store), store.settings.allow_full_finetune_without_gpu,
+               remedy=" worker, and none is configured (MEDSAM_TRAINING_GPU); use decoder mode, which trains on a "
+                      "CPU in seconds per epoch", error=StoreError)
     parent = active_version(store, project_id) if clean.get("parent_version_id") is None else None
     with store.transaction() as session:
         parent = parent or usable_version(session, actor, clean["parent_version_id"], project_id)
@@ -181,8 +182,10 @@ def promote(store: Store, actor: User, project_id: int, version_id: int, *, forc
     if candidate is None or current is None:
         missing = version_id if candidate is None else active.id
         if not force:
-            raise GateError(f"model version {missing} has not been evaluated on this project's validation images; "
-                            "queue an evaluation first (or promote with force)")
+            raise GateError(f"model version {missing} has not been evaluated on this project's validation images "
+                            "yet; an uploaded version's evaluation is queued when it is registered, and any "
+                            "version's can be queued (Evaluate in the UI, POST .../evaluate in the API); "
+                            "promote it once it has a score, or force it")
     elif candidate.val_dice < current.val_dice and not force:
         raise GateError(f"model version {version_id} scores validation Dice {candidate.val_dice:.4f}, below the "
                         f"active version {active.id}'s {current.val_dice:.4f} on the same {current.images} images; "

@@ -1,7 +1,7 @@
-"""Queued work: fine-tuning jobs, bulk pre-labelling, embedding precompute, and their progress.
+"""Queued work: fine-tuning jobs, bulk pre-labelling, embedding precompute, evaluations, and their progress.
 
-Everything is validated by ``workers.dispatch`` before a message is queued, so a
-bad request is a 4xx now, not a failed job later. The job row is the truth;
+Everything is validated by the store's services before the queue port
+(``workers.queue``) sends a message, so a bad request is a 4xx now, not a failed job later. The job row is the truth;
 the answers here are read from it.
 """
 
@@ -12,11 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from portal.store.models import Job, TrainingJob, User
 from portal.store.services import jobs
+from portal.store.services.submissions import MAX_BATCH_ITEMS, PrelabelItem
 from portal.store.services.training import FinetuneParams
-from portal.web.api import PREFIX, store_of
+from portal.web.api import PREFIX, queue_of, store_of
 from portal.web.auth import current_user
-from workers import dispatch
-from workers.dispatch import MAX_BATCH_ITEMS, PrelabelItem
+from workers.queue import JobQueue
 
 router = APIRouter(prefix=PREFIX, tags=["jobs"])
 STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
@@ -48,18 +48,15 @@ def job_json(job: Job | TrainingJob) -> dict:
     return out
 
 
-def _celery(request: Request):
-    return request.app.state.segmentation.celery_app
-
-
 @router.post("/projects/{pid}/training-jobs", status_code=201)
 def create_training_job(pid: int, request: Request, user: User = Depends(current_user),
+                        queue: JobQueue = Depends(queue_of),
                         params: FinetuneParams | None = Body(None, examples=[{
                             "mode": "decoder", "epochs": 5, "lr": 1e-4, "batch_size": 8}])) -> dict:
     """Reviewers and admins. Every parameter is optional; a wrong type or a value out of range is a 422
     naming the field. Needs approved labels on enough images."""
     given = params.model_dump(exclude_unset=True) if params else {}
-    return job_json(dispatch.submit_finetune(store_of(request), user, pid, given, celery_app=_celery(request)))
+    return job_json(queue.submit_finetune(store_of(request), user, pid, given))
 
 
 @router.get("/training-jobs/{jid}")
@@ -68,33 +65,35 @@ def get_training_job(jid: int, request: Request, user: User = Depends(current_us
 
 
 @router.delete("/training-jobs/{jid}")
-def cancel_training_job(jid: int, request: Request, user: User = Depends(current_user)) -> dict:
+def cancel_training_job(jid: int, request: Request, user: User = Depends(current_user),
+                        queue: JobQueue = Depends(queue_of)) -> dict:
     """Whoever queued the job, or an admin."""
-    return job_json(dispatch.cancel(store_of(request), TrainingJob, jid, user, celery_app=_celery(request)))
+    return job_json(queue.cancel(store_of(request), TrainingJob, jid, user))
 
 
 @router.post("/projects/{pid}/prelabel", status_code=201)
-def prelabel(pid: int, body: PrelabelIn, request: Request, user: User = Depends(current_user)) -> dict:
+def prelabel(pid: int, body: PrelabelIn, request: Request, user: User = Depends(current_user),
+             queue: JobQueue = Depends(queue_of)) -> dict:
     """Admins only, like the admin tab that offers it."""
-    return job_json(dispatch.submit_segment_batch(store_of(request), user, pid, body.model_version_id, body.items,
-                                                  celery_app=_celery(request)))
+    return job_json(queue.submit_segment_batch(store_of(request), user, pid, body.model_version_id, body.items))
 
 
 @router.post("/projects/{pid}/precompute", status_code=201)
-def precompute(pid: int, request: Request, user: User = Depends(current_user),
+def precompute(pid: int, request: Request, user: User = Depends(current_user), queue: JobQueue = Depends(queue_of),
                body: PrecomputeIn | None = None) -> dict:
     """Admins only, like the admin tab that offers it."""
     version = body.model_version_id if body else None
-    return job_json(dispatch.submit_precompute(store_of(request), user, pid, version, celery_app=_celery(request)))
+    return job_json(queue.submit_precompute(store_of(request), user, pid, version))
 
 
 @router.get("/jobs/{jid}")
 def get_job(jid: int, request: Request, user: User = Depends(current_user)) -> dict:
-    """A pre-labelling or precompute job; its masks have ``job_id`` set (see /masks/{id})."""
+    """A pre-labelling, precompute or evaluation job; pre-labelled masks have ``job_id`` set (see /masks/{id})."""
     return job_json(jobs.get_job(store_of(request), Job, jid, user))
 
 
 @router.delete("/jobs/{jid}")
-def cancel_job(jid: int, request: Request, user: User = Depends(current_user)) -> dict:
+def cancel_job(jid: int, request: Request, user: User = Depends(current_user),
+               queue: JobQueue = Depends(queue_of)) -> dict:
     """Whoever queued the job, or an admin."""
-    return job_json(dispatch.cancel(store_of(request), Job, jid, user, celery_app=_celery(request)))
+    return job_json(queue.cancel(store_of(request), Job, jid, user))

@@ -14,16 +14,20 @@ running at once (a tick during a click on Save) would trip over each other's
 revision and report a conflict with the user's own work.
 """
 
+from types import SimpleNamespace
+from typing import Any
+
 import gradio as gr
 import numpy as np
 from gradio_image_annotation import image_annotator
 
 from portal.store.errors import ConflictError
-from portal.store.services import annotations, images
+from portal.store.services import annotations, images, worklists
 from portal.store.services.images import display_pixels
-from portal.store.services.masks import load_mask
-from portal.web.ui import queries as q
-from portal.web.ui.common import EDITOR_MAX_SIDE, corrected_mask, editor_value, friendly, overlay_value, user_of
+from portal.store.services.masks import get_mask, load_mask
+from portal.store.services.worklists import RevisionRow
+from portal.web.ui.common import EDITOR_MAX_SIDE, corrected_mask, editor_value, friendly, overlay_value
+from portal.web.ui.context import PortalContext
 from portal.web.ui.segment import boxes_of
 
 AUTOSAVE_S = 5.0
@@ -32,121 +36,143 @@ QUEUE_MODES = [("Unlabelled first", "unlabelled"), ("Needs my fix (rejected)", "
 HISTORY_HEADERS = ["revision", "author", "time (UTC)", "model version", "prompt", "comment"]
 
 
-def build_annotate_tab(store, seg_service, project) -> None:
-    """Components and events of the tab; call inside ``gr.Tab``. ``project`` is the shared project dropdown."""
-    ann = gr.State({})
-    with gr.Row():
-        label = gr.Dropdown(label="Label class", choices=[], elem_id="ann-label")
-        mode = gr.Radio(QUEUE_MODES, value="unlabelled", label="Queue", elem_id="ann-mode")
-        pick = gr.Dropdown(label="Image", choices=[], elem_id="ann-image", scale=2)
-    with gr.Row():
-        prev_btn = gr.Button("◀ Previous (Alt+P)", size="sm", elem_id="ann-prev")
-        next_btn = gr.Button("Next (Alt+N) ▶", size="sm", elem_id="ann-next")
-        reload_btn = gr.Button("Reload", size="sm", elem_id="ann-reload")
+def _prompt_text(prompt) -> str:
+    if not prompt:
+        return ""
+    parts = ["box " + " ".join(f"{v:.0f}" for v in box) for box in prompt.get("boxes") or []]
+    parts += [f"{'+' if p[2] else '-'}pt {p[0]:.0f},{p[1]:.0f}" for p in prompt.get("points") or []]
+    return "; ".join(parts)
+
+
+def history_rows(rows: list[RevisionRow]) -> list[list]:
+    return [[r.number, r.author or "(deleted)", r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.model_version_id,
+             _prompt_text(r.prompt), r.comment or ""] for r in rows]
+
+
+def _editors(c: SimpleNamespace) -> None:
     with gr.Row():
         with gr.Column():
-            a_boxes = image_annotator(label="1. Drag a box", image_type="numpy", disable_edit_boxes=True,
+            c.boxes = image_annotator(label="1. Drag a box", image_type="numpy", disable_edit_boxes=True,
                                       sources=[], show_clear_button=False, elem_id="ann-annotator",
                                       label_list=["object"], label_colors=[(255, 200, 0)])
-            propose_btn = gr.Button("Propose mask", elem_id="ann-propose")
+            c.propose = gr.Button("Propose mask", elem_id="ann-propose")
         with gr.Column():
-            editor = gr.ImageEditor(
+            c.editor = gr.ImageEditor(
                 label="2. Correct with the brush / eraser (undo in the toolbar)", type="numpy",
                 image_mode="RGBA", format="png", layers=False, transforms=(), sources=(),
                 brush=gr.Brush(colors=["#ff2828"], default_color="#ff2828", color_mode="fixed", default_size=12),
                 eraser=gr.Eraser(default_size=12), elem_id="ann-editor", height=560,
                 canvas_size=(EDITOR_MAX_SIDE, EDITOR_MAX_SIDE), fixed_canvas=True)
-    ann_status = gr.Markdown(elem_id="ann-status")
+
+
+def _layout() -> SimpleNamespace:
+    c = SimpleNamespace(state=gr.State({}))
+    with gr.Row():
+        c.label = gr.Dropdown(label="Label class", choices=[], elem_id="ann-label")
+        c.mode = gr.Radio(QUEUE_MODES, value="unlabelled", label="Queue", elem_id="ann-mode")
+        c.pick = gr.Dropdown(label="Image", choices=[], elem_id="ann-image", scale=2)
+    with gr.Row():
+        c.prev = gr.Button("◀ Previous (Alt+P)", size="sm", elem_id="ann-prev")
+        c.next = gr.Button("Next (Alt+N) ▶", size="sm", elem_id="ann-next")
+        c.reload = gr.Button("Reload", size="sm", elem_id="ann-reload")
+    _editors(c)
+    c.status = gr.Markdown(elem_id="ann-status")
     gr.Markdown(f"Drafts are saved automatically (at most every {AUTOSAVE_S:g} s after a proposal or a stroke).",
                 elem_id="ann-autosave-note")
     with gr.Row():
-        save_btn = gr.Button("Save draft (Alt+S)", elem_id="ann-save")
-        submit_btn = gr.Button("Submit for review (Alt+Enter)", variant="primary", elem_id="ann-submit")
-    with gr.Group(visible=False, elem_id="ann-conflict") as conflict_box:
-        conflict_md = gr.Markdown(elem_id="ann-conflict-message")
+        c.save = gr.Button("Save draft (Alt+S)", elem_id="ann-save")
+        c.submit = gr.Button("Submit for review (Alt+Enter)", variant="primary", elem_id="ann-submit")
+    with gr.Group(visible=False, elem_id="ann-conflict") as c.conflict_box:
+        c.conflict_md = gr.Markdown(elem_id="ann-conflict-message")
         with gr.Row():
-            mine_view = gr.AnnotatedImage(label="Your unsaved mask", format="png")
-            theirs_view = gr.AnnotatedImage(label="The newer saved revision", format="png")
-        take_newer = gr.Button("Load the newer revision (your edit is discarded)", elem_id="ann-load-newer")
-    history = gr.Dataframe(headers=HISTORY_HEADERS, label="Revision history", interactive=False,
-                           elem_id="ann-history")
-    autosave_timer = gr.Timer(AUTOSAVE_S)
+            c.mine_view = gr.AnnotatedImage(label="Your unsaved mask", format="png")
+            c.theirs_view = gr.AnnotatedImage(label="The newer saved revision", format="png")
+        c.take_newer = gr.Button("Load the newer revision (your edit is discarded)", elem_id="ann-load-newer")
+    c.history = gr.Dataframe(headers=HISTORY_HEADERS, label="Revision history", interactive=False,
+                             elem_id="ann-history")
+    c.timer = gr.Timer(AUTOSAVE_S)
+    return c
 
-    # ------------------------------------------------------------------ queue and loading
-    def queue_choices(user, pid, lbl, qmode):
-        rows = q.image_queue(store, user, pid, lbl, qmode) if pid and lbl else []
+
+def _loaded(ctx: PortalContext, user, lbl: str, image_id: int) -> tuple:
+    """Session state, box tool, editor, status text and history for one image and label."""
+    store = ctx.store
+    image = images.get_image(store, user, int(image_id))
+    rgb = display_pixels(store, image)
+    found, latest = ctx.read(worklists.current_annotation, user, image.id, lbl)
+    st: dict[str, Any] = {
+        "image_id": image.id, "label": lbl, "rgb": rgb, "base_revision": 0,
+        "annotation_id": found.id if found else None, "mask": None, "shown": None, "unsaved": False,
+        "pending": None, "mask_id": None, "model_version_id": None, "prompt": None}
+    status, note = "unlabelled", ""
+    if found is not None and latest is not None and found.current_revision > 0:
+        mask = load_mask(store, latest.blob_sha)
+        st.update(mask=mask, shown=mask, base_revision=found.current_revision)
+        status = found.status.value
+    else:
+        pre = ctx.read(worklists.prelabel_mask, user, image.id)  # a bulk pre-label job's mask, as the proposal
+        if pre is not None:
+            mask = load_mask(store, pre.blob_sha)
+            st.update(mask=mask, shown=mask, mask_id=pre.id, model_version_id=pre.model_version_id,
+                      prompt=pre.prompt)
+            note = f" · pre-labelled by job {pre.job_id}: correct it, then save or submit"
+    rows = history_rows(ctx.read(worklists.revision_history, user, found.id)) if found else []
+    base = st["base_revision"]
+    text = (f"Image #{image.id} **{image.filename}** ({image.width}x{image.height}) · label **{lbl}** · "
+            f"{status}" + (f", revision {base}" if base else "") + note)
+    return st, {"image": rgb, "boxes": []}, editor_value(rgb, st["mask"]), text, rows
+
+
+def _queue_handlers(ctx: PortalContext) -> SimpleNamespace:
+    def choices(user, pid, lbl, qmode):
+        rows = ctx.read(worklists.image_queue, user, int(pid), lbl, qmode) if pid and lbl else []
         return [(f"#{r['image_id']} {r['filename']}" + (f" [slice {r['slice']}]" if r["slice"] else "")
                  + f" · {r['status']}" + (f" r{r['revision']}" if r["revision"] else ""), r["image_id"])
                 for r in rows]
 
     @friendly
     def on_project(pid, request: gr.Request):
-        user = user_of(store, request)
+        user = ctx.user(request)
         if not pid:
             return gr.update(choices=[], value=None)
-        labels = q.project_labels(store, user, int(pid))
+        labels = ctx.read(worklists.project_labels, user, int(pid))
         return gr.update(choices=labels, value=labels[0] if labels else None)
 
     @friendly
     def on_queue(pid, lbl, qmode, current, request: gr.Request):
-        user = user_of(store, request)
-        choices = queue_choices(user, pid, lbl, qmode)
-        ids = [v for _, v in choices]
-        return gr.update(choices=choices, value=current if current in ids else (ids[0] if ids else None))
-
-    def _load(user, lbl, image_id):
-        image = images.get_image(store, user, int(image_id))
-        rgb = display_pixels(store, image)
-        found = q.annotation_for(store, image.id, lbl)
-        st = {"image_id": image.id, "label": lbl, "rgb": rgb, "base_revision": 0,
-              "annotation_id": found.id if found else None, "mask": None, "shown": None, "unsaved": False,
-              "pending": None, "mask_id": None, "model_version_id": None, "prompt": None}
-        status, note = "unlabelled", ""
-        if found is not None and found.current_revision > 0:
-            latest = q.latest_revision(store, found.id)
-            mask = load_mask(store, latest.blob_sha)
-            st.update(mask=mask, shown=mask, base_revision=found.current_revision)
-            status = found.status.value
-        else:
-            pre = q.prelabel_mask(store, image.id)  # a bulk pre-label job's mask, offered as the proposal
-            if pre is not None:
-                mask = load_mask(store, pre.blob_sha)
-                st.update(mask=mask, shown=mask, mask_id=pre.id, model_version_id=pre.model_version_id,
-                          prompt=pre.prompt)
-                note = f" · pre-labelled by job {pre.job_id}: correct it, then save or submit"
-        rows = q.revision_rows(store, found.id) if found else []
-        base = st["base_revision"]
-        text = (f"Image #{image.id} **{image.filename}** ({image.width}x{image.height}) · label **{lbl}** · "
-                f"{status}" + (f", revision {base}" if base else "") + note)
-        return st, {"image": rgb, "boxes": []}, editor_value(rgb, st["mask"]), text, rows
+        found = choices(ctx.user(request), pid, lbl, qmode)
+        ids = [v for _, v in found]
+        return gr.update(choices=found, value=current if current in ids else (ids[0] if ids else None))
 
     @friendly
-    def load_image(pid, lbl, image_id, request: gr.Request):
-        user = user_of(store, request)
+    def load(pid, lbl, image_id, request: gr.Request):
+        user = ctx.user(request)
         if not image_id or not lbl:
             return {}, None, None, "Choose an image.", [], gr.update(visible=False)
-        return (*_load(user, lbl, image_id), gr.update(visible=False))
+        return (*_loaded(ctx, user, lbl, image_id), gr.update(visible=False))
 
     @friendly
     def move(pid, lbl, qmode, current, delta, request: gr.Request):
-        user = user_of(store, request)
-        ids = [v for _, v in queue_choices(user, pid, lbl, qmode)]
+        ids = [v for _, v in choices(ctx.user(request), pid, lbl, qmode)]
         if not ids:
             raise gr.Error("The queue is empty.")
         index = ids.index(current) + delta if current in ids else 0
         return gr.update(value=ids[max(0, min(len(ids) - 1, index))])
 
-    # ------------------------------------------------------------------ proposing
+    return SimpleNamespace(on_project=on_project, on_queue=on_queue, load=load, move=move)
+
+
+def _propose_handlers(ctx: PortalContext) -> SimpleNamespace:
     @friendly
     def propose(st, annotated, request: gr.Request, drop_tiny: bool = False):
-        user = user_of(store, request)
+        user = ctx.user(request)
         if not st or "image_id" not in st:
             raise gr.Error("Choose an image first.")
         boxes = boxes_of(annotated, drop_tiny=drop_tiny)
         if not boxes:
             raise gr.Error("Drag a box around the object first.")
-        out = seg_service().segment(user, st["image_id"], boxes=boxes)
-        mask = load_mask(store, q.mask_row(store, out["mask_id"]).blob_sha)
+        out = ctx.segmentation.segment(user, st["image_id"], boxes=boxes)
+        mask = load_mask(ctx.store, get_mask(ctx.store, user, out["mask_id"]).blob_sha)
         st = {**st, "mask": mask, "shown": mask, "unsaved": True, "pending": None, "mask_id": out["mask_id"],
               "model_version_id": out["model_version_id"], "prompt": {"boxes": boxes}}
         text = (f"Proposed mask: predicted IoU **{out['predicted_iou']:.3f}**, area {out['area']} px, model "
@@ -160,44 +186,52 @@ def build_annotate_tab(store, seg_service, project) -> None:
             return gr.update(), gr.update(), gr.update()
         return propose(st, annotated, request, drop_tiny=True)
 
-    # ------------------------------------------------------------------ saving
-    def _save(user, st, mask, submit: bool, auto: bool):
-        """Outputs for ``save_outs``; a conflict shows both masks and writes nothing."""
-        try:
-            rev = annotations.save_revision(
-                store, user, st["image_id"], st["label"], mask, st["base_revision"], base_mask_id=st["mask_id"],
-                model_version_id=st["model_version_id"], prompt=st["prompt"], submit=submit)
-        except ConflictError as exc:
-            gr.Warning(str(exc))
-            theirs = None
-            found = q.annotation_for(store, st["image_id"], st["label"])
-            if found is not None:
-                latest = q.latest_revision(store, found.id)
-                theirs = load_mask(store, latest.blob_sha) if latest else None
-            message = ("**Not saved: conflict.** " + ("(automatic draft) " if auto else "") + str(exc) +
-                       (f" (revision {exc.current_revision} by {exc.author})" if exc.current_revision else ""))
-            return ({**st, "pending": None}, f"⚠ {message}", gr.update(), gr.update(visible=True), message,
-                    overlay_value(st["rgb"], [(mask, "yours")]),
-                    overlay_value(st["rgb"], [(theirs if theirs is not None else np.zeros_like(mask),
-                                               f"revision {exc.current_revision}")]))
-        st = {**st, "base_revision": rev.number, "mask": mask, "shown": mask, "unsaved": False, "pending": None,
-              "annotation_id": rev.annotation_id}
-        what = "Submitted for review" if submit else ("Draft saved automatically" if auto else "Draft saved")
-        if not auto:
-            gr.Info(f"{what}: revision {rev.number}")
-        return (st, f"✓ {what}: revision **{rev.number}** of '{st['label']}' on image #{st['image_id']}.",
-                q.revision_rows(store, rev.annotation_id), gr.update(visible=False), "", None, None)
+    return SimpleNamespace(propose=propose, auto_propose=auto_propose)
 
-    def _edited_mask(st, edited) -> np.ndarray:
-        h, w = st["rgb"].shape[:2]
-        base = st["mask"] if st.get("mask") is not None else np.zeros((h, w), np.uint8)
-        return corrected_mask(edited, base).astype(np.uint8)
 
+def _conflict_outputs(ctx: PortalContext, user, st, mask, exc: ConflictError, auto: bool) -> tuple:
+    """Both masks side by side and the reason; the session keeps its base, so nothing is overwritten."""
+    gr.Warning(str(exc))
+    _, latest = ctx.read(worklists.current_annotation, user, st["image_id"], st["label"])
+    theirs = load_mask(ctx.store, latest.blob_sha) if latest is not None else None
+    message = ("**Not saved: conflict.** " + ("(automatic draft) " if auto else "") + str(exc) +
+               (f" (revision {exc.current_revision} by {exc.author})" if exc.current_revision else ""))
+    return ({**st, "pending": None}, f"⚠ {message}", gr.update(), gr.update(visible=True), message,
+            overlay_value(st["rgb"], [(mask, "yours")]),
+            overlay_value(st["rgb"], [(theirs if theirs is not None else np.zeros_like(mask),
+                                       f"revision {exc.current_revision}")]))
+
+
+def _saved(ctx: PortalContext, user, st, mask, submit: bool, auto: bool) -> tuple:
+    """Outputs for the tab's ``save_outs``; a conflict shows both masks and writes nothing."""
+    try:
+        rev = annotations.save_revision(
+            ctx.store, user, st["image_id"], st["label"], mask, st["base_revision"], base_mask_id=st["mask_id"],
+            model_version_id=st["model_version_id"], prompt=st["prompt"], submit=submit)
+    except ConflictError as exc:
+        return _conflict_outputs(ctx, user, st, mask, exc, auto)
+    st = {**st, "base_revision": rev.number, "mask": mask, "shown": mask, "unsaved": False, "pending": None,
+          "annotation_id": rev.annotation_id}
+    what = "Submitted for review" if submit else ("Draft saved automatically" if auto else "Draft saved")
+    if not auto:
+        gr.Info(f"{what}: revision {rev.number}")
+    return (st, f"✓ {what}: revision **{rev.number}** of '{st['label']}' on image #{st['image_id']}.",
+            history_rows(ctx.read(worklists.revision_history, user, rev.annotation_id)), gr.update(visible=False),
+            "", None, None)
+
+
+def _edited_mask(st, edited) -> np.ndarray:
+    h, w = st["rgb"].shape[:2]
+    base = st["mask"] if st.get("mask") is not None else np.zeros((h, w), np.uint8)
+    return corrected_mask(edited, base).astype(np.uint8)
+
+
+def _save_handlers(ctx: PortalContext, n_outs: int) -> SimpleNamespace:
     def save(st, edited, submit, request: gr.Request):
-        user = user_of(store, request)
+        user = ctx.user(request)
         if not st or "image_id" not in st:
             raise gr.Error("Choose an image first.")
-        return _save(user, st, _edited_mask(st, edited), submit, auto=False)
+        return _saved(ctx, user, st, _edited_mask(st, edited), submit, auto=False)
 
     @friendly
     def save_draft(st, edited, request: gr.Request):
@@ -214,11 +248,11 @@ def build_annotate_tab(store, seg_service, project) -> None:
         return {**st, "pending": edited}
 
     def autosave(st, request: gr.Request):
-        skip = (gr.skip(),) * len(save_outs)
+        skip = (gr.skip(),) * n_outs
         if not st or st.get("pending") is None or "image_id" not in st:
             return skip
         try:
-            user = user_of(store, request)
+            user = ctx.user(request)
             mask = _edited_mask(st, st["pending"])
         except Exception:  # noqa: BLE001 - a timer tick never raises a toast; Save reports the real error
             return ({**st, "pending": None}, *skip[1:])
@@ -228,24 +262,33 @@ def build_annotate_tab(store, seg_service, project) -> None:
             return ({**st, "pending": None}, *skip[1:])  # only the value we loaded: nothing to save
         if st["base_revision"] == 0 and not mask.any():
             return ({**st, "pending": None}, *skip[1:])
-        return _save(user, st, mask, submit=False, auto=True)
+        return _saved(ctx, user, st, mask, submit=False, auto=True)
 
-    save_outs = [ann, ann_status, history, conflict_box, conflict_md, mine_view, theirs_view]
+    return SimpleNamespace(save_draft=save_draft, save_submit=save_submit, remember_edit=remember_edit,
+                           autosave=autosave)
+
+
+def build_annotate_tab(ctx: PortalContext) -> None:
+    """Components and events of the tab; call inside ``gr.Tab``."""
+    c = _layout()
+    project = ctx.project
+    q, p = _queue_handlers(ctx), _propose_handlers(ctx)
+    save_outs = [c.state, c.status, c.history, c.conflict_box, c.conflict_md, c.mine_view, c.theirs_view]
+    s = _save_handlers(ctx, len(save_outs))
     group = {"concurrency_id": SAVE_GROUP, "concurrency_limit": 1}
-    project.change(on_project, [project], [label])
-    for trigger in (label.change, mode.change):
-        trigger(on_queue, [project, label, mode, pick], [pick])
-    project.change(on_queue, [project, label, mode, pick], [pick])
-    load_outs = [ann, a_boxes, editor, ann_status, history, conflict_box]
-    pick.change(load_image, [project, label, pick], load_outs)
-    reload_btn.click(load_image, [project, label, pick], load_outs)
-    take_newer.click(load_image, [project, label, pick], load_outs)
+    project.change(q.on_project, [project], [c.label])
+    for trigger in (c.label.change, c.mode.change, project.change):
+        trigger(q.on_queue, [project, c.label, c.mode, c.pick], [c.pick])
+    load_outs = [c.state, c.boxes, c.editor, c.status, c.history, c.conflict_box]
+    for trigger in (c.pick.change, c.reload.click, c.take_newer.click):
+        trigger(q.load, [project, c.label, c.pick], load_outs)
     delta_prev, delta_next = gr.State(-1), gr.State(1)
-    prev_btn.click(move, [project, label, mode, pick, delta_prev], [pick])
-    next_btn.click(move, [project, label, mode, pick, delta_next], [pick])
-    propose_btn.click(propose, [ann, a_boxes], [ann, editor, ann_status])
-    a_boxes.change(auto_propose, [ann, a_boxes], [ann, editor, ann_status], trigger_mode="always_last")
-    save_btn.click(save_draft, [ann, editor], save_outs, **group)
-    submit_btn.click(save_submit, [ann, editor], save_outs, **group)
-    editor.change(remember_edit, [ann, editor], [ann], trigger_mode="always_last", show_progress="hidden", **group)
-    autosave_timer.tick(autosave, [ann], save_outs, show_progress="hidden", **group)
+    c.prev.click(q.move, [project, c.label, c.mode, c.pick, delta_prev], [c.pick])
+    c.next.click(q.move, [project, c.label, c.mode, c.pick, delta_next], [c.pick])
+    c.propose.click(p.propose, [c.state, c.boxes], [c.state, c.editor, c.status])
+    c.boxes.change(p.auto_propose, [c.state, c.boxes], [c.state, c.editor, c.status], trigger_mode="always_last")
+    c.save.click(s.save_draft, [c.state, c.editor], save_outs, **group)
+    c.submit.click(s.save_submit, [c.state, c.editor], save_outs, **group)
+    c.editor.change(s.remember_edit, [c.state, c.editor], [c.state], trigger_mode="always_last",
+                    show_progress="hidden", **group)
+    c.timer.tick(s.autosave, [c.state], save_outs, show_progress="hidden", **group)

@@ -5,18 +5,22 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import gradio as gr
 import numpy as np
 from PIL import Image as PILImage
-from sqlalchemy import select
 
 from medsam_core.errors import MedsamError
 from portal.store.models import User
+from portal.store.services.worklists import account
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 UI_TMP = Path(os.environ.get("MEDSAM_UI_TMP", Path(tempfile.gettempdir()) / "medsam-ui"))
-DEMO_TTL_S = 60 * 60
 EDITOR_MAX_SIDE = 512
 WINDOW_CHOICES = ["auto (percentile)", "abdomen", "lung", "brain", "bone"]
 
@@ -27,7 +31,12 @@ def tmp_dir(kind: str) -> Path:
     return folder
 
 
-def sweep(kind: str, max_age_s: float = DEMO_TTL_S) -> int:
+def demo_ttl_s(settings) -> float:
+    """How long public-demo uploads live (``demo_ttl_minutes``), for the sweep and Gradio's own cache."""
+    return settings.demo_ttl_minutes * 60.0
+
+
+def sweep(kind: str, max_age_s: float) -> int:
     """Delete what is older than the time-to-live; returns how many files went."""
     cutoff, removed = time.time() - max_age_s, 0
     folder = tmp_dir(kind)
@@ -54,29 +63,31 @@ def user_of(store, request: gr.Request) -> User:
     if not name:
         raise gr.Error("Log in first.")
     with store.transaction() as session:
-        user = session.scalar(select(User).where(User.username == name))
-    if user is None or not user.is_active:
+        user = account(session, name)
+    if user is None:
         raise gr.Error(f"The account '{name}' no longer exists or is disabled; log in again.")
     return user
 
 
-def friendly(fn):
+def friendly(fn: Callable[P, R]) -> Callable[P, R]:
     """Every input error becomes a readable gr.Error; nothing is written when one is raised."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
         except MedsamError as exc:
             raise gr.Error(str(exc), print_exception=False) from None
-        except TypeError as exc:
-            if "encode() takes" in str(exc):
-                raise gr.Error("Upload an image first.", print_exception=False) from None
-            raise
 
     return wrapper
+
+
+def need_project(pid) -> int:
+    if pid in (None, ""):
+        raise gr.Error("Choose a project first.")
+    return int(pid)
 
 
 def window_value(choice: str | None) -> str | None:
@@ -92,7 +103,7 @@ def resize(arr: np.ndarray, size_hw: tuple[int, int], nearest: bool) -> np.ndarr
         return arr
     image = PILImage.fromarray(arr)
     return np.asarray(image.resize((size_hw[1], size_hw[0]),
-                                   PILImage.NEAREST if nearest else PILImage.BILINEAR))
+                                   PILImage.Resampling.NEAREST if nearest else PILImage.Resampling.BILINEAR))
 
 
 def mask_layer(mask: np.ndarray, colour=(255, 40, 40), alpha: int = 140) -> np.ndarray:
@@ -146,7 +157,7 @@ def corrected_mask(editor: dict | None, original: np.ndarray) -> np.ndarray:
     return ((original > 0) | add) & ~remove
 
 
-def overlay_value(rgb: np.ndarray, masks: list[tuple[np.ndarray, str]]):
+def overlay_value(rgb: np.ndarray, masks: list[tuple[np.ndarray, str]]) -> tuple:
     return (rgb, [((m > 0).astype(np.float32), label) for m, label in masks])
 
 

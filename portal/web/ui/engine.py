@@ -6,36 +6,43 @@ that are never stored, so it holds one predictor of the bundled model with an
 in-memory embedding cache of its own: demo pixels never reach the blob store.
 """
 
+from __future__ import annotations
+
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medsam_core.errors import InvalidImageError
 from medsam_core.prompts import check_prompt_size
 from portal.store.store import Store
 
+if TYPE_CHECKING:
+    from medsam_core.predictor import Predictor
+
 
 class DemoEngine:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self._predictor = None
+        self._predictor: Predictor | None = None
         self._lock = threading.Lock()
 
-    def predictor(self):
+    def predictor(self) -> Predictor:
         with self._lock:
             if self._predictor is None:
                 from medsam_core.cache import EmbeddingCache
                 from medsam_core.models import load_model
-                from medsam_core.predictor import Predictor
+                from portal.store.runtime import build_predictor
 
                 settings = self.store.settings
                 model = load_model(settings.default_model, None, settings.device)
-                self._predictor = Predictor(model, EmbeddingCache(store=None, memory_items=8),
-                                            backend=settings.inference_backend, onnx_dir=settings.onnx_dir,
-                                            chunk_boxes=settings.decode_chunk_boxes)
+                self._predictor = build_predictor(settings, model, EmbeddingCache(store=None, memory_items=8))
             return self._predictor
 
     def segment(self, rgb: np.ndarray, boxes=None, points=None) -> dict[str, Any]:
+        """``rgb``: the uint8 (H, W, 3) display image of an upload; anything else means there is none yet."""
+        if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise InvalidImageError("Upload an image first.")
         settings = self.store.settings
         check_prompt_size(boxes, points, settings.max_boxes_per_prompt, settings.max_points_per_prompt)
         predictor = self.predictor()

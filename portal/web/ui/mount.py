@@ -1,14 +1,18 @@
 """Mounting the two Blocks on the FastAPI app: the public demo at /demo, the logged-in portal at /."""
 
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 
 import gradio as gr
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from portal.store.services.users import login
+from portal.store.settings import Settings
+from portal.store.store import Store
 from portal.web.auth import client_address, too_many_logins
-from portal.web.ui.common import UI_TMP, DEMO_TTL_S, sweep, tmp_dir
+from portal.web.ui.common import UI_TMP, demo_ttl_s, sweep, tmp_dir
 from portal.web.ui.engine import DemoEngine
 from portal.web.ui.segment import build_segment_tab
 
@@ -26,10 +30,10 @@ _client: ContextVar[str | None] = ContextVar("ui_login_client", default=None)
 class _ClientAddress:
     """Pure ASGI middleware that notes each HTTP request's peer address for the UI login's throttle."""
 
-    def __init__(self, app):
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         token = _client.set(client_address(scope))
@@ -39,11 +43,11 @@ class _ClientAddress:
             _client.reset(token)
 
 
-def _auth(store):
+def _auth(store: Store) -> Callable[[str, str], Awaitable[bool]]:
     """The UI login, throttled like the API's. A locked login raises 429, which Gradio's
     /login route passes on; the hashing and the database run off the event loop."""
 
-    def attempt(username: str, password: str, address: str | None):
+    def attempt(username: str, password: str, address: str | None) -> tuple[bool, int]:
         with store.transaction() as session:
             outcome = login(session, username, password, address, store.settings)
             return outcome.user is not None, outcome.retry_after
@@ -57,11 +61,18 @@ def _auth(store):
     return check
 
 
-def build_demo(engine, max_pixels: int) -> gr.Blocks:
-    with gr.Blocks(title="MedSAM demo", delete_cache=(600, DEMO_TTL_S)) as demo:
+def _lifetime(minutes: int) -> str:
+    return "an hour" if minutes == 60 else f"{minutes} minute{'s' if minutes != 1 else ''}"
+
+
+def build_demo(engine: DemoEngine, settings: Settings) -> gr.Blocks:
+    """The public page; uploads live ``demo_ttl_minutes`` in our folder and in Gradio's cache alike."""
+    ttl_s = int(demo_ttl_s(settings))
+    with gr.Blocks(title="MedSAM demo", delete_cache=(min(600, ttl_s), ttl_s)) as demo:
         gr.Markdown("## MedSAM segmentation demo\nUpload an image, drag a box around the structure, download "
-                    "the mask. Uploads are deleted after an hour. [Log in](/) for projects and labelling.")
-        build_segment_tab(engine, max_pixels, prefix="seg")
+                    f"the mask. Uploads are deleted after {_lifetime(settings.demo_ttl_minutes)}. "
+                    "[Log in](/) for projects and labelling.")
+        build_segment_tab(engine, settings, prefix="seg")
     return demo
 
 
@@ -73,10 +84,10 @@ def mount(app: FastAPI) -> None:
     engine.predictor()  # load (and export to ONNX once) now, in the main thread: torch's exporter is not thread-safe
     app.state.ui_engine = engine
     tmp_dir("demo")
-    sweep("demo")
+    sweep("demo", demo_ttl_s(settings))
     allowed = [str(UI_TMP)]
     if getattr(settings, "public_demo", True):
-        demo = build_demo(engine, settings.max_image_pixels)
+        demo = build_demo(engine, settings)
         demo.queue(default_concurrency_limit=4)
         gr.mount_gradio_app(app, demo, path="/demo", allowed_paths=allowed, css=CSS, footer_links=[])
     portal = build_portal(app.state, engine)

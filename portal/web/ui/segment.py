@@ -1,11 +1,13 @@
 """The Segment (demo) tab: upload any supported file, drag boxes, click points, download the mask.
 
-Uploads live in a temporary folder and are deleted after an hour; nothing
-goes into the database or the blob store.
+Uploads live in a temporary folder and are deleted after ``demo_ttl_minutes``;
+nothing goes into the database or the blob store.
 """
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
@@ -15,8 +17,10 @@ from PIL import Image as PILImage
 from medsam_core.errors import PromptError
 from medsam_core.imageio import read_image
 from medsam_core.outputs import label_map, mask_png, overlay
+from portal.store.settings import Settings
 from portal.web.ui.common import (
     WINDOW_CHOICES,
+    demo_ttl_s,
     draw_points,
     friendly,
     new_work_dir,
@@ -24,6 +28,7 @@ from portal.web.ui.common import (
     sweep,
     window_value,
 )
+from portal.web.ui.engine import DemoEngine
 
 KIND = "demo"
 MULTI_SUFFIXES = (".nii.gz",)
@@ -49,44 +54,58 @@ def boxes_of(annotated: dict | None, drop_tiny: bool = False) -> list[list[float
     return boxes
 
 
-def build_segment_tab(engine, max_pixels: int, prefix: str = "seg") -> None:
-    state = gr.State({})
+def _layout(prefix: str) -> SimpleNamespace:
+    c = SimpleNamespace(state=gr.State({}))
     with gr.Row():
         with gr.Column(scale=1):
-            upload = gr.File(label="Image: PNG, JPEG, BMP, TIFF, npy, DICOM or NIfTI", file_count="single",
-                             elem_id=f"{prefix}-file")
+            c.upload = gr.File(label="Image: PNG, JPEG, BMP, TIFF, npy, DICOM or NIfTI", file_count="single",
+                               elem_id=f"{prefix}-file")
             with gr.Row():
-                window = gr.Dropdown(WINDOW_CHOICES, value=WINDOW_CHOICES[0], label="CT window (raw images)",
-                                     elem_id=f"{prefix}-window")
-                slice_no = gr.Number(label="Slice of a volume (-1: the middle one)", precision=0, value=-1,
-                                     elem_id=f"{prefix}-slice")
-            info = gr.Markdown(elem_id=f"{prefix}-info")
-            annot = image_annotator(label="Drag one or more boxes", image_type="numpy", disable_edit_boxes=True,
-                                    sources=[], show_clear_button=False, elem_id=f"{prefix}-annotator",
-                                    label_list=["object"], label_colors=[(255, 200, 0)])
+                c.window = gr.Dropdown(WINDOW_CHOICES, value=WINDOW_CHOICES[0], label="CT window (raw images)",
+                                       elem_id=f"{prefix}-window")
+                c.slice_no = gr.Number(label="Slice of a volume (-1: the middle one)", precision=0, value=-1,
+                                       elem_id=f"{prefix}-slice")
+            c.info = gr.Markdown(elem_id=f"{prefix}-info")
+            c.annot = image_annotator(label="Drag one or more boxes", image_type="numpy", disable_edit_boxes=True,
+                                      sources=[], show_clear_button=False, elem_id=f"{prefix}-annotator",
+                                      label_list=["object"], label_colors=[(255, 200, 0)])
             with gr.Row():
-                point_kind = gr.Radio(["include", "exclude"], value="include", label="Click adds an",
-                                      elem_id=f"{prefix}-point-kind")
-                clear_boxes = gr.Button("Clear boxes", size="sm")
-                clear_points = gr.Button("Clear points", size="sm")
-            points_view = gr.Image(label="Click to add include/exclude points", interactive=False, format="png",
-                                   elem_id=f"{prefix}-points", buttons=[])
-            run_btn = gr.Button("Segment", variant="primary", elem_id=f"{prefix}-run")
+                c.point_kind = gr.Radio(["include", "exclude"], value="include", label="Click adds an",
+                                        elem_id=f"{prefix}-point-kind")
+                c.clear_boxes = gr.Button("Clear boxes", size="sm")
+                c.clear_points = gr.Button("Clear points", size="sm")
+            c.points_view = gr.Image(label="Click to add include/exclude points", interactive=False, format="png",
+                                     elem_id=f"{prefix}-points", buttons=[])
+            c.run = gr.Button("Segment", variant="primary", elem_id=f"{prefix}-run")
         with gr.Column(scale=1):
-            result = gr.AnnotatedImage(label="Mask overlay", format="png", elem_id=f"{prefix}-overlay")
-            summary = gr.Markdown(elem_id=f"{prefix}-summary")
+            c.result = gr.AnnotatedImage(label="Mask overlay", format="png", elem_id=f"{prefix}-overlay")
+            c.summary = gr.Markdown(elem_id=f"{prefix}-summary")
             with gr.Row():
-                dl_npy = gr.DownloadButton("Mask .npy", visible=False, elem_id=f"{prefix}-dl-npy")
-                dl_png = gr.DownloadButton("Mask .png", visible=False, elem_id=f"{prefix}-dl-png")
-                dl_overlay = gr.DownloadButton("Overlay .png", visible=False, elem_id=f"{prefix}-dl-overlay")
+                c.dl_npy = gr.DownloadButton("Mask .npy", visible=False, elem_id=f"{prefix}-dl-npy")
+                c.dl_png = gr.DownloadButton("Mask .png", visible=False, elem_id=f"{prefix}-dl-png")
+                c.dl_overlay = gr.DownloadButton("Overlay .png", visible=False, elem_id=f"{prefix}-dl-overlay")
+    return c
 
-    hidden = (gr.update(visible=False, value=None),) * 3
+
+def _hidden() -> tuple:
+    return (gr.update(visible=False, value=None),) * 3
+
+
+def _describe(medical, name: str, index: int | None, window_choice) -> str:
+    slices = (f", {medical.num_slices} slices (showing {medical.num_slices // 2 if index is None else index})"
+              if medical.num_slices > 1 else "")
+    window = "" if medical.raw or not window_value(window_choice) else "; 8-bit image, the window does not apply"
+    return f"**{name}**: {medical.width}x{medical.height}, {medical.source_format}{slices}{window}"
+
+
+def _loader(max_pixels: int, ttl_s: float) -> Callable[..., tuple]:
+    """The upload handler: reads the file into a work folder of its own; a refused file is not kept."""
 
     @friendly
     def load(file, window_choice, slice_index):
-        sweep(KIND)
+        sweep(KIND, ttl_s)
         if file is None:
-            return ({}, None, None, "", None, "", *hidden)
+            return ({}, None, None, "", None, "", *_hidden())
         src = Path(file)
         work = new_work_dir(KIND)
         name = Path(getattr(file, "orig_name", None) or src.name).name
@@ -100,14 +119,17 @@ def build_segment_tab(engine, max_pixels: int, prefix: str = "seg") -> None:
         except Exception:
             shutil.rmtree(work, ignore_errors=True)  # a rejected file is not kept
             raise
-        note = (f"**{name}**: {medical.width}x{medical.height}, {medical.source_format}"
-                + (f", {medical.num_slices} slices (showing {medical.num_slices // 2 if index is None else index})"
-                   if medical.num_slices > 1 else "")
-                + ("" if medical.raw or not window_value(window_choice) else "; 8-bit image, the window does not apply"))
+        note = _describe(medical, name, index, window_choice)
         new_state = {"rgb": rgb, "dir": str(work), "stem": _stem(name), "points": []}
-        return (new_state, {"image": rgb, "boxes": []}, rgb, note, None, "", *hidden)
+        return (new_state, {"image": rgb, "boxes": []}, rgb, note, None, "", *_hidden())
 
-    def _segment(st, annotated, required: bool):
+    return load
+
+
+def _segmenter(engine: DemoEngine) -> Callable[..., tuple | None]:
+    """Segment the state's image with its boxes and points; write the three downloads next to the upload."""
+
+    def run(st, annotated, required: bool):
         if not st or "rgb" not in st:
             if required:
                 raise gr.Error("Upload an image first.")
@@ -134,13 +156,19 @@ def build_segment_tab(engine, max_pixels: int, prefix: str = "seg") -> None:
                 gr.update(value=str(npy), visible=True), gr.update(value=str(png), visible=True),
                 gr.update(value=str(ovl), visible=True))
 
+    return run
+
+
+def _prompt_handlers(engine: DemoEngine) -> SimpleNamespace:
+    run = _segmenter(engine)
+
     @friendly
     def segment_click(st, annotated):
-        return _segment(st, annotated, True)
+        return run(st, annotated, True)
 
     @friendly
     def segment_auto(st, annotated):
-        out = _segment(st, annotated, False)
+        out = run(st, annotated, False)
         return out if out is not None else (gr.update(), gr.update(), gr.update(), gr.update(), gr.update())
 
     @friendly
@@ -151,25 +179,33 @@ def build_segment_tab(engine, max_pixels: int, prefix: str = "seg") -> None:
         st = {**st, "points": [*st.get("points", []), [float(x), float(y), 1 if kind == "include" else 0]]}
         return (st, draw_points(st["rgb"], st["points"]), *segment_auto(st, annotated))
 
-    def clear_pts(st):
+    def clear_points(st):
         if not st or "rgb" not in st:
             return st, None
         st = {**st, "points": []}
         return st, st["rgb"]
 
-    def clear_bx(st):
+    def clear_boxes(st):
         return {"image": st["rgb"], "boxes": []} if st and "rgb" in st else None
 
-    outs = [result, summary, dl_npy, dl_png, dl_overlay]
-    load_outs = [state, annot, points_view, info, result, summary, dl_npy, dl_png, dl_overlay]
-    upload.upload(load, [upload, window, slice_no], load_outs)
-    upload.clear(load, [upload, window, slice_no], load_outs)
-    window.input(load, [upload, window, slice_no], load_outs)
-    slice_no.submit(load, [upload, window, slice_no], load_outs)
-    annot.change(segment_auto, [state, annot], outs, trigger_mode="always_last")
-    run_btn.click(segment_click, [state, annot], outs)
-    points_view.select(add_point, [state, annot, point_kind], [state, points_view, *outs])
-    clear_points.click(clear_pts, [state], [state, points_view])
-    clear_boxes.click(clear_bx, [state], [annot])
+    return SimpleNamespace(segment_click=segment_click, segment_auto=segment_auto, add_point=add_point,
+                           clear_points=clear_points, clear_boxes=clear_boxes)
 
 
+def build_segment_tab(engine: DemoEngine, settings: Settings, prefix: str = "seg") -> None:
+    """The demo's components and events; ``settings`` gives the pixel limit and the uploads' time-to-live."""
+    c = _layout(prefix)
+    load = _loader(settings.max_image_pixels, demo_ttl_s(settings))
+    h = _prompt_handlers(engine)
+    outs = [c.result, c.summary, c.dl_npy, c.dl_png, c.dl_overlay]
+    load_outs = [c.state, c.annot, c.points_view, c.info, *outs]
+    load_ins = [c.upload, c.window, c.slice_no]
+    c.upload.upload(load, load_ins, load_outs)
+    c.upload.clear(load, load_ins, load_outs)
+    c.window.input(load, load_ins, load_outs)
+    c.slice_no.submit(load, load_ins, load_outs)
+    c.annot.change(h.segment_auto, [c.state, c.annot], outs, trigger_mode="always_last")
+    c.run.click(h.segment_click, [c.state, c.annot], outs)
+    c.points_view.select(h.add_point, [c.state, c.annot, c.point_kind], [c.state, c.points_view, *outs])
+    c.clear_points.click(h.clear_points, [c.state], [c.state, c.points_view])
+    c.clear_boxes.click(h.clear_boxes, [c.state], [c.annot])

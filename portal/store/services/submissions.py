@@ -1,7 +1,9 @@
-"""Creating jobs and putting them on the queue: what the portal, the API and the CLI call.
+"""The rules for queued inference work: who may queue it, on which version, with which prompts.
 
-Parameters are validated before anything is queued, so a bad request is
-refused at once with a message, never discovered later by a worker.
+Everything is checked, and the job row created, before anything is sent, so a
+bad request is refused at once with a message, never discovered later by a
+worker. The queue port (``workers.queue``) calls these and then sends the
+message; the UI and the API both go through it, so they cannot disagree.
 """
 
 from __future__ import annotations
@@ -14,18 +16,14 @@ from sqlalchemy import select
 from medsam_core.errors import PromptError
 from medsam_core.prompts import check_prompt_size, validate_boxes, validate_points
 from portal.store.errors import NotFoundError, StoreError
-from portal.store.models import Image, Job, JobKind, Role, TrainingJob, User
+from portal.store.models import Image, Job, JobKind, Role, User
 from portal.store.services import jobs
 from portal.store.services.model_versions import active_version, usable_version
 from portal.store.services.projects import get_project
 from portal.store.services.users import require_role
+from portal.store.settings import Settings
 from portal.store.store import Store
-from workers.app import app
 
-TASK_FOR_KIND = {
-    JobKind.segment_batch: "medsam.inference.segment_batch",
-    JobKind.precompute_embeddings: "medsam.inference.precompute_embeddings",
-}
 MAX_BATCH_ITEMS = 10_000
 ONLY_ADMINS = (Role.admin,)  # queued work over a whole project; the UI offers it in the admin tab only
 
@@ -48,10 +46,6 @@ class PrelabelItem(BaseModel):
 ITEMS = TypeAdapter(list[PrelabelItem])
 
 
-def check_version(session, version_id: int, project_id: int, actor: User | None = None) -> None:
-    usable_version(session, actor, version_id, project_id)
-
-
 def _authorise(store: Store, actor: User | None, project_id: int, model_version_id: int | None,
                doing: str) -> int:
     """Membership (404 outside one's projects), then role (403), then the version; ``actor`` None is trusted."""
@@ -62,11 +56,11 @@ def _authorise(store: Store, actor: User | None, project_id: int, model_version_
     if model_version_id is None:
         return active_version(store, project_id).id
     with store.transaction() as session:
-        check_version(session, model_version_id, project_id, actor)
+        usable_version(session, actor, model_version_id, project_id)
     return model_version_id
 
 
-def _items(items: Any, settings) -> list[PrelabelItem]:
+def _items(items: Any, settings: Settings) -> list[PrelabelItem]:
     """Whatever a caller passed, as checked items, or a message naming the item and the field."""
     if isinstance(items, list) and not items:
         raise StoreError("a batch needs at least one item")
@@ -89,11 +83,11 @@ def _items(items: Any, settings) -> list[PrelabelItem]:
     return checked
 
 
-def submit_segment_batch(store: Store, actor: User | None, project_id: int, model_version_id: int | None,
-                         items: list[dict[str, Any]] | list[PrelabelItem], celery_app=None) -> Job:
+def create_segment_batch(store: Store, actor: User | None, project_id: int, model_version_id: int | None,
+                         items: Any) -> Job:
     """items: ``[{"image_id": 1, "boxes": [[x0, y0, x1, y1]], "points": [[x, y, 1]]}, ...]``, one object each.
 
-    ``model_version_id`` None: the project's active version.
+    ``model_version_id`` None: the project's active version. Returns the queued row, not yet sent.
     """
     version_id = _authorise(store, actor, project_id, model_version_id, "queue pre-labelling")
     checked = _items(items, store.settings)
@@ -110,56 +104,12 @@ def submit_segment_batch(store: Store, actor: User | None, project_id: int, mode
             if boxes is None and points is None:
                 raise StoreError(f"item {n}: give a box or points")
             clean.append({"image_id": image.id, "boxes": item.boxes, "points": item.points})
-    job = jobs.create_job(store, JobKind.segment_batch, {"model_version_id": version_id, "items": clean},
-                          project_id=project_id, actor=actor)
-    return enqueue(store, job, celery_app)
+    return jobs.create_job(store, JobKind.segment_batch, {"model_version_id": version_id, "items": clean},
+                           project_id=project_id, actor=actor)
 
 
-def submit_precompute(store: Store, actor: User | None, project_id: int, model_version_id: int | None,
-                      celery_app=None) -> Job:
-    """``model_version_id`` None: the project's active version."""
-    model_version_id = _authorise(store, actor, project_id, model_version_id, "queue embedding precompute")
-    job = jobs.create_job(store, JobKind.precompute_embeddings, {"model_version_id": model_version_id},
-                          project_id=project_id, actor=actor)
-    return enqueue(store, job, celery_app)
-
-
-def enqueue(store: Store, job: Job, celery_app=None) -> Job:
-    """``celery_app`` defaults to the one configured from settings; tests pass their own."""
-    result = (celery_app or app).send_task(TASK_FOR_KIND[job.kind], args=[job.id])
-    jobs.set_task_id(store, Job, job.id, result.id)
-    job.celery_task_id = result.id
-    return job
-
-
-def task_name(model, job) -> str:
-    if model is TrainingJob:
-        return "medsam.training.finetune"
-    return TASK_FOR_KIND[job.kind]
-
-
-def submit_finetune(store: Store, actor: User, project_id: int, params: dict[str, Any],
-                    celery_app=None) -> TrainingJob:
-    """Validate, create the job row, queue it on the training queue (one job per GPU worker at a time)."""
-    from portal.store.services import training
-
-    job = training.create_job(store, actor, project_id, params)
-    result = (celery_app or app).send_task("medsam.training.finetune", args=[job.id])
-    jobs.set_task_id(store, TrainingJob, job.id, result.id)
-    job.celery_task_id = result.id
-    return job
-
-
-def cancel(store: Store, model, job_id: int, actor: User | None = None, celery_app=None):
-    """Flag the row (a running task stops at its next step) and revoke the queued message.
-
-    The flag is what counts: revoking is a broadcast that the serverless
-    broker does not carry, and a revoked-but-delivered task checks the row anyway.
-    """
-    job = jobs.request_cancel(store, model, job_id, actor)
-    if job.celery_task_id:
-        try:
-            (celery_app or app).control.revoke(job.celery_task_id)
-        except Exception:  # noqa: BLE001 - best effort, see above
-            pass
-    return job
+def create_precompute(store: Store, actor: User | None, project_id: int, model_version_id: int | None) -> Job:
+    """``model_version_id`` None: the project's active version. Returns the queued row, not yet sent."""
+    version_id = _authorise(store, actor, project_id, model_version_id, "queue embedding precompute")
+    return jobs.create_job(store, JobKind.precompute_embeddings, {"model_version_id": version_id},
+                           project_id=project_id, actor=actor)

@@ -1,0 +1,132 @@
+"""The queue port: all the web side (and the CLI) knows of the workers.
+
+Submitting creates the job row through the store's services, which check
+membership, roles and parameters first, and then sends a message naming the
+job; cancelling flags the row and revokes the message; ``encode`` is the one
+synchronous round trip (an embedding the web process waits for). The Celery
+app behind it is built on first use, from the settings given, so creating a
+``JobQueue`` connects to nothing and importing this module reads nothing.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from medsam_core.errors import MedsamError
+from portal.store.models import Job, JobKind, TrainingJob, User
+from portal.store.services import evaluations, jobs, submissions, training
+from portal.store.settings import Settings
+from portal.store.store import Store
+from workers import names
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+TASK_FOR_KIND = {
+    JobKind.segment_batch: names.TASK_SEGMENT_BATCH,
+    JobKind.precompute_embeddings: names.TASK_PRECOMPUTE,
+    JobKind.evaluate: names.TASK_EVALUATE,
+}
+
+
+AnyJob = TypeVar("AnyJob", Job, TrainingJob)
+
+
+class EncodeUnavailableError(MedsamError):
+    """No worker encoded the image in time (or it failed): the web layer answers 503."""
+
+
+def task_for(job: Job | TrainingJob) -> str:
+    """The task that runs a job row."""
+    return names.TASK_FINETUNE if isinstance(job, TrainingJob) else TASK_FOR_KIND[job.kind]
+
+
+class JobQueue:
+    """One per process (the web app keeps it on ``app.state.queue``); thread-safe.
+
+    ``JobQueue(settings)`` builds its Celery app from ``settings`` when it first
+    sends; ``JobQueue(app=celery_app)`` uses an app the caller made (tests).
+    """
+
+    def __init__(self, settings: Settings | None = None, *, app: Celery | None = None):
+        self._settings = settings
+        self._app = app
+        self._lock = threading.Lock()
+
+    @property
+    def app(self) -> Celery:
+        with self._lock:
+            if self._app is None:
+                from workers.app import make_app
+
+                self._app = make_app(self._settings)
+            return self._app
+
+    def submit_segment_batch(self, store: Store, actor: User | None, project_id: int,
+                             model_version_id: int | None, items: Any) -> Job:
+        """Pre-label ``items`` (``[{"image_id", "boxes" or "points"}, ...]``); version None: the active one."""
+        return self.enqueue(store, submissions.create_segment_batch(store, actor, project_id, model_version_id, items))
+
+    def submit_precompute(self, store: Store, actor: User | None, project_id: int,
+                          model_version_id: int | None) -> Job:
+        """Encode every image of the project ahead of the first prompt."""
+        return self.enqueue(store, submissions.create_precompute(store, actor, project_id, model_version_id))
+
+    def submit_finetune(self, store: Store, actor: User, project_id: int, params: dict[str, Any]) -> TrainingJob:
+        """Fine-tune on the training queue (one job per GPU worker at a time)."""
+        return self.enqueue(store, training.create_job(store, actor, project_id, params))
+
+    def submit_evaluation(self, store: Store, actor: User | None, project_id: int, version_id: int) -> Job:
+        """Score a version on the frozen validation images (what the promotion gate compares).
+
+        A queued or running evaluation of the same version is returned instead of a second one.
+        """
+        job = evaluations.create_evaluation(store, actor, project_id, version_id)
+        return job if job.celery_task_id else self.enqueue(store, job)
+
+    def cancel(self, store: Store, model: type[Job] | type[TrainingJob], job_id: int,
+               actor: User | None = None) -> Job | TrainingJob:
+        """Flag the row (a running task stops at its next step) and revoke the queued message.
+
+        The flag is what counts: revoking is a broadcast that the serverless
+        broker does not carry, and a revoked-but-delivered task checks the row anyway.
+        """
+        job = jobs.request_cancel(store, model, job_id, actor)
+        if job.celery_task_id:
+            try:
+                self.app.control.revoke(job.celery_task_id)
+            except Exception:  # noqa: BLE001 - best effort, see above
+                pass
+        return job
+
+    def enqueue(self, store: Store, job: AnyJob) -> AnyJob:
+        """Send the message for an existing row (again, for the reaper) and note its task id on the row."""
+        result = self.app.send_task(task_for(job), args=[job.id])
+        jobs.set_task_id(store, type(job), job.id, result.id)
+        job.celery_task_id = result.id
+        return job
+
+    def encode(self, image_id: int, version_id: int, timeout_s: float) -> dict[str, Any]:
+        """Have an inference worker encode one image into the shared cache, and wait for it."""
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        result = self.app.send_task(names.TASK_ENCODE, args=[image_id, version_id])
+        try:
+            return result.get(timeout=timeout_s, interval=0.05)
+        except CeleryTimeout:
+            raise EncodeUnavailableError(encode_timeout_message(image_id, timeout_s)) from None
+        except Exception as exc:  # noqa: BLE001 - the worker's own error, told as it is
+            raise EncodeUnavailableError(f"the inference worker could not encode image {image_id}: "
+                                         f"{type(exc).__name__}: {exc}") from None
+        finally:
+            try:
+                result.forget()
+            except Exception:  # noqa: BLE001 - a result left in the backend expires on its own
+                pass
+
+
+def encode_timeout_message(image_id: int, timeout_s: float) -> str:
+    return (f"no inference worker encoded image {image_id} within {timeout_s:.0f} s; the queue may be busy, or "
+            "no worker runs (start one with `medsam worker --queues inference`, or use `medsam serve` without "
+            "--no-workers); try again")
