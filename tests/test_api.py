@@ -45,7 +45,8 @@ def api(tmp_path_factory, data_dir):
     port = free_port()
     env = {**os.environ, "MEDSAM_DATA_DIR": str(folder), "MEDSAM_PORT": str(port),
            "MEDSAM_MAX_UPLOAD_MB": str(LIMIT_MB), "MEDSAM_MIN_TRAINING_IMAGES": "2",
-           "MEDSAM_TRAINING_GPU": "false", "MEDSAM_METRICS_TOKEN": "scrape-secret"}
+           "MEDSAM_TRAINING_GPU": "false", "MEDSAM_METRICS_TOKEN": "scrape-secret",
+           "MEDSAM_LOGIN_ADDRESS_MAX_FAILURES": "5"}
     for name, role in USERS.items():  # the CLI a deployment uses, password from stdin
         done = medsam(env, "user", "add", name, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
         assert done.returncode == 0 and f"created user '{name}'" in done.stdout, done.stderr

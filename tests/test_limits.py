@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 
 from medsam_core.errors import PromptError
 from medsam_core.prompts import check_prompt_size
@@ -99,6 +100,10 @@ def test_memory_comes_back_after_32_box_prompts(data_dir):
     assert figures["after"] - figures["before"] < 200, figures
 
 
+class Body(BaseModel):
+    boxes: list[list[float]]
+
+
 def _tiny_app(limit: int) -> FastAPI:
     from portal.web import errors
     from portal.web.middleware import JsonBodyLimit, SecurityHeaders
@@ -112,9 +117,17 @@ def _tiny_app(limit: int) -> FastAPI:
     async def echo(request: Request) -> dict:
         return {"n": len(await request.body())}
 
+    @app.post("/api/v1/projects/{pid}/images")
+    async def upload(request: Request) -> dict:
+        return {"n": len(await request.body())}
+
     @app.post("/other")
     async def other(request: Request) -> dict:
         return {"n": len(await request.body())}
+
+    @app.post("/api/v1/typed")
+    def typed(body: Body) -> dict:
+        return {"n": len(body.boxes)}
 
     @app.get("/api/v1/fail")
     def fail() -> dict:
@@ -139,8 +152,21 @@ def test_json_body_limit_declared_and_streamed():
     assert streamed.status_code == 413 and "1 KiB" in streamed.json()["detail"]
     assert streamed.headers["x-content-type-options"] == "nosniff"
     assert client.post("/other", content=b"z" * 5000).json() == {"n": 5000}  # only the API is limited
-    multipart = client.post("/api/v1/echo", files={"file": ("a.bin", b"q" * 5000)})
-    assert multipart.status_code == 200  # uploads have their own limit
+    # Claiming multipart does not escape the limit on a JSON route (FastAPI would buffer it all)...
+    disguised = client.post("/api/v1/echo", files={"file": ("a.bin", b"q" * 5000)})
+    assert disguised.status_code == 413
+    # ...only the upload routes are exempt: they count bytes against MEDSAM_MAX_UPLOAD_MB themselves.
+    upload = client.post("/api/v1/projects/7/images", files={"file": ("a.bin", b"q" * 5000)})
+    assert upload.status_code == 200
+
+
+def test_undecodable_bytes_are_a_422_not_a_500():
+    client = TestClient(_tiny_app(1024), raise_server_exceptions=False)
+    answer = client.post("/api/v1/typed", content=b"\xff\xfe\x00", headers={"content-type": "application/octet-stream"})
+    assert answer.status_code == 422 and "3 bytes" in answer.text
+    nan = client.post("/api/v1/typed", content=b'{"boxes": [[NaN, 1, 2, 3]]}',
+                      headers={"content-type": "application/json"})
+    assert nan.status_code == 200  # pydantic takes NaN here; the prompt checks refuse it with a 400
 
 
 def test_security_headers_and_scrubbed_paths():

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from argon2 import PasswordHasher
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from portal.store.models import AuditEvent, LoginThrottle, Role
 from portal.store.services import login_throttle, users
@@ -27,7 +27,7 @@ from tests.dbutil import temporary_database
 from tests.test_api import PASSWORD, api, call, medsam, ok  # noqa: F401 - `api` is the shared server fixture
 from tests.test_store_concurrency import run_together
 
-LIMITS = {"login_max_failures": 3, "login_lock_s": 10.0, "login_lock_max_s": 40.0}
+LIMITS = {"login_max_failures": 3, "login_address_max_failures": 3, "login_lock_s": 10.0, "login_lock_max_s": 40.0}
 WRONG = "not the password"
 
 
@@ -98,6 +98,32 @@ def test_lock_after_max_failures_refuses_without_checking_the_password(store, ha
     assert hasher.verified == 3
     locked = audit(store, "login.locked", name)
     assert len(locked) == 2 and locked[0].details["address"] == here and locked[0].target_id is not None
+
+
+def test_refused_guesses_at_random_names_leave_no_rows(store):
+    """While an address is locked, each guess at a new name must not add a row for good."""
+    here = new_address()
+    for _ in range(3):
+        attempt(store, new_account(store), WRONG, here)
+    with store.transaction() as session:
+        before = session.scalar(select(func.count()).select_from(LoginThrottle))
+    for _ in range(10):
+        assert attempt(store, f"nobody{uuid.uuid4().hex[:8]}", WRONG, here).retry_after > 0
+    with store.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(LoginThrottle)) == before
+
+
+def test_an_address_gets_more_tries_than_an_account(tmp_path):
+    settings = Settings(data_dir=tmp_path, login_max_failures=3, login_address_max_failures=6)
+    store = open_store(settings, register_base=False)
+    try:
+        here = new_address()
+        for _ in range(5):  # five accounts, one wrong password each: an office behind one NAT
+            assert attempt(store, new_account(store), WRONG, here).retry_after == 0
+        assert attempt(store, new_account(store), WRONG, here).retry_after == 0  # the sixth failure locks
+        assert attempt(store, new_account(store), PASSWORD, here).retry_after > 0
+    finally:
+        store.close()
 
 
 def test_locks_double_and_stop_at_the_cap(store):

@@ -149,6 +149,40 @@ def same_words(first: Exception, second: Exception, first_id: int, second_id: in
     return str(first).replace(str(first_id), "#") == str(second).replace(str(second_id), "#")
 
 
+def test_only_admins_learn_whether_an_account_exists(store, world):
+    """Adding a member looks the name up only after the caller's rights are checked."""
+    w = world
+    answers = set()
+    for name in (w["reviewer"].username, "nobody-at-all"):
+        for caller in (w["annotator"], w["outsider"]):
+            with pytest.raises(PermissionDeniedError, match="only a admin may add project members") as info:
+                with store.transaction() as session:
+                    projects.add_member_by_name(session, caller, w["a"].id, name, "admin")
+            answers.add(str(info.value).split(";")[1])
+    assert len(answers) == 1  # the same words whether the account exists or not
+    with store.transaction() as session:
+        added = projects.add_member_by_name(session, w["admin"], w["b"].id, w["reviewer"].username)
+    assert added.id == w["reviewer"].id
+
+
+def test_approval_is_refused_when_the_annotation_moved_on(store, world, monkeypatch):
+    """The transition is conditional on the revision that was checked, not on whatever is current."""
+    w = world
+    rev = ann.save_revision(store, w["annotator"], w["image"].id, "liver", square_mask(), 0, submit=True)
+    real_check = ann._check_not_own
+
+    def a_save_lands_meanwhile(session, actor, annotation, project):
+        real_check(session, actor, annotation, project)
+        annotation.current_revision += 1  # as a concurrent save would leave the row, seen by the UPDATE
+
+    monkeypatch.setattr(ann, "_check_not_own", a_save_lands_meanwhile)
+    with pytest.raises(StoreError, match="changed while you looked at it"):
+        ann.approve(store, w["reviewer"], rev.annotation_id)
+    monkeypatch.undo()
+    with store.transaction() as session:
+        assert session.get(ann.Annotation, rev.annotation_id).status == AnnotationStatus.submitted
+
+
 def test_outside_ones_projects_everything_is_not_found_in_the_same_words(store, world):
     w = world
     outsider, pid, iid = w["outsider"], w["a"].id, w["image"].id

@@ -14,6 +14,7 @@ from typing import Any
 
 from medsam_core.errors import MedsamError
 from portal.store.models import JobState
+from portal.store.redact import scrub
 from portal.store.services import jobs
 from portal.store.store import Store
 
@@ -61,10 +62,11 @@ def run_job(store: Store, model, job_id: int, task_id: str | None,
         return {"job_id": job_id, "state": "cancelled"}
     except (MedsamError, LookupError) as exc:
         # Bad input: fail the job with the reason and keep serving; retrying cannot help.
-        jobs.finish(store, model, job_id, JobState.failed, error=str(exc))
-        return {"job_id": job_id, "state": "failed", "error": str(exc)}
-    except Exception as exc:
-        jobs.finish(store, model, job_id, JobState.failed, error=f"internal error: {type(exc).__name__}: {exc}")
+        jobs.finish(store, model, job_id, JobState.failed, error=scrub(str(exc)))
+        return {"job_id": job_id, "state": "failed", "error": scrub(str(exc))}
+    except Exception as exc:  # the row is read by users: no server paths in it (the log has the full story)
+        jobs.finish(store, model, job_id, JobState.failed,
+                    error=scrub(f"internal error: {type(exc).__name__}: {exc}"))
         raise
     finally:
         beat.stop.set()

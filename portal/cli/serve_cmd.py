@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     supervisor.start()
     print(f"medsam serve: portal at http://{host}:{port}/ (API docs at /api/docs)", file=sys.stderr, flush=True)
     try:
-        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                    forwarded_allow_ips=settings.forwarded_allow_ips)).run()
     finally:
         print("medsam serve: stopping the workers", file=sys.stderr, flush=True)
         supervisor.stop()

@@ -1,18 +1,12 @@
 """Turning exceptions into answers a person can act on: a status code and a plain message.
 
-Messages come from many layers (the image reader, the blob store, Celery), and some
-of them name files on the server. Those paths mean nothing to a user and tell an
-attacker about the deployment, so every message is scrubbed down to file names.
+Every message is scrubbed of server paths (``portal.store.redact``) on its way out.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
-import sys
-import tempfile
-from pathlib import Path
 
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
@@ -22,6 +16,7 @@ from starlette.exceptions import HTTPException
 
 from medsam_core.errors import MedsamError
 from portal.store.errors import ConflictError, DuplicateError, NotFoundError, PermissionDeniedError
+from portal.store.redact import scrub
 from portal.store.services.training import GateError
 from portal.web.segmentation import EncodeUnavailableError
 
@@ -36,30 +31,10 @@ ERROR_STATUS = (
     (DuplicateError, 409),
     (GateError, 409),
 )
-# Top-level folders a server path starts with; "/api/v1/..." routes in messages are left alone.
-_ROOTS = ("tmp", "var", "home", "root", "usr", "opt", "srv", "mnt", "data", "work", "private", "run", "app", "etc")
 
 
 def status_for(exc: Exception) -> int:
     return next((code for kind, code in ERROR_STATUS if isinstance(exc, kind)), 400)
-
-
-def _path_pattern() -> re.Pattern:
-    roots = set(_ROOTS)
-    for known in (tempfile.gettempdir(), sys.prefix, str(Path.home()), str(Path.cwd())):
-        parts = Path(known).parts
-        if len(parts) > 1:
-            roots.add(parts[1])
-    alternatives = "|".join(sorted((re.escape(r) for r in roots), key=len, reverse=True))
-    return re.compile(rf"(?<![\w.:/])/(?:{alternatives})(?:/[^\s'\"<>():,;]+)+")
-
-
-_PATH = _path_pattern()
-
-
-def scrub(text: str) -> str:
-    """Server paths in a message become their last component: '/srv/x/uploads/tmpab.png' -> 'tmpab.png'."""
-    return _PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], text)
 
 
 async def medsam_error(_request: Request, exc: MedsamError) -> JSONResponse:
@@ -87,7 +62,9 @@ def _json_safe(value):
 
 async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's own 422 shape; a refused NaN echoed back as ``input`` would otherwise make the answer a 500."""
-    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+    # Raw bytes (a body sent with a non-JSON content type) are summarised, not echoed or decoded.
+    errors = jsonable_encoder(exc.errors(), custom_encoder={bytes: lambda b: f"<{len(b)} bytes>"})
+    return JSONResponse({"detail": _json_safe(errors)}, status_code=422)
 
 
 async def internal_error(_request: Request, exc: Exception) -> JSONResponse:

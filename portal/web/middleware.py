@@ -6,6 +6,8 @@ streams in and on the response's first message, for Gradio's routes as well as o
 
 from __future__ import annotations
 
+import re
+
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
@@ -51,36 +53,50 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+# The only routes whose bodies may be large: our three uploads (limited while they stream in
+# portal.web.api.uploads) and Gradio's upload route (limited by its max_file_size).
+UPLOAD_ROUTES = re.compile(r"^(/api/v1/projects/\d+/(images|import|models)|(/demo)?/gradio_api/upload)/?$")
+UI_LIMIT_BYTES = 16 * 1024 * 1024  # Gradio's own JSON (queue/join, login): component values, never files
+
+
 class JsonBodyLimit:
-    """Refuses API bodies over ``limit_bytes`` (413), counting bytes as they arrive.
+    """Refuses bodies over the limit (413), counting bytes as they arrive.
 
     A declared Content-Length over the limit is refused before a byte is read; a
     chunked body is cut off at the first chunk past it, so a client cannot make the
-    server buffer and parse 80 MB of JSON. Multipart uploads are left to their own
-    (larger) limit in ``portal.web.api.uploads``, and Gradio's routes to Gradio's.
+    server buffer and parse 80 MB of JSON. The limit is ``limit_bytes`` under /api/
+    and ``UI_LIMIT_BYTES`` elsewhere, whatever the content type claims: a JSON route
+    called with "multipart/form-data" is held to it too. Only upload routes are exempt.
     """
 
     def __init__(self, app, limit_bytes: int):
         self.app = app
         self.limit = int(limit_bytes)
 
-    def _applies(self, scope) -> bool:
-        if scope["type"] != "http" or not scope.get("path", "").startswith(API_PREFIX):
-            return False
-        content_type = _header(scope, b"content-type")
-        return not content_type.startswith(b"multipart/form-data")
+    def _limit_for(self, scope) -> int | None:
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            return None
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        if UPLOAD_ROUTES.match(path):
+            return None
+        return self.limit if path.startswith(API_PREFIX) else max(self.limit, UI_LIMIT_BYTES)
 
-    def _message(self) -> str:
-        return (f"the request body exceeds the limit of {self.limit // 1024} KiB for API calls "
+    @staticmethod
+    def _message(limit: int) -> str:
+        return (f"the request body exceeds the limit of {limit // 1024} KiB for API calls "
                 "(MEDSAM_MAX_JSON_KB); send fewer boxes or items per request")
 
     async def __call__(self, scope, receive, send):
-        if not self._applies(scope):
+        limit = self._limit_for(scope)
+        if limit is None:
             await self.app(scope, receive, send)
             return
         declared = _header(scope, b"content-length")
-        if declared.isdigit() and int(declared) > self.limit:
-            await JSONResponse({"detail": self._message()}, status_code=413,
+        if declared.isdigit() and int(declared) > limit:
+            await JSONResponse({"detail": self._message(limit)}, status_code=413,
                                headers={"Connection": "close"})(scope, receive, send)
             return
         received = 0
@@ -90,9 +106,9 @@ class JsonBodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     # Raised inside the route's body read; FastAPI's exception middleware answers it.
-                    raise HTTPException(413, self._message())
+                    raise HTTPException(413, self._message(limit))
             return message
 
         await self.app(scope, limited_receive, send)

@@ -128,10 +128,19 @@ def _transition(store: Store, actor: User, annotation_id: int, to: AnnotationSta
         annotation, image, project = _visible(session, actor, annotation_id)
         if annotation.status not in allowed_from or annotation.current_revision == 0:
             raise StoreError(f"annotation {annotation_id} is {annotation.status.value}; it cannot become {to.value}")
+        seen_status, seen_revision = annotation.status, annotation.current_revision
         if to == AnnotationStatus.approved:
             _check_not_own(session, actor, annotation, project)
-        annotation.status = to
-        annotation.updated_at = utcnow()
+        # Conditional on what was checked: a save landing meanwhile (a new revision, perhaps the
+        # reviewer's own) must not be approved in its place.
+        moved = session.execute(update(Annotation).where(
+            Annotation.id == annotation_id, Annotation.status == seen_status,
+            Annotation.current_revision == seen_revision,
+        ).values(status=to, updated_at=utcnow()).execution_options(synchronize_session=False)).rowcount
+        if moved != 1:
+            raise ConflictError(f"annotation {annotation_id} changed while you looked at it; reload it and decide "
+                                "again", current_revision=None, author=None)
+        session.refresh(annotation)
         if to in (AnnotationStatus.approved, AnnotationStatus.rejected):
             session.add(Review(annotation_id=annotation_id, revision_number=annotation.current_revision,
                                reviewer_id=actor.id, decision=to, comment=comment))

@@ -72,11 +72,24 @@ def count_failure(session: Session, rows: Iterable[LoginThrottle], settings: Set
             row.failures, row.locked_until = 0, None
         row.failures += 1
         row.last_failure_at = now
-        if row.failures % settings.login_max_failures == 0:
-            doublings = min(row.failures // settings.login_max_failures - 1, MAX_DOUBLINGS)
+        limit = _limit(row, settings)
+        if row.failures % limit == 0:
+            doublings = min(row.failures // limit - 1, MAX_DOUBLINGS)
             lock_s = min(settings.login_lock_s * 2 ** doublings, settings.login_lock_max_s)
             row.locked_until = now + timedelta(seconds=lock_s)
     _prune(session, now, settings)
+
+
+def _limit(row: LoginThrottle, settings: Settings) -> int:
+    """An address may be a whole office behind one NAT: it gets more tries than one account."""
+    return settings.login_address_max_failures if row.key.startswith("addr:") else settings.login_max_failures
+
+
+def release_unused(session: Session, rows: Iterable[LoginThrottle]) -> None:
+    """Drop rows created only to hold the lock, so refused guesses at random names leave nothing behind."""
+    for row in rows:
+        if not row.failures and row.locked_until is None:
+            session.delete(row)
 
 
 def count_success(session: Session, rows: Iterable[LoginThrottle]) -> None:

@@ -83,6 +83,21 @@ def update_project(session: Session, actor: User, project_id: int, **switches: b
     return project
 
 
+def add_member_by_name(session: Session, actor: User, project_id: int, username: str,
+                       role: str | None = None) -> User:
+    """Rights first, then the lookup: only an admin may learn whether an account exists and its role."""
+    require_role(actor, Role.admin, doing="add project members")
+    get_project(session, actor, project_id)
+    member = session.scalar(select(User).where(User.username == username))
+    if member is None:
+        raise NotFoundError(f"no user '{username}'; create it with `medsam user add`")
+    if role is not None and role != member.role.value:
+        raise StoreError(f"{member.username} is an {member.role.value}; roles belong to accounts, not projects "
+                         "(leave 'role' out, or change the account's role)")
+    add_member(session, actor, project_id, member)
+    return member
+
+
 def add_member(session: Session, actor: User, project_id: int, user: User) -> None:
     require_role(actor, Role.admin, doing="add project members")
     get_project(session, actor, project_id)

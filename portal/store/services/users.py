@@ -97,6 +97,7 @@ def login(session: Session, username: str, password: str, address: str | None, s
     rows = login_throttle.hold(session, keys)
     wait = login_throttle.seconds_locked(rows)
     if wait:
+        login_throttle.release_unused(session, rows)
         user = session.scalar(select(User).where(User.username == username))
         record(session, None, "login.locked", "user", user.id if user else None,
                username=username[:SHOWN_NAME], address=address, retry_after=wait)

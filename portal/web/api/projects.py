@@ -6,9 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
-from portal.store.errors import NotFoundError, StoreError
 from portal.store.models import Project, User
 from portal.store.services import projects
 from portal.web.api import PREFIX, store_of
@@ -78,13 +76,7 @@ def add_member(pid: int, body: MemberIn, request: Request, user: User = Depends(
     """Roles are per account (set by `medsam user add`); a role given here must match it, so
     nobody's rights in other projects change as a side effect of joining this one."""
     with store_of(request).transaction() as session:
-        member = session.scalar(select(User).where(User.username == body.username))
-        if member is None:
-            raise NotFoundError(f"no user '{body.username}'; create it with `medsam user add`")
-        if body.role is not None and body.role != member.role.value:
-            raise StoreError(f"{member.username} is an {member.role.value}; roles belong to accounts, not projects "
-                             "(leave 'role' out, or change the account's role)")
-        projects.add_member(session, user, pid, member)
+        member = projects.add_member_by_name(session, user, pid, body.username, body.role)
         return {"project_id": pid, "username": member.username, "role": member.role.value}
 
 

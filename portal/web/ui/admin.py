@@ -17,6 +17,7 @@ import gradio as gr
 
 from medsam_core.errors import MedsamError
 from portal.store.models import Job
+from portal.store.redact import scrub
 from portal.store.services import images, jobs, projects, worklists
 from portal.web.transfer import FORMATS, build_export, import_zip, scratch_dir
 from portal.web.ui.common import WINDOW_CHOICES, friendly, need_project, new_work_dir, sweep, window_value
@@ -170,7 +171,7 @@ def _upload_lines(ctx: PortalContext, user, pid: int, files, window_choice, prog
             good += 1
             lines.append(f"- ✓ {name}: image {rows[0].id}" + (f" ({len(rows)} slices)" if len(rows) > 1 else ""))
         except MedsamError as exc:
-            lines.append(f"- ✗ {name}: {exc}")
+            lines.append(f"- ✗ {name}: {scrub(str(exc))}")
     return good, lines
 
 

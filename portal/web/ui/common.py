@@ -15,6 +15,7 @@ from PIL import Image as PILImage
 
 from medsam_core.errors import MedsamError
 from portal.store.models import User
+from portal.store.redact import scrub
 from portal.store.services.worklists import account
 
 P = ParamSpec("P")
@@ -79,7 +80,7 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
         except gr.Error:
             raise
         except MedsamError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+            raise gr.Error(scrub(str(exc)), print_exception=False) from None
 
     return wrapper
 

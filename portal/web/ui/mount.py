@@ -89,11 +89,13 @@ def mount(app: FastAPI) -> None:
     if getattr(settings, "public_demo", True):
         demo = build_demo(engine, settings)
         demo.queue(default_concurrency_limit=4)
-        gr.mount_gradio_app(app, demo, path="/demo", allowed_paths=allowed, css=CSS, footer_links=[])
+        # The anonymous demo may serve its own files only, never the portal's exports.
+        gr.mount_gradio_app(app, demo, path="/demo", max_file_size=f"{settings.max_upload_mb}mb",
+                            allowed_paths=[str(UI_TMP / "demo")], css=CSS, footer_links=[])
     portal = build_portal(app.state, engine)
     portal.queue(default_concurrency_limit=4)
     app.add_middleware(_ClientAddress)
-    gr.mount_gradio_app(app, portal, path="/", auth=_auth(store),
+    gr.mount_gradio_app(app, portal, path="/", max_file_size=f"{settings.max_upload_mb}mb", auth=_auth(store),
                         auth_message="Log in to the MedSAM portal. No account? Ask an admin "
                                      "(medsam user add NAME --role annotator). After "
                                      f"{settings.login_max_failures} wrong passwords the account "
