@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_OUT := medsam_out/demo
 
-.PHONY: run demo test install install-dev bench clean
+.PHONY: run demo test lint install install-dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,13 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Style and import checks everywhere; strict typing for the engine and the store (settings in pyproject.toml).
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
 bench: $(VENV)/.installed
 	$(BIN)/python bench/segment_latency.py
 
 clean:
-	rm -rf medsam_out .pytest_cache
+	rm -rf medsam_out .pytest_cache .mypy_cache .ruff_cache

@@ -45,8 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from loadutil import (BOX, DEMO, Api, HealthProbe, Memory, Tally, errors_text, jitter, start_server,
-                      tile_boxes)
+from loadutil import BOX, DEMO, Api, HealthProbe, Memory, Tally, errors_text, jitter, start_server, tile_boxes
 
 ANNOTATOR = "bench-annotator"
 

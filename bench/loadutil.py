@@ -220,7 +220,7 @@ class Memory:
 
 def jitter(box: list[int], rng: np.random.Generator, width: int, height: int, by: int = 4) -> list[int]:
     """A slightly different box each time, as a hand would drag it, kept inside the image."""
-    x0, y0, x1, y1 = (int(v) + int(d) for v, d in zip(box, rng.integers(-by, by + 1, 4)))
+    x0, y0, x1, y1 = (int(v) + int(d) for v, d in zip(box, rng.integers(-by, by + 1, 4), strict=False))
     return [max(0, x0), max(0, y0), min(width - 1, x1), min(height - 1, y1)]
 
 

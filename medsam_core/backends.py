@@ -33,11 +33,12 @@ class TorchBackend:
 
     @torch.inference_mode()
     def encode(self, image: torch.Tensor) -> np.ndarray:
-        out = self.model.module.image_encoder(image.to(self.model.device))
+        out: torch.Tensor = self.model.module.image_encoder(image.to(self.model.device))
         return out[0].float().cpu().numpy()
 
     @torch.inference_mode()
-    def decode(self, embedding, coords, labels, mask_input, has_mask):
+    def decode(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray,
+               has_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         dev = self.model.device
         masks, iou = self.decoder(
             torch.from_numpy(embedding).to(dev), torch.from_numpy(coords).to(dev), torch.from_numpy(labels).to(dev),
@@ -75,9 +76,11 @@ class OnnxBackend:
 
     def encode(self, image: torch.Tensor) -> np.ndarray:
         (out,) = self.encoder.run(None, {"image": image.cpu().numpy()})
-        return out[0]
+        embedding: np.ndarray = out[0]
+        return embedding
 
-    def decode(self, embedding, coords, labels, mask_input, has_mask):
+    def decode(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray,
+               has_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         masks, iou = self.decoder.run(None, {
             "image_embeddings": embedding, "point_coords": coords, "point_labels": labels,
             "mask_input": mask_input, "has_mask_input": has_mask,
@@ -126,7 +129,8 @@ def onnx_available() -> bool:
     return True
 
 
-def make_backend(model: LoadedModel, backend: str = "auto", onnx_dir: str | Path | None = None):
+def make_backend(model: LoadedModel, backend: str = "auto",
+                 onnx_dir: str | Path | None = None) -> TorchBackend | OnnxBackend:
     """"auto": ONNX Runtime for the small CPU model when an export folder is given, else PyTorch.
 
     ViT families stay on PyTorch: their graphs exceed protobuf's 2 GB limit (ViT-H)

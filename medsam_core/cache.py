@@ -40,7 +40,7 @@ def pixel_sha256(pixels: np.ndarray) -> str:
     """Hash shape, dtype and bytes, so a reshaped buffer never aliases another image."""
     arr = np.ascontiguousarray(pixels)
     digest = hashlib.sha256(f"{arr.dtype.str}{arr.shape}".encode())
-    digest.update(memoryview(arr).cast("B"))
+    digest.update(arr.data.cast("B"))  # arr.data is memoryview(arr)
     return digest.hexdigest()
 
 
@@ -53,7 +53,7 @@ def embedding_to_bytes(embedding: np.ndarray) -> bytes:
 def embedding_from_bytes(data: bytes) -> np.ndarray | None:
     """None for anything damaged: a bad cache entry is a miss, never a crash."""
     try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
+        arr: np.ndarray = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError):
         return None
     if arr.dtype != np.float16 or arr.shape != EMBEDDING_SHAPE:

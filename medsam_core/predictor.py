@@ -10,18 +10,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from medsam_core.backends import make_backend
-from medsam_core.errors import PromptError
 from medsam_core.cache import CacheKey, EmbeddingCache, pixel_sha256
+from medsam_core.errors import PromptError
 from medsam_core.models import LoadedModel
 from medsam_core.prompt_decoder import build_prompt_arrays
 from medsam_core.prompts import LOW_RES, validate_boxes, validate_mask_input, validate_points
 
 DECODE_CHUNK_BOXES = 8
+
 
 @dataclass
 class Embedding:
@@ -77,7 +79,7 @@ class Predictor:
         key = self.cache_key(rgb, pixel_digest)
         features = self.cache.get(key)
         hit = features is not None
-        if not hit:
+        if features is None:  # a miss
             tensor = self.preprocessor.to_tensor(rgb)
             # Round to fp16 straight away, so a fresh embedding and a cached one
             # give bit-identical masks.
@@ -89,7 +91,7 @@ class Predictor:
             key=key, cache_hit=hit, encode_ms=(time.perf_counter() - start) * 1000,
         )
 
-    def decode(self, embedding: Embedding, boxes=None, points=None, mask_input=None,
+    def decode(self, embedding: Embedding, boxes: Any = None, points: Any = None, mask_input: Any = None,
                multimask: bool | None = None) -> Prediction:
         """Boxes ``[x0, y0, x1, y1]`` and points ``(x, y, label)`` in original pixels.
 
@@ -123,7 +125,9 @@ class Predictor:
         return Prediction(masks=masks, low_res_logits=low_res, iou=iou,
                           decode_ms=(time.perf_counter() - start) * 1000, boxes=box_arr)
 
-    def _decode_rows(self, features, boxes, pts, pt_labels, masks_in, has_mask, size, multimask):
+    def _decode_rows(self, features: np.ndarray, boxes: np.ndarray | None, pts: np.ndarray | None,
+                     pt_labels: np.ndarray | None, masks_in: np.ndarray, has_mask: np.ndarray, size: tuple[int, int],
+                     multimask: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One decoder call for a chunk of boxes (or one points-only prompt): masks, low-res logits, IoU."""
         scale = self.preprocessor.scale_coords
         coords, labels = build_prompt_arrays(
@@ -137,7 +141,7 @@ class Predictor:
         full = self.preprocessor.logits_to_original(torch.from_numpy(low_res), size)
         return (full[:, 0] > 0).numpy(), low_res, all_iou[rows, best].astype(np.float32)
 
-    def segment(self, rgb: np.ndarray, boxes=None, points=None) -> tuple[Embedding, Prediction]:
+    def segment(self, rgb: np.ndarray, boxes: Any = None, points: Any = None) -> tuple[Embedding, Prediction]:
         embedding = self.encode(rgb)
         return embedding, self.decode(embedding, boxes=boxes, points=points)
 

@@ -20,6 +20,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from PIL import Image
@@ -27,6 +28,9 @@ from PIL import Image
 from medsam_core.errors import InvalidImageError, MedsamError
 from medsam_core.imageio import MedicalImage, read_image
 from medsam_core.outputs import atomic_write
+
+if TYPE_CHECKING:
+    from nibabel.dataobj_images import DataobjImage
 
 NIFTI = (".nii", ".nii.gz")
 
@@ -90,14 +94,16 @@ def _read_labels(path: Path) -> np.ndarray:
     if path.name.lower().endswith(NIFTI):
         import nibabel as nib
 
-        data = np.asanyarray(nib.load(str(path)).dataobj)
+        # nibabel types load() as its base image class; a NIfTI file loads as a Nifti1/2Image.
+        data: np.ndarray = np.asanyarray(cast("DataobjImage", nib.load(str(path))).dataobj)
         if data.ndim == 2:
             data = data[..., None]
         if data.ndim != 3:
             raise InvalidImageError(f"{path}: a label volume must be 2-D or 3-D, got {data.shape}")
-        return np.rint(np.moveaxis(data, -1, 0).transpose(0, 2, 1)).astype(np.int32)
+        labels: np.ndarray = np.rint(np.moveaxis(data, -1, 0).transpose(0, 2, 1)).astype(np.int32)
+        return labels
     if path.suffix.lower() == ".npy":
-        arr = np.load(path, allow_pickle=False)
+        arr: np.ndarray = np.load(path, allow_pickle=False)
     else:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("L") if im.mode in ("RGB", "RGBA", "P", "LA") else im)

@@ -36,7 +36,7 @@ class Preprocessor:
         """uint8 (H, W, 3) -> float32 (1, 3, S, S), zero-padded bottom/right."""
         height, width = rgb.shape[:2]
         new_h, new_w = self.resized_size(height, width)
-        resized = np.asarray(_resize(rgb, new_h, new_w, self.resample), dtype=np.float32)
+        resized: np.ndarray = np.asarray(_resize(rgb, new_h, new_w, self.resample), dtype=np.float32)
         if self.normalisation == "minmax":
             low, high = float(resized.min()), float(resized.max())
             resized = (resized - low) / max(high - low, 1e-8)

@@ -9,6 +9,8 @@ drift apart.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
@@ -20,12 +22,13 @@ PAD_LABEL = -1.0
 class PromptDecoder(nn.Module):
     def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module):
         super().__init__()
-        self.prompt_encoder = prompt_encoder
-        self.mask_decoder = mask_decoder
+        # segment-anything's PromptEncoder and MaskDecoder (untyped): their parts are reached by name.
+        self.prompt_encoder: Any = prompt_encoder
+        self.mask_decoder: Any = mask_decoder
 
     def _sparse(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         pe = self.prompt_encoder
-        embedding = pe.pe_layer.forward_with_coords(coords + 0.5, pe.input_image_size)
+        embedding: torch.Tensor = pe.pe_layer.forward_with_coords(coords + 0.5, pe.input_image_size)
         labels = labels.unsqueeze(-1)
         embedding = embedding * (labels != PAD_LABEL).to(embedding.dtype)
         embedding = embedding + pe.not_a_point_embed.weight * (labels == PAD_LABEL).to(embedding.dtype)
@@ -51,8 +54,8 @@ class PromptDecoder(nn.Module):
         return _run_decoder(decoder, image + dense, image_pe, tokens)
 
 
-
-def _run_decoder(decoder: nn.Module, src: torch.Tensor, pos_src: torch.Tensor, tokens: torch.Tensor):
+def _run_decoder(decoder: Any, src: torch.Tensor, pos_src: torch.Tensor,
+                 tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``MaskDecoder.predict_masks`` minus its batch expansion (upstream SAM always repeats)."""
     b, c, h, w = src.shape
     hs, src = decoder.transformer(src, pos_src, tokens)
@@ -68,7 +71,8 @@ def _run_decoder(decoder: nn.Module, src: torch.Tensor, pos_src: torch.Tensor, t
     return masks, decoder.iou_prediction_head(iou_token_out)
 
 
-def build_prompt_arrays(boxes: np.ndarray | None, points: np.ndarray | None, point_labels: np.ndarray | None):
+def build_prompt_arrays(boxes: np.ndarray | None, points: np.ndarray | None,
+                        point_labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """(B, 4) boxes and (N, 2) points, in the model frame -> (B, T, 2) coords and (B, T) labels.
 
     Every box gets the same points; with no box, one prompt of the points plus padding.
@@ -76,6 +80,8 @@ def build_prompt_arrays(boxes: np.ndarray | None, points: np.ndarray | None, poi
     parts_c, parts_l = [], []
     n_prompts = 1 if boxes is None else len(boxes)
     if points is not None and len(points):
+        if point_labels is None:
+            raise TypeError("points need their point_labels")
         parts_c.append(np.broadcast_to(points[None].astype(np.float32), (n_prompts, len(points), 2)))
         parts_l.append(np.broadcast_to(point_labels[None].astype(np.float32), (n_prompts, len(points))))
     if boxes is not None:

@@ -1,6 +1,11 @@
-"""Prompt validation: every box, point and mask input is checked against the image before the model sees it."""
+"""Prompt validation: every box, point and mask input is checked against the image before the model sees it.
+
+Prompts arrive as whatever a caller sent (JSON lists, arrays, junk), hence ``Any`` on the way in.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -9,13 +14,13 @@ from medsam_core.errors import PromptError
 LOW_RES = 256
 
 
-def _short(value, limit: int = 80) -> str:
+def _short(value: Any, limit: int = 80) -> str:
     """A prompt as echoed in a message: enough to recognise, never a megabyte of it."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def check_prompt_size(boxes, points, max_boxes: int, max_points: int) -> None:
+def check_prompt_size(boxes: Any, points: Any, max_boxes: int, max_points: int) -> None:
     """Refuse oversized prompts by counting rows, before any array is built or anything decoded.
 
     Work per request must be bounded: each box costs a decoder pass and a full-size mask.
@@ -33,7 +38,7 @@ def check_prompt_size(boxes, points, max_boxes: int, max_points: int) -> None:
                               "Split the prompt into several requests")
 
 
-def _rows(values, columns: int, what: str, form: str) -> np.ndarray | None:
+def _rows(values: Any, columns: int, what: str, form: str) -> np.ndarray | None:
     """Any nested sequence -> (N, columns) finite float64, or None for nothing given."""
     if values is None:
         return None
@@ -52,7 +57,7 @@ def _rows(values, columns: int, what: str, form: str) -> np.ndarray | None:
     return arr
 
 
-def validate_boxes(boxes, size: tuple[int, int]) -> np.ndarray | None:
+def validate_boxes(boxes: Any, size: tuple[int, int]) -> np.ndarray | None:
     """(B, 4) float32 boxes clipped to the image.
 
     Corners may come in either order (a drag from bottom-right to top-left is
@@ -83,7 +88,7 @@ def validate_boxes(boxes, size: tuple[int, int]) -> np.ndarray | None:
     return out.astype(np.float32)
 
 
-def validate_points(points, size: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
+def validate_points(points: Any, size: tuple[int, int]) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(N, 3) rows of x, y, label (1 include, 0 exclude) -> (N, 2) coords and (N,) labels."""
     arr = _rows(points, 3, "point", "(x, y, label)")
     if arr is None:
@@ -97,14 +102,14 @@ def validate_points(points, size: tuple[int, int]) -> tuple[np.ndarray | None, n
     return arr[:, :2].astype(np.float32), arr[:, 2].astype(np.float32)
 
 
-def validate_mask_input(mask_input, n_prompts: int) -> tuple[np.ndarray, np.ndarray]:
+def validate_mask_input(mask_input: Any, n_prompts: int) -> tuple[np.ndarray, np.ndarray]:
     """Previous low-res logits (from ``Prediction.low_res_logits``) -> (B, 1, 256, 256) and the has-mask flag."""
     if mask_input is None:
         return np.zeros((n_prompts, 1, LOW_RES, LOW_RES), np.float32), np.zeros(1, np.float32)
-    arr = np.asarray(mask_input, dtype=np.float32)
-    arr = arr.reshape((-1, 1, LOW_RES, LOW_RES)) if arr.size % (LOW_RES * LOW_RES) == 0 else None
+    flat = np.asarray(mask_input, dtype=np.float32)
+    arr = flat.reshape((-1, 1, LOW_RES, LOW_RES)) if flat.size % (LOW_RES * LOW_RES) == 0 else None
     if arr is None or arr.shape[0] not in (1, n_prompts):
-        raise PromptError(f"mask_input must be the 256x256 low-res logits of a previous prediction, one per prompt")
+        raise PromptError("mask_input must be the 256x256 low-res logits of a previous prediction, one per prompt")
     if not np.isfinite(arr).all():
         raise PromptError("mask_input holds non-finite values")
     arr = np.ascontiguousarray(np.broadcast_to(arr, (n_prompts, 1, LOW_RES, LOW_RES)))

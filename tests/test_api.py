@@ -243,7 +243,8 @@ def test_export_formats(api):
         else:
             (mask_name,) = [n for n in names if n.startswith("masks/lesion/")]
             data = zf.read(mask_name)
-            arr = np.load(io.BytesIO(data), allow_pickle=False) if fmt == "npy" else np.asarray(PILImage.open(io.BytesIO(data)))
+            arr = (np.load(io.BytesIO(data), allow_pickle=False) if fmt == "npy"
+                   else np.asarray(PILImage.open(io.BytesIO(data))))
             assert set(np.unique(arr)) == ({0, 1} if fmt == "npy" else {0, 255})
             assert [n for n in names if n.startswith("images/") and n.endswith(".png")]
     assert call(api, "GET", f"/projects/{pid}/export", params={"format": "tar"}).status_code == 422
@@ -283,8 +284,8 @@ def test_import_zip(api, sample_data):
 
 def test_prelabel_and_precompute_jobs(api):
     pid, images = api["state"]["polyp_pid"], api["state"]["polyp_images"]
-    assert call(api, "POST", f"/projects/{pid}/prelabel", json={"items": [{"image_id": images[0],
-                                                                          "boxes": [[-50, -50, -1, -1]]}]}).status_code == 400
+    hostile = {"items": [{"image_id": images[0], "boxes": [[-50, -50, -1, -1]]}]}
+    assert call(api, "POST", f"/projects/{pid}/prelabel", json=hostile).status_code == 400
     job = ok(call(api, "POST", f"/projects/{pid}/prelabel",
                   json={"items": [{"image_id": i, "boxes": [[20, 20, 200, 200]]} for i in images[:2]]}), 201)
     done = wait_job(api, f"/jobs/{job['id']}", 180)

@@ -24,7 +24,6 @@ from portal.store.blobs import (
     BlobStoreUnavailableError,
     open_blob_store,
 )
-
 from tests.conftest import IN_CI, WANT_S3  # noqa: F401  (S3 fixtures live in conftest)
 
 

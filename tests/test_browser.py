@@ -7,10 +7,8 @@ services before it starts; everything else happens by clicking.
 
 from __future__ import annotations
 
-import shutil
 import socket
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np

@@ -144,7 +144,8 @@ def test_depends_on_names_existing_services(services):
             if isinstance(deps, dict):
                 condition = deps[dep].get("condition", "service_started")
                 if condition == "service_healthy":
-                    assert "healthcheck" in services[dep], f"{name} waits for {dep} to be healthy; it has no healthcheck"
+                    assert "healthcheck" in services[dep], (
+                        f"{name} waits for {dep} to be healthy; it has no healthcheck")
 
 
 def test_depends_on_has_no_cycle(services):

@@ -270,7 +270,7 @@ def test_outside_ones_projects_looks_missing(api, world, kind):
     before = written(api["folder"])
     answers = [call(api, "GET", f"/{kind}/{n}", user="anna") for n in (theirs, 987654)]
     assert [a.status_code for a in answers] == [404, 404], [a.text for a in answers]
-    shapes = [message(a).replace(str(n), "N") for a, n in zip(answers, (theirs, 987654))]
+    shapes = [message(a).replace(str(n), "N") for a, n in zip(answers, (theirs, 987654), strict=True)]
     assert shapes[0] == shapes[1], shapes
     assert "secret-oncology-trial" not in answers[0].text
     assert written(api["folder"]) == before

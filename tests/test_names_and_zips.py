@@ -35,9 +35,9 @@ from portal.store.services import annotations as ann
 from portal.store.services import images, projects
 from portal.web.transfer import MAX_ZIP_ENTRIES, build_export, import_zip, scratch_dir
 from tests.conftest import require
-from tests.test_api import api, call, ok  # noqa: F401 - api: the real `medsam serve` fixture
 from tests.dbutil import temporary_database
 from tests.storeutil import new_user, png_file, square_mask, store_per_database
+from tests.test_api import api, call, ok  # noqa: F401 - api: the real `medsam serve` fixture
 
 PATIENT = "Doe_Johnathan_MRN-424242.dcm"
 SECRETS = ("Doe", "Johnathan", "424242")

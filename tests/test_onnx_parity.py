@@ -32,7 +32,7 @@ def test_onnx_masks_match_pytorch_on_shared_images(both, sample_data):
         rgb = read_image(image).display()
         ref = torch_p.decode(torch_p.encode(rgb), boxes=boxes)
         fast = onnx_p.decode(onnx_p.encode(rgb), boxes=boxes)
-        for r, f in zip(ref.masks, fast.masks):
+        for r, f in zip(ref.masks, fast.masks, strict=True):
             scores.append(dice(r, f))
         np.testing.assert_allclose(ref.iou, fast.iou, atol=2e-3)
     assert len(scores) == 14

@@ -129,7 +129,6 @@ def test_decoder_only_fine_tune_keeps_the_encoder_digest(lite_model):
 
 
 def test_embedding_from_another_model_is_refused(predictor, demo_embedding, lite_model):
-    import copy
     import dataclasses
 
     foreign = dataclasses.replace(demo_embedding, encoder_digest="0" * 64)

@@ -68,7 +68,7 @@ def test_two_saves_from_the_same_base_exactly_one_wins(setup, tmp_path):
     for attempt in range(3):
         base = attempt + 1
         results = run_together([
-            lambda s=side: ann.save_revision(store, admin, image.id, "organ", square_mask(side=s), base)
+            lambda s=side, b=base: ann.save_revision(store, admin, image.id, "organ", square_mask(side=s), b)
             for side in (11, 17)
         ])
         wins = [r for r in results if isinstance(r, AnnotationRevision)]

@@ -31,7 +31,7 @@ from workers.training_sink import JobSink
 def project_samples(store, project_id: int) -> list[Sample]:
     """Approved annotations as samples; one image's label classes share its group (and its side of the split)."""
     out = []
-    for image, label, blob in training_set(store, project_id):
+    for image, _label, blob in training_set(store, project_id):
         out.append(Sample(key=str(image.id), group=image.sha256,
                           load_rgb=lambda i=image: display_pixels(store, i),
                           load_labels=lambda b=blob: load_mask(store, b)))

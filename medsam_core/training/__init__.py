@@ -16,7 +16,9 @@ _WHERE = {
     "RunInfo": "run", "Sink": "run", "finetune": "run",
     "TrainConfig": "trainer", "TrainResult": "trainer", "Trainer": "trainer",
 }
-__all__ = sorted(_WHERE)
+__all__ = ["MODES", "Mode", "RunInfo", "Sample", "Sink", "TrainConfig", "TrainResult", "Trainer", "check_mode",
+           "finetune", "split_by_group"]
+assert sorted(__all__) == sorted(_WHERE)  # one list of names; a literal so linters and mypy see the exports
 
 if TYPE_CHECKING:
     from medsam_core.training.data import Sample, split_by_group

@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import torch
 
 
-def checkpoint_bytes(checkpoint: dict) -> bytes:
+def checkpoint_bytes(checkpoint: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     torch.save(checkpoint, buf)
     return buf.getvalue()
 
 
-def checkpoint_from_bytes(data: bytes) -> dict:
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+def checkpoint_from_bytes(data: bytes) -> dict[str, Any]:
+    checkpoint: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return checkpoint
 
 
-def best_checkpoint(result_state: dict, family: str, epoch: int, val_dice: float) -> dict:
+def best_checkpoint(result_state: dict[str, Any], family: str, epoch: int, val_dice: float) -> dict[str, Any]:
     """A complete model in the layout every loader here (and MedSAM's) accepts."""
     return {"model": result_state, "epoch": epoch, "val_dice": val_dice, "family": family}
 
 
-def curves_png(history: list[dict], baseline_val_dice: float, title: str = "") -> bytes:
+def curves_png(history: list[dict[str, Any]], baseline_val_dice: float, title: str = "") -> bytes:
     """Training loss and validation Dice per epoch, like the seed's train_loss.png (plus validation)."""
     import matplotlib
 

@@ -19,7 +19,6 @@ from medsam_core.preprocess import Preprocessor
 from medsam_core.prompts import LOW_RES
 
 
-
 @dataclass
 class Sample:
     key: str  # a name people recognise: file stem or image id

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import partial
 from pathlib import Path
+
+import numpy as np
 
 from medsam_core.evaluation import find_pairs, read_labels
 from medsam_core.imageio import DEFAULT_MAX_PIXELS, read_image
@@ -23,6 +26,10 @@ def _content_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _display(path: Path, max_pixels: int) -> np.ndarray:
+    return read_image(path, max_pixels=max_pixels).display()
+
+
 def folder_samples(data_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Sample]:
     samples = []
     for pair in find_pairs(data_dir):
@@ -30,7 +37,7 @@ def folder_samples(data_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -
         group = f"case:{match['case']}" if match else f"sha:{_content_hash(pair.image)}"
         samples.append(Sample(
             key=pair.stem, group=group,
-            load_rgb=lambda p=pair.image: read_image(p, max_pixels=max_pixels).display(),
-            load_labels=lambda p=pair.mask: read_labels(p),
+            load_rgb=partial(_display, pair.image, max_pixels),
+            load_labels=partial(read_labels, pair.mask),
         ))
     return samples

@@ -55,10 +55,11 @@ class FolderSink:
             self.on_epoch(record)
 
     def finished(self, result: TrainResult) -> None:
+        assert result.best_state is not None  # Trainer.fit always returns the best weights
         self._write_best(result.best_state, result.best_epoch, result.best_val_dice)
         self._write_curves(result.history, result.baseline_val_dice)
 
-    def _write_best(self, state: dict[str, Any] | None, epoch: int, val_dice: float) -> None:
+    def _write_best(self, state: dict[str, Any], epoch: int, val_dice: float) -> None:
         checkpoint = best_checkpoint(state, self.info.family, epoch, val_dice)
         atomic_write(self.out / BEST, checkpoint_bytes(checkpoint))
 

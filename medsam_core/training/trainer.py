@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,8 @@ from medsam_core.metrics import dice, normalized_surface_dice
 from medsam_core.models import LoadedModel
 from medsam_core.predictor import Predictor
 from medsam_core.prompt_decoder import BOX_CORNER_LABELS, PromptDecoder
-from medsam_core.training.data import LOW_RES, Prepared, Sample, jitter_box, prepare
+from medsam_core.prompts import LOW_RES
+from medsam_core.training.data import Prepared, Sample, jitter_box, prepare
 from medsam_core.training.losses import medsam_loss
 from medsam_core.training.modes import MODES, unknown_mode_message
 
@@ -58,19 +60,23 @@ class TrainResult:
     baseline_val_dice: float
     best_val_dice: float
     best_epoch: int  # 0: the starting weights were best
-    history: list[dict] = field(default_factory=list)
-    best_state: dict | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_state: dict[str, Any] | None = None
     train_images: int = 0
     val_images: int = 0
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """What both the CLI and a training job report at the end."""
         return {"baseline_val_dice": round(self.baseline_val_dice, 4), "best_val_dice": round(self.best_val_dice, 4),
                 "best_epoch": self.best_epoch, "train_images": self.train_images, "val_images": self.val_images}
 
 
-StepCallback = Callable[[dict], None]
-EpochCallback = Callable[[dict, dict], None]  # (epoch record, checkpoint dict)
+StepCallback = Callable[[dict[str, Any]], None]
+EpochCallback = Callable[[dict[str, Any], dict[str, Any]], None]  # (epoch record, checkpoint dict)
+
+
+def _constant(value: np.ndarray) -> Callable[[], np.ndarray]:
+    return lambda: value
 
 
 class Trainer:
@@ -106,6 +112,7 @@ class Trainer:
         return [p for p in prepared if p.targets]
 
     def _embedding(self, item: Prepared) -> torch.Tensor:
+        assert self.predictor is not None  # decoder mode alone reads embeddings, and __init__ demands one for it
         return torch.from_numpy(self.predictor.encode(item.sample.load_rgb()).features.astype(np.float32))
 
     # -- one batch ----------------------------------------------------------
@@ -114,10 +121,12 @@ class Trainer:
         coords = torch.from_numpy(boxes.reshape(-1, 2, 2)).to(self.device)
         labels = torch.tensor([BOX_CORNER_LABELS] * len(boxes), device=self.device)
         mask_in = torch.zeros(len(boxes), 1, LOW_RES, LOW_RES, device=self.device)
+        logits: torch.Tensor
         logits, _ = self.decoder(embeddings, coords, labels, mask_in, torch.zeros(1, device=self.device))
         return logits[:, :1]
 
-    def _batch_inputs(self, batch: list[Prepared], rng: np.random.Generator):
+    def _batch_inputs(self, batch: list[Prepared],
+                      rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
         targets = [item.targets[rng.integers(len(item.targets))] for item in batch]  # one object per image
         boxes = np.stack([jitter_box(t.box, self.shift, self.pre.input_size, rng) for t in targets])
         gts = torch.stack([t.low_res for t in targets]).to(self.device)
@@ -126,11 +135,11 @@ class Trainer:
                 embeddings = torch.stack([self._embedding(item) for item in batch]).to(self.device)
             return embeddings, boxes, gts
         images, flipped_gts, flipped_boxes = [], [], []
-        for item, target in zip(batch, targets):
+        for item, target in zip(batch, targets, strict=True):
             rgb, labels = item.sample.load_rgb(), np.asarray(item.sample.load_labels())
             if self.config.flips and rng.random() < 0.5:  # flip before preprocessing: padding stays right
                 rgb, labels = np.ascontiguousarray(rgb[:, ::-1]), np.ascontiguousarray(labels[:, ::-1])
-                redo = prepare(Sample(item.sample.key, item.sample.group, lambda r=rgb: r, lambda m=labels: m),
+                redo = prepare(Sample(item.sample.key, item.sample.group, _constant(rgb), _constant(labels)),
                                self.pre)
                 target = next(t for t in redo.targets if t.label == target.label)
             images.append(self.pre.to_tensor(rgb)[0])
@@ -142,7 +151,7 @@ class Trainer:
     # -- validation ---------------------------------------------------------
 
     @torch.no_grad()
-    def validate(self, val: list[Prepared]) -> dict:
+    def validate(self, val: list[Prepared]) -> dict[str, float]:
         self.module.eval()
         dices, nsds = [], []
         for item in val:
@@ -155,9 +164,9 @@ class Trainer:
                 logits = self._forward(emb, boxes)
             full = self.pre.logits_to_original(logits.float().cpu(), item.size)[:, 0] > 0
             labels = np.asarray(item.sample.load_labels())
-            dices.append(np.mean([dice(m.numpy(), labels == t.label) for m, t in zip(full, item.targets)]))
+            dices.append(np.mean([dice(m.numpy(), labels == t.label) for m, t in zip(full, item.targets, strict=True)]))
             nsds.append(np.mean([normalized_surface_dice(m.numpy(), labels == t.label, self.config.nsd_tolerance)
-                                 for m, t in zip(full, item.targets)]))
+                                 for m, t in zip(full, item.targets, strict=True)]))
         return {"val_dice": float(np.mean(dices)) if dices else float("nan"),
                 "val_nsd": float(np.mean(nsds)) if nsds else float("nan")}
 
@@ -172,14 +181,14 @@ class Trainer:
         if self.config.mode == "decoder":
             self.module.image_encoder.eval()
 
-    def _autocast(self):
+    def _autocast(self) -> torch.autocast:
         if self.amp_dtype is None:
             return torch.autocast("cpu", enabled=False)
         return torch.autocast("cuda", dtype=self.amp_dtype)
 
     # -- the loop -------------------------------------------------------------
 
-    def fit(self, train_samples: list[Sample], val_samples: list[Sample], *, resume: dict | None = None,
+    def fit(self, train_samples: list[Sample], val_samples: list[Sample], *, resume: dict[str, Any] | None = None,
             on_step: StepCallback | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
         cfg = self.config
         train, val = self._prepare(train_samples), self._prepare(val_samples)

@@ -6,15 +6,14 @@ CREATE TABLE; databases with ALTER (PostgreSQL) skip them there, and they are
 added below once every table exists.
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-27 04:52:13.603704
 
 """
 from typing import Sequence, Union
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 # revision identifiers, used by Alembic.
 revision: str = '0001'

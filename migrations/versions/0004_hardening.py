@@ -12,9 +12,8 @@ too. Downgrade keeps the new names and hashes: the old names are gone on purpose
 """
 from typing import Sequence, Union
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision: str = '0004'
 down_revision: Union[str, Sequence[str], None] = '0003'

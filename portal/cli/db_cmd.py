@@ -49,7 +49,8 @@ def status(args: argparse.Namespace) -> int:
     current, head = current_revision(engine), head_revision()
     engine.dispose()
     print(f"database: {settings.resolved_database_url.split('@')[-1]}")
-    print(f"schema:   {current or '(empty)'} (this version needs {head}{'' if current == head else '; run medsam db upgrade'})")
+    advice = "" if current == head else "; run medsam db upgrade"
+    print(f"schema:   {current or '(empty)'} (this version needs {head}{advice})")
     print(f"blobs:    {settings.resolved_storage_url}")
     return 0 if current == head else 1
 

@@ -19,6 +19,7 @@ import time
 
 from portal.store.settings import get_settings
 from workers.names import QUEUES as WORKER_QUEUES
+
 STOP_GRACE_S = 15
 
 

@@ -128,10 +128,10 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _as_utc(info: dict) -> datetime:
+def _as_utc(info: dict[str, Any]) -> datetime:
     """Local info carries an mtime float, s3fs a LastModified datetime; callers get one kind."""
     if "LastModified" in info:
-        value = info["LastModified"]
+        value: str | datetime = info["LastModified"]
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
         if value.tzinfo is None:
@@ -153,7 +153,7 @@ class _VerifyingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: Any) -> int:  # a writable buffer that takes slice assignment
         data = self._inner.read(len(buffer))
         n = len(data)
         if n:
@@ -210,7 +210,7 @@ class BlobStore:
             return self._put_local(stream, chunk_size)
         return self._put_s3(stream, chunk_size)
 
-    def put_file(self, path: str | os.PathLike) -> tuple[str, int]:
+    def put_file(self, path: str | os.PathLike[str]) -> tuple[str, int]:
         # Copied through put_stream rather than uploaded by path: the hash then
         # covers exactly the bytes stored, even if the source changes meanwhile.
         with open(path, "rb") as f:
@@ -260,7 +260,7 @@ class BlobStore:
     def get_bytes(self, digest: str) -> bytes:
         path = self.blob_path(digest)
         try:
-            data = self.fs.cat_file(path)
+            data: bytes = self.fs.cat_file(path)
         except FileNotFoundError:
             raise BlobNotFoundError(digest, self.url) from None
         actual = hashlib.sha256(data).hexdigest()
@@ -363,7 +363,7 @@ def open_blob_store(
     url: str,
     *,
     s3_endpoint_url: str | None = None,
-    s3_options: dict | None = None,
+    s3_options: dict[str, Any] | None = None,
 ) -> BlobStore:
     """Turn ``MEDSAM_STORAGE_URL`` into a store.
 

@@ -8,8 +8,10 @@ instead of failing half-way with "database is locked".
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.orm import sessionmaker
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.orm import Session, sessionmaker
 
 
 def make_engine(url: str, echo: bool = False) -> Engine:
@@ -22,7 +24,7 @@ def make_engine(url: str, echo: bool = False) -> Engine:
 
 def _tune_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record):
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy, not the driver, decide when transactions begin.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -34,9 +36,9 @@ def _tune_sqlite(engine: Engine) -> None:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def _on_begin(connection):
+    def _on_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker:
+def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)

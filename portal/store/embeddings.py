@@ -7,9 +7,10 @@ last-used times so the least recently used entries go when the budget is hit.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, CursorResult, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from medsam_core.cache import CacheKey
@@ -21,7 +22,7 @@ from portal.store.store import Store
 TOUCH_EVERY = timedelta(minutes=1)
 
 
-def _match(key: CacheKey):
+def _match(key: CacheKey) -> tuple[ColumnElement[bool], ColumnElement[bool], ColumnElement[bool]]:
     return (EmbeddingEntry.pixel_sha256 == key.pixel_sha256, EmbeddingEntry.family == key.family,
             EmbeddingEntry.encoder_digest == key.encoder_digest)
 
@@ -50,8 +51,8 @@ class BlobEmbeddingStore:
         blob = self.store.blobs.put_bytes(data)  # blob before row
         try:
             with self.store.transaction() as session:
-                updated = session.execute(update(EmbeddingEntry).where(*_match(key)).values(
-                    blob_sha=blob, size_bytes=len(data), last_used_at=utcnow())).rowcount
+                updated = cast("CursorResult[Any]", session.execute(update(EmbeddingEntry).where(*_match(key)).values(
+                    blob_sha=blob, size_bytes=len(data), last_used_at=utcnow()))).rowcount
                 if not updated:
                     session.add(EmbeddingEntry(pixel_sha256=key.pixel_sha256, family=key.family,
                                                encoder_digest=key.encoder_digest, blob_sha=blob,
@@ -64,6 +65,7 @@ class BlobEmbeddingStore:
         removed = 0
         with self.store.transaction() as session:
             total = session.scalar(select(func.coalesce(func.sum(EmbeddingEntry.size_bytes), 0)))
+            assert total is not None  # an aggregate without GROUP BY always gives one row, and coalesce no NULL
             if total <= self.budget_bytes:
                 return 0
             victims = []
@@ -83,7 +85,5 @@ class BlobEmbeddingStore:
         return removed
 
 
-def _aware(value):
-    from datetime import timezone
-
+def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -24,7 +24,9 @@ def alembic_config() -> Config:
 
 
 def head_revision() -> str:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, f"no schema revisions in {MIGRATIONS}"  # the package ships its migrations
+    return head
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 _ROOTS = ("tmp", "var", "home", "root", "usr", "opt", "srv", "mnt", "data", "work", "private", "run", "app", "etc")
 
 
-def _path_pattern() -> re.Pattern:
+def _path_pattern() -> re.Pattern[str]:
     roots = set(_ROOTS)
     for known in (tempfile.gettempdir(), sys.prefix, str(Path.home()), str(Path.cwd())):
         parts = Path(known).parts

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 class Store:
     settings: Settings
     engine: Engine
-    sessions: sessionmaker
+    sessions: sessionmaker[Session]
     blobs: BlobStore
 
     @contextmanager

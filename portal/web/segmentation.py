@@ -27,9 +27,9 @@ from medsam_core.outputs import label_map
 from medsam_core.prompts import check_prompt_size, validate_boxes, validate_points
 from portal.store.errors import NotFoundError
 from portal.store.models import Image, User
+from portal.store.runtime import ModelPool
 from portal.store.services.images import display_pixels, get_image
 from portal.store.services.masks import record_mask
-from portal.store.runtime import ModelPool
 from portal.store.services.model_versions import active_version, base_version, usable_version
 from portal.store.store import Store
 from portal.web import metrics

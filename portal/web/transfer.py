@@ -127,7 +127,7 @@ def _seed(store, rows, by_id, labels, size: int, folder: Path, zf: zipfile.ZipFi
         for path in sorted((out / sub).glob("*.npy")) if (out / sub).is_dir() else []:
             zf.write(path, f"{sub}/{path.name}")
     return [{"image_id": i, "filename": by_id[i].filename, "slice_index": by_id[i].slice_index,
-             "name": _name(by_id[i]), "label_ids": {l: k + 1 for k, l in enumerate(labels)},
+             "name": _name(by_id[i]), "label_ids": {lab: k + 1 for k, lab in enumerate(labels)},
              "written": (out / "gts" / f"{_name(by_id[i])}.npy").exists()} for i in maps]
 
 
@@ -286,7 +286,7 @@ def import_zip(store, user: User, pid: int, zip_path: Path, folder: Path, zip_na
     if errors:  # nothing was stored yet
         raise StoreError(f"nothing was imported; {len(errors)} problem(s): " + "; ".join(errors[:20]))
     report = {"images": 0, "annotations": 0, "skipped": []}
-    for stem, filename, path, targets in plan:
+    for _stem, filename, path, targets in plan:
         rows = images.add_image(store, user, pid, path, PurePosixPath(filename).name)
         report["images"] += 1
         for label, mask in targets:

@@ -8,11 +8,12 @@ up. The loser gets a ``ConflictError`` naming the newer revision and its author.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from portal.store.errors import ConflictError, NotFoundError, PermissionDeniedError, StoreError
 from portal.store.models import (
@@ -28,7 +29,7 @@ from portal.store.models import (
 )
 from portal.store.services.audit import record
 from portal.store.services.masks import check_mask_shape, mask_to_bytes
-from portal.store.services.projects import get_project, label_names
+from portal.store.services.projects import get_project, label_names, not_found
 from portal.store.services.users import require_role
 from portal.store.store import Store
 
@@ -40,7 +41,9 @@ def save_revision(store: Store, actor: User, image_id: int, label: str, mask: np
     """Append revision ``base_revision + 1``; 0 means "there was nothing yet"."""
     with store.transaction() as session:
         image = session.get(Image, image_id)
-        project = get_project(session, actor, image.project_id if image else None, what=f"image {image_id}")
+        if image is None:  # what get_project answers for it
+            raise not_found(f"image {image_id}")
+        project = get_project(session, actor, image.project_id, what=f"image {image_id}")
         if label not in label_names(project):
             raise StoreError(f"'{label}' is not a label class of project '{project.name}': "
                              f"{', '.join(label_names(project))}")
@@ -59,11 +62,11 @@ def save_revision(store: Store, actor: User, image_id: int, label: str, mask: np
                 session.add(annotation)
                 session.flush()
             status = AnnotationStatus.submitted if submit else AnnotationStatus.draft
-            won = session.execute(
+            won = cast("CursorResult[Any]", session.execute(
                 update(Annotation)
                 .where(Annotation.id == annotation.id, Annotation.current_revision == base_revision)
                 .values(current_revision=base_revision + 1, status=status, updated_at=utcnow())
-            ).rowcount
+            )).rowcount
             if won != 1:
                 raise _conflict(session, annotation.id, base_revision)
             revision = AnnotationRevision(
@@ -81,7 +84,7 @@ def save_revision(store: Store, actor: User, image_id: int, label: str, mask: np
             raise _conflict(session, annotation.id if annotation else None, base_revision) from None
 
 
-def _conflict(session, annotation_id: int | None, base_revision: int) -> ConflictError:
+def _conflict(session: Session, annotation_id: int | None, base_revision: int) -> ConflictError:
     latest = None
     if annotation_id is not None:
         latest = session.scalar(select(AnnotationRevision).where(AnnotationRevision.annotation_id == annotation_id)
@@ -97,14 +100,16 @@ def _conflict(session, annotation_id: int | None, base_revision: int) -> Conflic
         current_revision=latest.number, author=name)
 
 
-def _visible(session, actor: User, annotation_id: int) -> tuple[Annotation, Image, Project]:
+def _visible(session: Session, actor: User, annotation_id: int) -> tuple[Annotation, Image, Project]:
     annotation = session.get(Annotation, annotation_id)
     image = session.get(Image, annotation.image_id) if annotation else None
-    project = get_project(session, actor, image.project_id if image else None, what=f"annotation {annotation_id}")
+    if annotation is None or image is None:  # what get_project answers for them
+        raise not_found(f"annotation {annotation_id}")
+    project = get_project(session, actor, image.project_id, what=f"annotation {annotation_id}")
     return annotation, image, project
 
 
-def _check_not_own(session, actor: User, annotation: Annotation, project: Project) -> None:
+def _check_not_own(session: Session, actor: User, annotation: Annotation, project: Project) -> None:
     """Four eyes: whoever saved the revision under review may not approve it.
 
     The author is the one who saved the current revision, because that is the
@@ -122,8 +127,8 @@ def _check_not_own(session, actor: User, annotation: Annotation, project: Projec
             "self-review for a one-person project with its allow_self_review setting)")
 
 
-def _transition(store: Store, actor: User, annotation_id: int, to: AnnotationStatus, allowed_from: set,
-                comment: str | None = None) -> Annotation:
+def _transition(store: Store, actor: User, annotation_id: int, to: AnnotationStatus,
+                allowed_from: set[AnnotationStatus], comment: str | None = None) -> Annotation:
     with store.transaction() as session:
         annotation, image, project = _visible(session, actor, annotation_id)
         if annotation.status not in allowed_from or annotation.current_revision == 0:
@@ -133,10 +138,10 @@ def _transition(store: Store, actor: User, annotation_id: int, to: AnnotationSta
             _check_not_own(session, actor, annotation, project)
         # Conditional on what was checked: a save landing meanwhile (a new revision, perhaps the
         # reviewer's own) must not be approved in its place.
-        moved = session.execute(update(Annotation).where(
+        moved = cast("CursorResult[Any]", session.execute(update(Annotation).where(
             Annotation.id == annotation_id, Annotation.status == seen_status,
             Annotation.current_revision == seen_revision,
-        ).values(status=to, updated_at=utcnow()).execution_options(synchronize_session=False)).rowcount
+        ).values(status=to, updated_at=utcnow()).execution_options(synchronize_session=False))).rowcount
         if moved != 1:
             raise ConflictError(f"annotation {annotation_id} changed while you looked at it; reload it and decide "
                                 "again", current_revision=None, author=None)

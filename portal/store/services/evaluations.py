@@ -10,17 +10,19 @@ fine-tune would have chosen, so both kinds of score always mean the same images.
 
 from __future__ import annotations
 
+from functools import partial
+
 from sqlalchemy import select
 
 from medsam_core.training.data import Sample, split_by_group
 from portal.store.errors import StoreError
-from portal.store.models import Job, JobKind, JobState, Project, Role, User
+from portal.store.models import Job, JobKind, JobState, Role, User
 from portal.store.services import jobs
 from portal.store.services.annotations import training_set
 from portal.store.services.images import display_pixels
 from portal.store.services.masks import load_mask
 from portal.store.services.model_versions import usable_version
-from portal.store.services.projects import get_project
+from portal.store.services.projects import existing_project, get_project
 from portal.store.services.training import FinetuneParams, evaluation, freeze_validation_set
 from portal.store.services.users import require_role
 from portal.store.store import Store
@@ -33,8 +35,8 @@ def project_samples(store: Store, project_id: int) -> list[Sample]:
     out = []
     for image, _label, blob in training_set(store, project_id):
         out.append(Sample(key=str(image.id), group=image.sha256,
-                          load_rgb=lambda i=image: display_pixels(store, i),
-                          load_labels=lambda b=blob: load_mask(store, b)))
+                          load_rgb=partial(display_pixels, store, image),
+                          load_labels=partial(load_mask, store, blob)))
     return out
 
 
@@ -47,7 +49,7 @@ def validation_set(store: Store, project_id: int) -> list[int]:
     since the set is frozen for the project's lifetime.
     """
     with store.transaction() as session:
-        frozen = session.get(Project, project_id).validation_image_ids
+        frozen = existing_project(session, project_id).validation_image_ids
     if frozen:
         return list(frozen)
     rows = training_set(store, project_id)
@@ -91,7 +93,7 @@ def create_evaluation(store: Store, actor: User | None, project_id: int, version
 def validation_samples(store: Store, project_id: int) -> list[Sample]:
     """The frozen validation images as samples, for the evaluation task."""
     with store.transaction() as session:
-        frozen = set(session.get(Project, project_id).validation_image_ids or [])
+        frozen = set(existing_project(session, project_id).validation_image_ids or [])
     if not frozen:
         raise StoreError(f"project {project_id} has no frozen validation images; queue the evaluation again")
     return [s for s in project_samples(store, project_id) if int(s.key) in frozen]

@@ -10,17 +10,20 @@ import tempfile
 import unicodedata
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from medsam_core.imageio import read_image
 from portal.store.models import Image, Role, User
 from portal.store.services.audit import record
-from portal.store.services.projects import get_project
+from portal.store.services.projects import get_project, not_found
 from portal.store.services.users import require_role
 from portal.store.store import Store
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 
 def _file_sha256(path: Path) -> str:
@@ -51,7 +54,7 @@ def safe_filename(name: str | None, fallback: str = "upload") -> str:
     return (stem or fallback) + suffix
 
 
-def _field(ds, keyword: str) -> str:
+def _field(ds: Dataset, keyword: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "", str(ds.get(keyword) or ""))[:16]
 
 
@@ -74,11 +77,11 @@ def dicom_name(path: Path, content_sha: str) -> str:
     return "_".join(p for p in parts if p) + ".dcm"
 
 
-def _same_content(project_id: int, sha: str):
+def _same_content(project_id: int, sha: str) -> Select[Image]:
     return select(Image).where(Image.project_id == project_id, Image.sha256 == sha).order_by(Image.slice_index)
 
 
-def add_image(store: Store, actor: User, project_id: int, path: str | os.PathLike, filename: str | None = None,
+def add_image(store: Store, actor: User, project_id: int, path: str | os.PathLike[str], filename: str | None = None,
               window: str | None = None) -> list[Image]:
     """Store an upload and return its rows: one for a 2-D image, one per slice for a volume.
 
@@ -150,11 +153,13 @@ def _stored_copy(path: Path, source_format: str, keep_identifiers: bool) -> Path
 def get_image(store: Store, actor: User, image_id: int) -> Image:
     with store.transaction() as session:
         image = session.get(Image, image_id)
-        get_project(session, actor, image.project_id if image else None, what=f"image {image_id}")
+        if image is None:  # what get_project answers for it
+            raise not_found(f"image {image_id}")
+        get_project(session, actor, image.project_id, what=f"image {image_id}")
         return image
 
 
-def fetch_image_file(store: Store, image: Image, dest_dir: str | os.PathLike) -> Path:
+def fetch_image_file(store: Store, image: Image, dest_dir: str | os.PathLike[str]) -> Path:
     """Copy the stored file out (streamed, digest-verified) so the core reader can open it."""
     suffix = "".join(Path(image.filename).suffixes[-2:]) if image.filename.lower().endswith(".nii.gz") \
         else Path(image.filename).suffix
@@ -172,7 +177,9 @@ def delete_image(store: Store, actor: User, image_id: int) -> None:
     require_role(actor, Role.admin, Role.reviewer, doing="delete images")
     with store.transaction() as session:
         image = session.get(Image, image_id)
-        get_project(session, actor, image.project_id if image else None, what=f"image {image_id}")
+        if image is None:  # what get_project answers for it
+            raise not_found(f"image {image_id}")
+        get_project(session, actor, image.project_id, what=f"image {image_id}")
         siblings = list(session.scalars(select(Image).where(Image.project_id == image.project_id,
                                                             Image.sha256 == image.sha256)))
         record(session, actor, "image.delete", "image", image_id, image.project_id, filename=image.filename,

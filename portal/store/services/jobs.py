@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
+from sqlalchemy.orm import Session
 
 from portal.store.errors import PermissionDeniedError, StoreError
 from portal.store.models import Job, JobKind, JobState, Role, TrainingJob, User, utcnow
@@ -42,9 +43,14 @@ def _label(model: JobModel, job_id: int) -> str:
     return f"{model.__tablename__[:-1].replace('_', ' ')} {job_id}"
 
 
-def _visible(session, model: JobModel, job_id: int, actor: User | None):
+def _get(session: Session, model: JobModel, job_id: int) -> Job | TrainingJob | None:
+    # Typed for mypy only: ``Session.get`` of a union of classes would be typed as their common base.
+    return cast("Job | TrainingJob | None", session.get(model, job_id))
+
+
+def _visible(session: Session, model: JobModel, job_id: int, actor: User | None) -> Job | TrainingJob:
     """The job if ``actor`` may see it: members of its project, or whoever queued a job that has no project."""
-    job = session.get(model, job_id)
+    job = _get(session, model, job_id)
     if actor is None:
         if job is None:
             raise not_found(_label(model, job_id), trusted=True)
@@ -55,7 +61,7 @@ def _visible(session, model: JobModel, job_id: int, actor: User | None):
     return job
 
 
-def get_job(store: Store, model: JobModel, job_id: int, actor: User | None = None):
+def get_job(store: Store, model: JobModel, job_id: int, actor: User | None = None) -> Job | TrainingJob:
     """``actor`` None is a trusted caller (a worker, the reaper) that sees every job."""
     with store.transaction() as session:
         return _visible(session, model, job_id, actor)
@@ -75,7 +81,7 @@ class Claim:
 def claim(store: Store, model: JobModel, job_id: int, task_id: str | None) -> Claim:
     """Mark the job running for this delivery; a finished job is left alone (idempotent redelivery)."""
     with store.transaction() as session:
-        job = session.get(model, job_id)
+        job = _get(session, model, job_id)
         if job is None:
             return Claim(None, f"job {job_id} does not exist")
         if job.state in FINISHED:
@@ -105,7 +111,8 @@ def heartbeat(store: Store, model: JobModel, job_id: int, progress: dict[str, An
         raise JobCancelled(f"job {job_id} was cancelled")
 
 
-def _finish(session, job, state: JobState, error: str | None = None, result: dict | None = None) -> None:
+def _finish(session: Session, job: Job | TrainingJob, state: JobState, error: str | None = None,
+            result: dict[str, Any] | None = None) -> None:
     job.state = state
     job.finished_at = utcnow()
     job.error = error
@@ -115,9 +122,9 @@ def _finish(session, job, state: JobState, error: str | None = None, result: dic
 
 
 def finish(store: Store, model: JobModel, job_id: int, state: JobState, *, error: str | None = None,
-           result: dict | None = None) -> None:
+           result: dict[str, Any] | None = None) -> None:
     with store.transaction() as session:
-        job = session.get(model, job_id)
+        job = _get(session, model, job_id)
         if job is not None and job.state not in FINISHED:
             _finish(session, job, state, error, result)
 
@@ -156,10 +163,10 @@ def requeue_if_stale(store: Store, model: JobModel, job_id: int, stale_after: ti
     """Move a silent running job back to queued; only one reaper wins the conditional update."""
     cutoff = datetime.now(timezone.utc) - stale_after
     with store.transaction() as session:
-        won = session.execute(
+        won = cast("CursorResult[Any]", session.execute(
             update(model).where(model.id == job_id, model.state == JobState.running, model.heartbeat_at < cutoff)
             .values(state=JobState.queued, heartbeat_at=None)
-        ).rowcount
+        )).rowcount
         if won:
             record(session, None, "job.requeued", model.__tablename__, job_id, None, reason="stale heartbeat")
         return bool(won)

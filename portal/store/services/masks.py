@@ -37,7 +37,8 @@ def mask_to_bytes(mask: np.ndarray, *, labels: bool = False) -> bytes:
 
 def mask_from_bytes(data: bytes) -> np.ndarray:
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return npz["mask"]
+        mask: np.ndarray = npz["mask"]
+        return mask
 
 
 def load_mask(store: Store, blob_sha: str) -> np.ndarray:
@@ -59,10 +60,11 @@ def record_mask(store: Store, actor: User | None, image_id: int, mask: np.ndarra
         image = session.get(Image, image_id)
         if actor is not None:
             get_project(session, actor, image.project_id if image else None, what=f"image {image_id}")
-        elif image is None:
+        if image is None:  # only a trusted caller gets here with None: get_project refused it for an actor
             raise not_found(f"image {image_id}", trusted=True)
         check_mask_shape(image, mask)
-    blob = store.blobs.put_bytes(mask_to_bytes(mask, labels=label_map))  # blob first: a crash leaves an orphan, not a dangling row
+    # Blob first: a crash leaves an orphan, not a dangling row.
+    blob = store.blobs.put_bytes(mask_to_bytes(mask, labels=label_map))
     try:
         with store.transaction() as session:
             row = Mask(image_id=image_id, model_version_id=model_version_id, prompt=prompt,
@@ -81,7 +83,7 @@ def record_mask(store: Store, actor: User | None, image_id: int, mask: np.ndarra
         return existing
 
 
-def job_item_mask(store: Store, job_id: int, item_index: int) -> Mask | None:
+def job_item_mask(store: Store, job_id: int, item_index: int | None) -> Mask | None:
     with store.transaction() as session:
         return session.scalar(select(Mask).where(Mask.job_id == job_id, Mask.item_index == item_index))
 
@@ -93,6 +95,6 @@ def get_mask(store: Store, actor: User | None, mask_id: int) -> Mask:
         if actor is not None:
             image = session.get(Image, mask.image_id) if mask else None
             get_project(session, actor, image.project_id if image else None, what=f"mask {mask_id}")
-        elif mask is None:
+        if mask is None:  # only a trusted caller gets here with None: get_project refused it for an actor
             raise not_found(f"mask {mask_id}", trusted=True)
         return mask

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from portal.store.errors import NotFoundError, StoreError
 from portal.store.models import ModelActivation, ModelVersion, Project, Role, User
@@ -56,11 +58,14 @@ def active_version(store: Store, project_id: int) -> ModelVersion:
         if project is None:
             raise not_found(f"project {project_id}")
         if project.active_model_version_id is not None:
-            return session.get(ModelVersion, project.active_model_version_id)
+            active = session.get(ModelVersion, project.active_model_version_id)
+            if active is None:
+                raise not_found(f"model version {project.active_model_version_id}", trusted=True)
+            return active
     return base_version(store)
 
 
-def usable_version(session, actor: User | None, version_id: int, project_id: int) -> ModelVersion:
+def usable_version(session: Session, actor: User | None, version_id: int, project_id: int) -> ModelVersion:
     """A version that may run in ``project_id``: a base version or one of the project's own.
 
     Another project's version is "not found" to someone outside that project,
@@ -110,8 +115,8 @@ def list_versions(store: Store, actor: User, project_id: int) -> list[ModelVersi
             (ModelVersion.project_id == project_id) | ModelVersion.project_id.is_(None)).order_by(ModelVersion.id)))
 
 
-def register_checkpoint(store: Store, actor: User, project_id: int, family: str, path, name: str | None = None
-                        ) -> ModelVersion:
+def register_checkpoint(store: Store, actor: User, project_id: int, family: str, path: str | Path,
+                        name: str | None = None) -> ModelVersion:
     """Register a user's MedSAM/SAM checkpoint as a project version.
 
     It is loaded (weights only) into the named family before anything is

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,7 +17,7 @@ COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
 DEFAULT_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#0082c8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
 
 
-def _label_classes(classes: list) -> list[dict]:
+def _label_classes(classes: list[Any]) -> list[dict[str, Any]]:
     out, seen = [], set()
     for i, item in enumerate(classes or [{"name": "lesion"}]):
         entry = {"name": item} if isinstance(item, str) else dict(item)
@@ -36,7 +37,7 @@ def _label_classes(classes: list) -> list[dict]:
 SWITCHES = ("keep_original_names", "allow_self_review")
 
 
-def _switches(values: dict) -> dict[str, bool]:
+def _switches(values: dict[str, Any]) -> dict[str, bool]:
     unknown = sorted(set(values) - set(SWITCHES))
     if unknown:
         raise StoreError(f"unknown project setting(s) {', '.join(unknown)}; the settings are {', '.join(SWITCHES)}")
@@ -47,7 +48,7 @@ def _switches(values: dict) -> dict[str, bool]:
 
 
 def create_project(session: Session, actor: User, name: str, modality: str = "other",
-                   label_classes: list | None = None, **switches: bool) -> Project:
+                   label_classes: list[Any] | None = None, **switches: bool) -> Project:
     """``switches``: keep_original_names (DICOM upload names, off: they often name the patient) and
     allow_self_review (for single-person projects), both off unless asked for."""
     require_role(actor, Role.admin, doing="create projects")
@@ -133,6 +134,14 @@ def get_project(session: Session, user: User, project_id: int | None, *, what: s
     project = session.get(Project, project_id) if project_id is not None else None
     if project is None or not is_member(session, user, project_id):
         raise not_found(what or f"project {project_id}")
+    return project
+
+
+def existing_project(session: Session, project_id: int) -> Project:
+    """The project for a trusted caller that already holds its id (a checked request, a job row)."""
+    project = session.get(Project, project_id)
+    if project is None:
+        raise not_found(f"project {project_id}", trusted=True)
     return project
 
 

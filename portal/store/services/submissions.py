@@ -71,9 +71,9 @@ def _items(items: Any, settings: Settings) -> list[PrelabelItem]:
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = first["loc"]
-        item = f"item {loc[0] + 1}: " if loc and isinstance(loc[0], int) else ""
+        which = f"item {loc[0] + 1}: " if loc and isinstance(loc[0], int) else ""
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:]).lstrip(".") or "items"
-        raise StoreError(f"{item}{where}: {first['msg'][0].lower()}{first['msg'][1:]} "
+        raise StoreError(f"{which}{where}: {first['msg'][0].lower()}{first['msg'][1:]} "
                          f"(got {repr(first['input'])[:60]})") from None
     for n, item in enumerate(checked, start=1):
         try:

@@ -12,6 +12,7 @@ from medsam_core.training.data import Sample, split_by_group
 from medsam_core.training.modes import MODES, Mode, check_mode, unknown_mode_message
 from portal.store.errors import PermissionDeniedError, StoreError
 from portal.store.models import (
+    Image,
     ModelActivation,
     ModelEvaluation,
     Project,
@@ -22,7 +23,7 @@ from portal.store.models import (
 from portal.store.services.annotations import training_set
 from portal.store.services.audit import record
 from portal.store.services.model_versions import active_version, base_version, set_active, usable_version
-from portal.store.services.projects import get_project
+from portal.store.services.projects import existing_project, get_project
 from portal.store.services.users import require_role
 from portal.store.store import Store
 
@@ -110,10 +111,11 @@ def validate_request(store: Store, actor: User, project_id: int, params: dict[st
     return clean
 
 
-def _check_training_split(store: Store, project_id: int, rows, clean: dict[str, Any]) -> None:
+def _check_training_split(store: Store, project_id: int, rows: list[tuple[Image, str, str]],
+                          clean: dict[str, Any]) -> None:
     """The worker's own split, done now: a job that can only fail later must be refused at once."""
     with store.transaction() as session:
-        frozen = session.get(Project, project_id).validation_image_ids
+        frozen = existing_project(session, project_id).validation_image_ids
     samples = [Sample(key=str(image.id), group=image.sha256, load_rgb=None, load_labels=None)  # type: ignore[arg-type]
                for image, _, _ in rows]
     if frozen is None:
@@ -143,7 +145,7 @@ def freeze_validation_set(store: Store, project_id: int, image_ids: list[int]) -
         session.execute(update(Project).where(Project.id == project_id, Project.validation_image_ids.is_(None))
                         .values(validation_image_ids=sorted(image_ids)))
     with store.transaction() as session:
-        return list(session.get(Project, project_id).validation_image_ids or [])
+        return list(existing_project(session, project_id).validation_image_ids or [])
 
 
 def record_evaluation(store: Store, version_id: int, project_id: int, val_dice: float, val_nsd: float | None,

@@ -8,10 +8,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
+from typing import Any, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from portal.store.errors import DuplicateError, PermissionDeniedError, StoreError
@@ -72,7 +73,7 @@ def authenticate(session: Session, username: str, password: str, address: str | 
     user = session.scalar(select(User).where(User.username == username))
     usable = user is not None and user.is_active
     try:
-        ok = _hasher.verify(user.password_hash if usable else _dummy_hash(), password) and usable
+        ok = _hasher.verify(user.password_hash if user is not None and usable else _dummy_hash(), password) and usable
     except (VerificationError, InvalidHashError):
         ok = False
     record(session, user if ok else None, "login" if ok else "login.failed", "user",
@@ -121,9 +122,9 @@ def issue_token(session: Session, user: User, name: str = "api", ttl_days: int |
 
 def revoke_token(session: Session, user: User, token: str) -> bool:
     """Log out one API client: only the caller's own token, found by its digest."""
-    done = session.execute(update(ApiToken).where(
+    done = cast("CursorResult[Any]", session.execute(update(ApiToken).where(
         ApiToken.token_sha256 == token_digest(token), ApiToken.user_id == user.id, ApiToken.revoked.is_(False),
-    ).values(revoked=True)).rowcount
+    ).values(revoked=True))).rowcount
     if done:
         record(session, user, "token.revoke", "user", user.id, count=done)
     return bool(done)
@@ -140,8 +141,9 @@ def revoke_tokens(session: Session, username: str, actor: User | None = None) ->
 
 
 def _revoke_all(session: Session, user: User) -> int:
-    return session.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked.is_(False))
-                           .values(revoked=True)).rowcount
+    result = session.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked.is_(False))
+                             .values(revoked=True))
+    return cast("CursorResult[Any]", result).rowcount
 
 
 def user_for_token(session: Session, token: str) -> User | None:

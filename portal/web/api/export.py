@@ -16,7 +16,8 @@ from portal.store.models import User
 from portal.web.api import PREFIX, store_of
 from portal.web.api.uploads import received_file
 from portal.web.auth import current_user
-from portal.web.transfer import build_export, import_zip as import_zip_file, scratch_dir
+from portal.web.transfer import build_export, scratch_dir
+from portal.web.transfer import import_zip as import_zip_file
 
 router = APIRouter(prefix=PREFIX, tags=["export"])
 
