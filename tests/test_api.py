@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -37,17 +38,13 @@ def medsam(env: dict, *args: str, stdin: str | None = None) -> subprocess.Comple
                           env=env, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory, data_dir):
-    folder = tmp_path_factory.mktemp("api")
-    (data_dir / "onnx").mkdir(exist_ok=True)
-    (folder / "onnx").symlink_to(data_dir / "onnx", target_is_directory=True)  # export once per run
+@contextmanager
+def running_portal(folder: Path, users: dict[str, str], extra_env: dict[str, str]):
+    """`medsam serve` in ``folder`` with these accounts (made by the CLI a deployment uses, password from
+    stdin), logged in: {"client", "as": {name: auth headers}, "folder", "env"}; stopped, children and all."""
     port = free_port()
-    env = {**os.environ, "MEDSAM_DATA_DIR": str(folder), "MEDSAM_PORT": str(port),
-           "MEDSAM_MAX_UPLOAD_MB": str(LIMIT_MB), "MEDSAM_MIN_TRAINING_IMAGES": "2",
-           "MEDSAM_TRAINING_GPU": "false", "MEDSAM_METRICS_TOKEN": "scrape-secret",
-           "MEDSAM_LOGIN_ADDRESS_MAX_FAILURES": "5"}
-    for name, role in USERS.items():  # the CLI a deployment uses, password from stdin
+    env = {**os.environ, "MEDSAM_DATA_DIR": str(folder), "MEDSAM_PORT": str(port), **extra_env}
+    for name, role in users.items():
         done = medsam(env, "user", "add", name, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
         assert done.returncode == 0 and f"created user '{name}'" in done.stdout, done.stderr
     log = open(folder / "serve.log", "wb")
@@ -64,11 +61,11 @@ def api(tmp_path_factory, data_dir):
     try:
         wait_for(healthy, 300, "the web server")
         tokens = {}
-        for name in USERS:
+        for name in users:
             r = client.post("/api/v1/auth/token", data={"username": name, "password": PASSWORD})
             assert r.status_code == 200, r.text
             tokens[name] = {"Authorization": f"Bearer {r.json()['access_token']}"}
-        yield {"client": client, "as": tokens, "folder": folder, "env": env, "state": {}}
+        yield {"client": client, "as": tokens, "folder": folder, "env": env}
     finally:
         client.close()
         if serve.poll() is None:
@@ -79,6 +76,17 @@ def api(tmp_path_factory, data_dir):
                 os.killpg(serve.pid, signal.SIGKILL)
         for pid in processes_with(folder):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, data_dir):
+    folder = tmp_path_factory.mktemp("api")
+    (data_dir / "onnx").mkdir(exist_ok=True)
+    (folder / "onnx").symlink_to(data_dir / "onnx", target_is_directory=True)  # export once per run
+    with running_portal(folder, USERS, {
+            "MEDSAM_MAX_UPLOAD_MB": str(LIMIT_MB), "MEDSAM_MIN_TRAINING_IMAGES": "2", "MEDSAM_TRAINING_GPU": "false",
+            "MEDSAM_METRICS_TOKEN": "scrape-secret", "MEDSAM_LOGIN_ADDRESS_MAX_FAILURES": "5"}) as portal:
+        yield {**portal, "state": {}}
 
 
 def call(api, method: str, path: str, user: str | None = "boss", **kwargs) -> httpx.Response:

@@ -11,62 +11,24 @@ still refuses to promote blind.
 from __future__ import annotations
 
 import io
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 
 from tests.conftest import first_pairs
-from tests.test_api import PASSWORD, call, kvasir_zip, medsam, ok, wait_job
-from tests.test_serve import free_port, processes_with
-from tests.workerutil import wait_for
+from tests.test_api import call, kvasir_zip, ok, running_portal, wait_job
 
 USERS = {"boss": "admin", "rita": "reviewer"}
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, data_dir):
-    folder = tmp_path_factory.mktemp("evaluation")
-    port = free_port()
     # The torch backend: three versions of one encoder, and no ONNX export per decoder variant.
-    env = {**os.environ, "MEDSAM_DATA_DIR": str(folder), "MEDSAM_PORT": str(port), "MEDSAM_MIN_TRAINING_IMAGES": "2",
-           "MEDSAM_TRAINING_GPU": "false", "MEDSAM_INFERENCE_BACKEND": "torch"}
-    for name, role in USERS.items():
-        done = medsam(env, "user", "add", name, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
-        assert done.returncode == 0, done.stderr
-    log = open(folder / "serve.log", "wb")
-    serve = subprocess.Popen([sys.executable, "-m", "portal.cli", "serve"], env=env, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=180)
-
-    def healthy():
-        try:
-            return client.get("/healthz").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_for(healthy, 300, "the web server")
-        tokens = {}
-        for name in USERS:
-            r = client.post("/api/v1/auth/token", data={"username": name, "password": PASSWORD})
-            tokens[name] = {"Authorization": f"Bearer {ok(r)['access_token']}"}
-        yield {"client": client, "as": tokens, "folder": folder}
-    finally:
-        client.close()
-        if serve.poll() is None:
-            os.kill(serve.pid, signal.SIGTERM)
-            try:
-                serve.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(serve.pid, signal.SIGKILL)
-        for pid in processes_with(folder):
-            os.kill(pid, signal.SIGKILL)
+    with running_portal(tmp_path_factory.mktemp("evaluation"), USERS, {
+            "MEDSAM_MIN_TRAINING_IMAGES": "2", "MEDSAM_TRAINING_GPU": "false",
+            "MEDSAM_INFERENCE_BACKEND": "torch"}) as portal:
+        yield portal
 
 
 def checkpoint(worse: bool = False) -> bytes:
