@@ -26,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 from medsam_core.errors import InvalidImageError, MedsamError
-from medsam_core.imageio import MedicalImage, read_image
+from medsam_core.imageio import read_image
+from medsam_core.medical_image import MedicalImage
 from medsam_core.outputs import atomic_write
 
 if TYPE_CHECKING:

@@ -18,7 +18,8 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
 
 from medsam_core.errors import InvalidImageError, MedsamError
-from medsam_core.imageio import DEFAULT_MAX_PIXELS, SUPPORTED_SUFFIXES, MedicalImage, read_image
+from medsam_core.imageio import DEFAULT_MAX_PIXELS, SUPPORTED_SUFFIXES, read_image
+from medsam_core.medical_image import MedicalImage
 from medsam_core.windows import WINDOW_PRESETS, percentile_bounds, percentile_to_uint8, window_to_uint8
 
 

@@ -25,7 +25,7 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +33,16 @@ from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 import fsspec
+
+from portal.store.blob_integrity import (
+    DIGEST_RE,
+    BlobCorruptError,
+    BlobNotFoundError,
+    BlobStoreUnavailableError,
+    VerifyingReader,
+    check_digest,
+    copy_hashing,
+)
 
 __all__ = [
     "BlobCorruptError",
@@ -54,31 +64,8 @@ S3_UPLOAD_CONCURRENCY = 4
 # default 60 s connect timeout and its retries.
 S3_DEFAULT_CONFIG = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}}
 
-_DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _SHARD_RE = re.compile(r"[0-9a-f]{2}")
 ACCEPTED_URLS = "a plain folder path, file:///absolute/path, or s3://bucket[/prefix]"
-
-
-class BlobNotFoundError(LookupError):
-    """A lookup error rather than an OSError: callers treat it as 'no such key'."""
-
-    def __init__(self, digest: str, url: str = "") -> None:
-        where = f" in {url}" if url else ""
-        super().__init__(f"blob {digest} not found{where}")
-        self.digest = digest
-
-
-class BlobCorruptError(IOError):
-    """The bytes under a digest's name no longer hash to it: disk rot, or a hand edit."""
-
-    def __init__(self, digest: str, actual: str) -> None:
-        super().__init__(f"blob {digest} is corrupt: its stored bytes hash to {actual}")
-        self.digest = digest
-        self.actual = actual
-
-
-class BlobStoreUnavailableError(OSError):
-    """One error type for /readyz, whatever the backend raised underneath."""
 
 
 @dataclass(frozen=True)
@@ -86,32 +73,6 @@ class BlobInfo:
     digest: str
     size: int
     modified: datetime
-
-
-def _check_digest(digest: object) -> str:
-    """Digests become paths, so only exact lowercase SHA-256 hex may reach the filesystem."""
-    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
-        shown = repr(digest)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        raise ValueError(f"not a SHA-256 hex digest (64 lowercase hex characters): {shown}")
-    return digest
-
-
-def _copy_hashing(stream: BinaryIO, write: Callable[[bytes], Any], chunk_size: int) -> tuple[str, int]:
-    """Hash while copying so a stream is read exactly once and never held whole."""
-    if chunk_size <= 0:
-        raise ValueError("chunk_size must be positive")
-    hasher = hashlib.sha256()
-    size = 0
-    while True:
-        chunk = stream.read(chunk_size)
-        if not chunk:
-            break
-        hasher.update(chunk)
-        write(chunk)
-        size += len(chunk)
-    return hasher.hexdigest(), size
 
 
 def _fsync_dir(path: str) -> None:
@@ -140,40 +101,6 @@ def _as_utc(info: dict[str, Any]) -> datetime:
     return datetime.fromtimestamp(float(info["mtime"]), tz=timezone.utc)
 
 
-class _VerifyingReader(io.RawIOBase):
-    """Hashes what passes through so a streamed read still ends in a verdict at EOF."""
-
-    def __init__(self, inner: BinaryIO, digest: str) -> None:
-        super().__init__()
-        self._inner = inner
-        self._digest = digest
-        self._hasher = hashlib.sha256()
-        self._verified = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:  # a writable buffer that takes slice assignment
-        data = self._inner.read(len(buffer))
-        n = len(data)
-        if n:
-            buffer[:n] = data
-            self._hasher.update(data)
-        elif not self._verified:
-            self._verified = True
-            actual = self._hasher.hexdigest()
-            if actual != self._digest:
-                raise BlobCorruptError(self._digest, actual)
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                self._inner.close()
-            finally:
-                super().close()
-
-
 class BlobStore:
     """Blobs are named by their SHA-256 hex digest, so writes are idempotent and dedupe for free."""
 
@@ -189,7 +116,7 @@ class BlobStore:
 
     def blob_path(self, digest: str) -> str:
         """Exposed for gc and for tests that must reach the stored object directly."""
-        d = _check_digest(digest)
+        d = check_digest(digest)
         return f"{self._root}/{d[:2]}/{d[2:4]}/{d}"
 
     # -- writing -----------------------------------------------------------
@@ -221,7 +148,7 @@ class BlobStore:
         tmp = f"{self._tmp}/{uuid.uuid4().hex}.part"
         try:
             with self.fs.open(tmp, "wb") as out:
-                digest, size = _copy_hashing(stream, out.write, chunk_size)
+                digest, size = copy_hashing(stream, out.write, chunk_size)
                 out.flush()
                 os.fsync(out.fileno())
             final = self.blob_path(digest)
@@ -241,7 +168,7 @@ class BlobStore:
         fd, spool = tempfile.mkstemp(prefix="medsam-blob-", suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:
-                digest, size = _copy_hashing(stream, out.write, chunk_size)
+                digest, size = copy_hashing(stream, out.write, chunk_size)
             final = self.blob_path(digest)
             if not self.fs.exists(final):
                 part = max(S3_PART_SIZE, -(-size // S3_MAX_PARTS))
@@ -275,7 +202,7 @@ class BlobStore:
             inner = self.fs.open(path, "rb")
         except FileNotFoundError:
             raise BlobNotFoundError(digest, self.url) from None
-        return io.BufferedReader(_VerifyingReader(inner, digest), buffer_size=CHUNK_SIZE)
+        return io.BufferedReader(VerifyingReader(inner, digest), buffer_size=CHUNK_SIZE)
 
     def exists(self, digest: str) -> bool:
         return bool(self.fs.isfile(self.blob_path(digest)))
@@ -313,7 +240,7 @@ class BlobStore:
             found = self.fs.find(shard, detail=True)
             for path in sorted(found):
                 name = path.rsplit("/", 1)[-1]
-                if not _DIGEST_RE.fullmatch(name) or path != self.blob_path(name):
+                if not DIGEST_RE.fullmatch(name) or path != self.blob_path(name):
                     continue
                 info = found[path]
                 yield BlobInfo(digest=name, size=int(info["size"]), modified=_as_utc(info))

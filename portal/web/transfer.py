@@ -57,6 +57,11 @@ def scratch_dir(settings) -> Path:
     return folder
 
 
+def _stem(name: str) -> str:
+    """A file name without its suffix; images/x.png and masks/x.npy pair up by it."""
+    return re.sub(r"(\.nii\.gz|\.[A-Za-z0-9]+)$", "", name)
+
+
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("._") or "x"
 
@@ -64,7 +69,7 @@ def _safe(text: str) -> str:
 def _name(image) -> str:
     """Entry and file names in an export: the id makes them unique, the capped stem keeps them readable and
     short enough for any file system, whatever the upload was called."""
-    stem = _safe(re.sub(r"(\.nii\.gz|\.[A-Za-z0-9]+)$", "", image.filename))[:STEM_CHARS].rstrip("._-") or "x"
+    stem = _safe(_stem(image.filename))[:STEM_CHARS].rstrip("._-") or "x"
     return f"{image.id}_{stem}" + (f"_s{image.slice_index:03d}" if image.num_slices > 1 else "")
 
 
@@ -168,7 +173,7 @@ def _entries(zf: zipfile.ZipFile, limit_bytes: int) -> tuple[dict, dict]:
         parts = PurePosixPath(info.filename.replace("\\", "/")).parts
         if any(p.startswith(".") or p == "__MACOSX" for p in parts) or info.filename.endswith("manifest.json"):
             continue
-        stem = re.sub(r"(\.nii\.gz|\.[A-Za-z0-9]+)$", "", parts[-1])
+        stem = _stem(parts[-1])
         if len(parts) >= 2 and parts[-2] == "images":
             found_images[stem] = info
         elif len(parts) >= 2 and parts[-2] == "masks":
