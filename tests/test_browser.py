@@ -338,3 +338,32 @@ def test_admin_imports_a_zip_prelabels_and_downloads_an_export(portal, tmp_path)
     assert manifest["format"] == "npy" and any(n.startswith("masks/organ/") and "imp_a" in n for n in names)
     assert page.errors == []
     context.close()
+
+
+def test_api_docs_list_the_routes_without_internet(portal):
+    """Any request leaving this machine is refused, as on a hospital network: the docs must still render."""
+    from urllib.parse import urlparse
+
+    context = _context(portal)
+    left_the_machine: list[str] = []
+
+    def only_local(route):
+        if urlparse(route.request.url).hostname in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            left_the_machine.append(route.request.url)
+            route.abort()
+
+    context.route("**/*", only_local)
+    page = context.new_page()
+    try:
+        page.goto(portal["url"] + "/api/docs")
+        paths = page.locator(".opblock-summary-path")
+        expect(paths.first).to_be_visible(timeout=30_000)
+        shown = {p.get_attribute("data-path") or p.inner_text() for p in paths.all()}
+        assert {"/api/v1/projects", "/api/v1/images/{iid}/segment", "/api/v1/auth/token"} <= shown, shown
+        page.goto(portal["url"] + "/api/redoc")
+        expect(page.get_by_text("/api/v1/images/{iid}/segment").first).to_be_attached(timeout=30_000)
+        assert left_the_machine == []
+    finally:
+        context.close()

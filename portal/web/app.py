@@ -14,6 +14,7 @@ import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from portal.store.settings import Settings, get_settings
 from portal.store.store import open_store
@@ -47,8 +48,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         warmup.join(WARMUP_JOIN_S)
         store.close()
 
-    app = FastAPI(title="medsam-portal", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json",
-                  lifespan=lifespan)
+    # Swagger UI and ReDoc from the installed package, not a CDN: /api/docs works on a closed network.
+    app = FastAPIOffline(title="medsam-portal", version="0.1.0", docs_url="/api/docs", redoc_url="/api/redoc",
+                         static_url="/api/docs/assets", openapi_url="/api/openapi.json",
+                         swagger_ui_oauth2_redirect_url="/api/docs/oauth2-redirect", lifespan=lifespan)
     app.state.store = store
     app.state.settings = settings
     app.state.queue = queue

@@ -12,22 +12,18 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 API_PREFIX = "/api/"
-# Swagger UI and ReDoc load their scripts from jsdelivr; nothing else may come from elsewhere.
-DOCS_PATHS = ("/api/docs", "/api/redoc")
-DOCS_CDN = "https://cdn.jsdelivr.net"
 
 # Gradio 6 runs inline scripts (our shortcuts, its own bootstrap) and compiles the
 # js_on_load snippets of gr.HTML, hence 'unsafe-inline' and 'unsafe-eval'. What
 # the policy still buys: no scripts, styles, fonts or frames from other origins, no
 # framing by other sites (clickjacking), no plugins, and forms post only here.
-CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'{cdn}; "
-       "style-src 'self' 'unsafe-inline'{cdn}; img-src 'self' data: blob:{img}; font-src 'self' data:; "
+CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
+       "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
        "connect-src 'self' ws: wss:; media-src 'self' data: blob:; worker-src 'self' blob:; "
        "frame-ancestors 'self'; object-src 'none'; base-uri 'self'; form-action 'self'")
 _HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
             (b"x-frame-options", b"SAMEORIGIN"), (b"cross-origin-opener-policy", b"same-origin")]
-_CSP_APP = CSP.format(cdn="", img="").encode()
-_CSP_DOCS = CSP.format(cdn=" " + DOCS_CDN, img=" https://fastapi.tiangolo.com").encode()
+_CSP = CSP.encode()  # the API docs are served from here too (portal.web.docs), so one policy fits all
 
 
 class SecurityHeaders:
@@ -40,13 +36,12 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        csp = _CSP_DOCS if scope.get("path", "").startswith(DOCS_PATHS) else _CSP_APP
 
         async def send_with_headers(message):
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 present = {name.lower() for name, _ in headers}
-                headers += [(k, v) for k, v in _HEADERS + [(b"content-security-policy", csp)] if k not in present]
+                headers += [(k, v) for k, v in _HEADERS + [(b"content-security-policy", _CSP)] if k not in present]
                 message = {**message, "headers": headers}
             await send(message)
 
