@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, Field
 
@@ -32,7 +32,8 @@ class ImagePublic(BaseModel):
     annotations: dict[str, AnnotationState] = Field(default_factory=dict, description="by label class name")
 
     @classmethod
-    def of(cls, image: Any, states: dict[str, AnnotationState] | None = None, **extra: Any) -> Any:
+    def of(cls, image: Any, states: dict[str, AnnotationState] | None = None, **extra: Any) -> Self:
+        """From an ``Image`` row; the states come from one query for the whole project, not from the row."""
         fields = {k: getattr(image, k) for k in ImagePublic.model_fields if k != "annotations"}
         return cls(**fields, annotations=states or {}, **extra)
 
