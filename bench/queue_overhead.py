@@ -64,7 +64,7 @@ def run_broker(name: str, calls: int, redis_url: str) -> list[tuple[str, list[fl
     with store.transaction() as session:
         admin = users.create_user(session, "bench", "bench-password", Role.admin)
         project = projects.create_project(session, admin, "bench", "ct", ["organ"])
-    (image,) = images.add_image(store, admin, project.id, DEMO)
+        (image,) = images.add_image(session, store.blobs, store.settings, admin, project.id, DEMO)
     version = model_versions.base_version(store).id
     app = make_app(get_settings())
     log = open(folder / "worker.log", "wb")

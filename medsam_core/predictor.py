@@ -20,7 +20,7 @@ from medsam_core.cache import CacheKey, EmbeddingCache, pixel_sha256
 from medsam_core.errors import PromptError
 from medsam_core.models import LoadedModel
 from medsam_core.prompt_decoder import build_prompt_arrays
-from medsam_core.prompts import LOW_RES, validate_boxes, validate_mask_input, validate_points
+from medsam_core.prompts import LOW_RES, Prompts, validate_mask_input, validate_prompts
 
 DECODE_CHUNK_BOXES = 8
 
@@ -101,14 +101,20 @@ class Predictor:
         every box. ``multimask`` defaults to SAM's advice: on for a single point with
         no box (ambiguous), off otherwise.
         """
-        if embedding.family != self.family or embedding.encoder_digest != self.model.encoder_digest:
-            raise ValueError("this embedding was made by another model; encode the image with this predictor")
+        self._check_model(embedding)
+        return self.decode_prompts(embedding, validate_prompts(boxes, points, embedding.original_size),
+                                   mask_input=mask_input, multimask=multimask)
+
+    def decode_prompts(self, embedding: Embedding, prompts: Prompts, mask_input: Any = None,
+                       multimask: bool | None = None) -> Prediction:
+        """``decode`` for prompts a caller already checked (``validate_prompts``), so they are checked once."""
+        self._check_model(embedding)
+        if prompts.size != embedding.original_size:
+            raise PromptError(f"the prompts were checked against a {prompts.size[1]}x{prompts.size[0]} image, but "
+                              f"this embedding is of a {embedding.original_size[1]}x{embedding.original_size[0]} one")
         start = time.perf_counter()
         size = embedding.original_size
-        box_arr = validate_boxes(boxes, size)
-        pts, pt_labels = validate_points(points, size)
-        if box_arr is None and pts is None:
-            raise PromptError("give at least one box [x0, y0, x1, y1] or one point (x, y, label)")
+        box_arr, pts, pt_labels = prompts.boxes, prompts.points, prompts.point_labels
         n_prompts = 1 if box_arr is None else len(box_arr)
         masks_in, has_mask = validate_mask_input(mask_input, n_prompts)
         if multimask is None:
@@ -124,6 +130,10 @@ class Predictor:
                 features, chunk, pts, pt_labels, masks_in[lo:hi], has_mask, size, multimask)
         return Prediction(masks=masks, low_res_logits=low_res, iou=iou,
                           decode_ms=(time.perf_counter() - start) * 1000, boxes=box_arr)
+
+    def _check_model(self, embedding: Embedding) -> None:
+        if embedding.family != self.family or embedding.encoder_digest != self.model.encoder_digest:
+            raise ValueError("this embedding was made by another model; encode the image with this predictor")
 
     def _decode_rows(self, features: np.ndarray, boxes: np.ndarray | None, pts: np.ndarray | None,
                      pt_labels: np.ndarray | None, masks_in: np.ndarray, has_mask: np.ndarray, size: tuple[int, int],

@@ -5,6 +5,7 @@ Prompts arrive as whatever a caller sent (JSON lists, arrays, junk), hence ``Any
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,29 @@ def validate_points(points: Any, size: tuple[int, int]) -> tuple[np.ndarray | No
         if not (0 <= x <= width and 0 <= y <= height):
             raise PromptError(f"point {i + 1} ({x:g}, {y:g}) lies outside the {width}x{height} image")
     return arr[:, :2].astype(np.float32), arr[:, 2].astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Boxes and points checked against one image size: what ``Predictor.decode_prompts`` takes.
+
+    Checking once at the boundary (the web request, or ``Predictor.decode``)
+    and handing this on means a prompt is never validated twice per request.
+    """
+
+    size: tuple[int, int]  # (height, width) the coordinates were checked and clipped against
+    boxes: np.ndarray | None  # (B, 4) float32, clipped
+    points: np.ndarray | None  # (N, 2) float32
+    point_labels: np.ndarray | None  # (N,) float32, 1 include / 0 exclude
+
+
+def validate_prompts(boxes: Any, points: Any, size: tuple[int, int]) -> Prompts:
+    """At least one box or point, each inside an image of ``size``; raises ``PromptError`` otherwise."""
+    box_arr = validate_boxes(boxes, size)
+    pts, labels = validate_points(points, size)
+    if box_arr is None and pts is None:
+        raise PromptError("give at least one box [x0, y0, x1, y1] or one point [x, y, label]")
+    return Prompts(size=(int(size[0]), int(size[1])), boxes=box_arr, points=pts, point_labels=labels)
 
 
 def validate_mask_input(mask_input: Any, n_prompts: int) -> tuple[np.ndarray, np.ndarray]:

@@ -46,3 +46,9 @@ def square_mask(shape=(48, 64), x0=10, y0=10, side=20):
     m = np.zeros(shape, np.uint8)
     m[y0:y0 + side, x0:x0 + side] = 1
     return m
+
+
+def in_tx(store: Store, service, *args, **kwargs):
+    """A Session-first service in a transaction of its own, as one request or one task runs it."""
+    with store.transaction() as session:
+        return service(session, *args, **kwargs)

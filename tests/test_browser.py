@@ -69,6 +69,7 @@ def portal(tmp_path_factory, data_dir):
     from portal.store.services import annotations, images, projects, users
     from portal.store.settings import Settings
     from portal.store.store import open_store
+    from tests.storeutil import in_tx
 
     folder = tmp_path_factory.mktemp("browser")
     (data_dir / "onnx").mkdir(exist_ok=True)
@@ -85,12 +86,12 @@ def portal(tmp_path_factory, data_dir):
         train = projects.create_project(session, admin, "Blobs", "other", [LABEL], allow_self_review=True)
         for name in ("anna", "bob", "rita"):
             projects.add_member(session, admin, work.id, ids[name])
-    (demo_row,) = images.add_image(store, admin, work.id, DEMO_IMAGE)
+    (demo_row,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, work.id, DEMO_IMAGE)
     labelled = _synthetic(folder, 6)
     for path, mask in labelled:
-        (row,) = images.add_image(store, admin, train.id, path)
-        rev = annotations.save_revision(store, admin, row.id, LABEL, mask, 0, submit=True)
-        annotations.approve(store, admin, rev.annotation_id)
+        (row,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, train.id, path)
+        rev = in_tx(store, annotations.save_revision, store.blobs, admin, row.id, LABEL, mask, 0, submit=True)
+        in_tx(store, annotations.approve, admin, rev.annotation_id)
     store.close()
 
     server = Server(folder, _free_port(), env).start()
@@ -188,7 +189,7 @@ def test_annotate_brush_save_submit_then_reviewer_approves(portal):
             latest = None if ann is None else session.query(AnnotationRevision).filter_by(
                 annotation_id=ann.id, number=ann.current_revision).one_or_none()
             if latest is not None and ann.status == AnnotationStatus.draft \
-                    and load_mask(store, latest.blob_sha)[60:140, 300:400].any():
+                    and load_mask(store.blobs, latest.blob_sha)[60:140, 300:400].any():
                 draft = latest.number
     assert draft is not None, "no automatic draft with the brush stroke"
     page.locator("#ann-status").get_by_text("Draft saved automatically").wait_for(timeout=30_000)
@@ -207,7 +208,7 @@ def test_annotate_brush_save_submit_then_reviewer_approves(portal):
             AnnotationRevision.number).all()
         assert ann.status == AnnotationStatus.submitted
         assert [r.number for r in revs] == list(range(1, draft + 3))
-        mask = load_mask(store, revs[-1].blob_sha)
+        mask = load_mask(store.blobs, revs[-1].blob_sha)
         assert revs[0].base_mask_id is not None and revs[0].prompt["boxes"]
     ys, xs = np.nonzero(mask[:200, 250:])  # the stroke, far from the proposed mask
     assert len(ys), "the brush stroke is in the saved mask"

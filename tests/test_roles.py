@@ -26,7 +26,7 @@ from portal.store.services import annotations as ann
 from portal.store.services import images, jobs, model_versions, projects, training
 from portal.store.services.masks import get_mask, record_mask
 from tests.conftest import DEMO_BOX, DEMO_IMAGE
-from tests.storeutil import new_user, png_file, square_mask, store_per_database
+from tests.storeutil import in_tx, new_user, png_file, square_mask, store_per_database
 from tests.test_api import api, call, ok  # noqa: F401 - the real server fixture, one for this module
 from workers.queue import JobQueue
 
@@ -52,7 +52,8 @@ def world(store, tmp_path):
         for user in (reviewer, annotator):
             projects.add_member(session, admin, a.id, user)
         projects.add_member(session, admin, b.id, outsider)
-    (image,) = images.add_image(store, admin, a.id, png_file(tmp_path, uuid.uuid4().int % 10_000))
+    (image,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, a.id,
+                     png_file(tmp_path, uuid.uuid4().int % 10_000))
     return {"admin": admin, "reviewer": reviewer, "annotator": annotator, "outsider": outsider, "a": a, "b": b,
             "image": image, "item": {"image_id": image.id, "boxes": [[5, 5, 30, 30]]}}
 
@@ -126,23 +127,23 @@ def test_wrong_types_from_any_caller_are_messages_not_crashes(store, world):
 def test_nobody_approves_a_revision_they_saved(store, world):
     w = world
     iid, reviewer, annotator, admin = w["image"].id, w["reviewer"], w["annotator"], w["admin"]
-    own = ann.save_revision(store, reviewer, iid, "liver", square_mask(), 0, submit=True)
+    own = in_tx(store, ann.save_revision, store.blobs, reviewer, iid, "liver", square_mask(), 0, submit=True)
     with pytest.raises(PermissionDeniedError, match="someone else must approve it: ask another reviewer"):
-        ann.approve(store, reviewer, own.annotation_id)
+        in_tx(store, ann.approve, reviewer, own.annotation_id)
     with store.transaction() as session:
         assert session.scalar(select(func.count()).select_from(Review)
                               .where(Review.annotation_id == own.annotation_id)) == 0
     # Rejecting one's own work only sends it back, so it is allowed.
-    assert ann.reject(store, reviewer, own.annotation_id, "redo the rim").status == AnnotationStatus.rejected
+    assert in_tx(store, ann.reject, reviewer, own.annotation_id, "redo the rim").status == AnnotationStatus.rejected
     # Someone else's newer revision of an annotation the reviewer started is theirs to approve.
-    ann.save_revision(store, annotator, iid, "liver", square_mask(side=22), 1, submit=True)
-    assert ann.approve(store, reviewer, own.annotation_id).status == AnnotationStatus.approved
-    mine = ann.save_revision(store, admin, iid, "liver", square_mask(side=24), 2, submit=True)
+    in_tx(store, ann.save_revision, store.blobs, annotator, iid, "liver", square_mask(side=22), 1, submit=True)
+    assert in_tx(store, ann.approve, reviewer, own.annotation_id).status == AnnotationStatus.approved
+    mine = in_tx(store, ann.save_revision, store.blobs, admin, iid, "liver", square_mask(side=24), 2, submit=True)
     with pytest.raises(PermissionDeniedError, match="allow_self_review"):
-        ann.approve(store, admin, mine.annotation_id)  # admins too
+        in_tx(store, ann.approve, admin, mine.annotation_id)  # admins too
     with store.transaction() as session:
         projects.update_project(session, admin, w["a"].id, allow_self_review=True)
-    assert ann.approve(store, admin, mine.annotation_id).status == AnnotationStatus.approved
+    assert in_tx(store, ann.approve, admin, mine.annotation_id).status == AnnotationStatus.approved
 
 
 def same_words(first: Exception, second: Exception, first_id: int, second_id: int) -> bool:
@@ -168,7 +169,8 @@ def test_only_admins_learn_whether_an_account_exists(store, world):
 def test_approval_is_refused_when_the_annotation_moved_on(store, world, monkeypatch):
     """The transition is conditional on the revision that was checked, not on whatever is current."""
     w = world
-    rev = ann.save_revision(store, w["annotator"], w["image"].id, "liver", square_mask(), 0, submit=True)
+    rev = in_tx(store, ann.save_revision, store.blobs, w["annotator"], w["image"].id, "liver", square_mask(), 0,
+                submit=True)
     real_check = ann._check_not_own
 
     def a_save_lands_meanwhile(session, actor, annotation, project):
@@ -177,7 +179,7 @@ def test_approval_is_refused_when_the_annotation_moved_on(store, world, monkeypa
 
     monkeypatch.setattr(ann, "_check_not_own", a_save_lands_meanwhile)
     with pytest.raises(StoreError, match="changed while you looked at it"):
-        ann.approve(store, w["reviewer"], rev.annotation_id)
+        in_tx(store, ann.approve, w["reviewer"], rev.annotation_id)
     monkeypatch.undo()
     with store.transaction() as session:
         assert session.get(ann.Annotation, rev.annotation_id).status == AnnotationStatus.submitted
@@ -187,8 +189,9 @@ def test_outside_ones_projects_everything_is_not_found_in_the_same_words(store, 
     w = world
     outsider, pid, iid = w["outsider"], w["a"].id, w["image"].id
     base = model_versions.base_version(store)
-    mask = record_mask(store, w["annotator"], iid, square_mask(), base.id, {"boxes": [[10, 10, 30, 30]]})
-    rev = ann.save_revision(store, w["annotator"], iid, "liver", square_mask(), 0)
+    mask = in_tx(store, record_mask, store.blobs, w["annotator"], iid, square_mask(), base.id,
+                 {"boxes": [[10, 10, 30, 30]]})
+    rev = in_tx(store, ann.save_revision, store.blobs, w["annotator"], iid, "liver", square_mask(), 0)
     job = jobs.create_job(store, JobKind.precompute_embeddings, {}, project_id=pid, actor=w["admin"])
     finetune = training_row(store, pid, w["admin"].id)
     version = model_versions.register_version(store, name="a-only", family="lite", encoder_digest=base.encoder_digest,
@@ -200,11 +203,11 @@ def test_outside_ones_projects_everything_is_not_found_in_the_same_words(store, 
 
     lookups = {
         "project": (project, pid),
-        "image": (lambda i: images.get_image(store, outsider, i), iid),
-        "image delete": (lambda i: images.delete_image(store, outsider, i), iid),
-        "mask": (lambda i: get_mask(store, outsider, i), mask.id),
-        "annotation": (lambda i: ann.revisions(store, outsider, i), rev.annotation_id),
-        "annotation approve": (lambda i: ann.approve(store, outsider, i), rev.annotation_id),
+        "image": (lambda i: in_tx(store, images.get_image, outsider, i), iid),
+        "image delete": (lambda i: in_tx(store, images.delete_image, outsider, i), iid),
+        "mask": (lambda i: in_tx(store, get_mask, outsider, i), mask.id),
+        "annotation": (lambda i: in_tx(store, ann.revisions, outsider, i), rev.annotation_id),
+        "annotation approve": (lambda i: in_tx(store, ann.approve, outsider, i), rev.annotation_id),
         "job": (lambda i: jobs.get_job(store, Job, i, outsider), job.id),
         "training job": (lambda i: jobs.get_job(store, TrainingJob, i, outsider), finetune.id),
         "model version": (lambda i: training.create_job(store, outsider, w["b"].id, {"parent_version_id": i}),
@@ -219,7 +222,7 @@ def test_outside_ones_projects_everything_is_not_found_in_the_same_words(store, 
         assert "not found (or you are not a member" in str(real.value), name
         assert w["a"].name not in str(real.value) and f"project {pid}" not in str(real.value).replace(
             f"project {pid} not found", ""), (name, str(real.value))
-    assert images.get_image(store, w["annotator"], iid).id == iid  # members still see it
+    assert in_tx(store, images.get_image, w["annotator"], iid).id == iid  # members still see it
 
 
 # ------------------------------------------------------------------ through the real server

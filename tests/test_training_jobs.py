@@ -16,7 +16,7 @@ from portal.store.services import images, jobs, model_versions, projects, traini
 from portal.store.settings import Settings
 from portal.store.store import open_store
 from tests.conftest import first_pairs
-from tests.storeutil import new_user
+from tests.storeutil import in_tx, new_user
 from tests.workerutil import WORKER_ENV, WorkerProcess, wait_for
 from workers.app import make_app
 from workers.queue import JobQueue
@@ -48,10 +48,10 @@ def labelled_project(env, sample_data, start: int, n: int = 16):
         project = projects.create_project(session, admin, f"t-{uuid.uuid4().hex[:6]}", "endoscopy", ["polyp"])
         projects.add_member(session, admin, project.id, reviewer)
     for image_path, mask_path in first_pairs(sample_data, "kvasir", start + n)[start:]:
-        (row,) = images.add_image(store, admin, project.id, image_path)
+        (row,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id, image_path)
         mask = (np.asarray(PILImage.open(mask_path)) > 127).astype(np.uint8)
-        rev = ann.save_revision(store, admin, row.id, "polyp", mask, 0, submit=True)
-        ann.approve(store, reviewer, rev.annotation_id)
+        rev = in_tx(store, ann.save_revision, store.blobs, admin, row.id, "polyp", mask, 0, submit=True)
+        in_tx(store, ann.approve, reviewer, rev.annotation_id)
     return admin, project
 
 

@@ -14,7 +14,7 @@ from portal.store.services import images, jobs, model_versions, projects
 from portal.store.settings import Settings
 from portal.store.store import open_store
 from tests.conftest import first_pairs, require, tight_box
-from tests.storeutil import new_user
+from tests.storeutil import in_tx, new_user
 from tests.workerutil import WORKER_ENV, WorkerProcess, wait_for
 from workers.app import make_app
 from workers.names import TASK_ENCODE, TASK_NOOP
@@ -77,7 +77,8 @@ def add_kvasir(env, project, sample_data, start: int, n: int) -> list[dict]:
 
     items = []
     for image_path, mask_path in first_pairs(sample_data, "kvasir", start + n)[start:]:
-        (row,) = images.add_image(env["store"], project["admin"], project["project"].id, image_path)
+        (row,) = in_tx(env["store"], images.add_image, env["store"].blobs, env["store"].settings, project["admin"],
+                       project["project"].id, image_path)
         box = tight_box(read_image(mask_path).display()[..., 0] > 127)
         items.append({"image_id": row.id, "boxes": [box]})
     return items
@@ -178,7 +179,7 @@ def test_missing_image_or_model_fails_clearly_and_worker_keeps_serving(env, proj
     store, app = env["store"], env["app"]
     (item,) = add_kvasir(env, project, sample_data, 40, 1)
     job = env["queue"].submit_segment_batch(store, None, project["project"].id, project["base"].id, [item])
-    images.delete_image(store, project["admin"], item["image_id"])  # gone before the worker got to it
+    in_tx(store, images.delete_image, project["admin"], item["image_id"])  # gone before the worker got to it
     done = wait_for(lambda: finished(env, job.id), 120, "the job to fail")
     assert done.state == JobState.failed and f"image {item['image_id']} does not exist" in done.error
     ghost = jobs.create_job(store, JobKind.precompute_embeddings, {"model_version_id": 987654},

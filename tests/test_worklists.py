@@ -16,7 +16,7 @@ from portal.store.models import JobKind, Role
 from portal.store.services import annotations as ann
 from portal.store.services import images, jobs, model_versions, projects, training, worklists
 from portal.store.services.masks import record_mask
-from tests.storeutil import new_user, png_file, square_mask, store_per_database
+from tests.storeutil import in_tx, new_user, png_file, square_mask, store_per_database
 
 MISSING = 987_654
 
@@ -38,7 +38,8 @@ def world(store, tmp_path):
         for user in (annotator, reviewer):
             projects.add_member(session, admin, a.id, user)
         projects.add_member(session, admin, b.id, outsider)
-    first, second = (images.add_image(store, admin, a.id, png_file(tmp_path, uuid.uuid4().int % 10_000))[0]
+    first, second = (in_tx(store, images.add_image, store.blobs, store.settings, admin, a.id,
+                           png_file(tmp_path, uuid.uuid4().int % 10_000))[0]
                      for _ in range(2))
     return {"admin": admin, "annotator": annotator, "reviewer": reviewer, "outsider": outsider, "a": a, "b": b,
             "first": first, "second": second}
@@ -51,7 +52,8 @@ def read(store, fn, *args):
 
 def test_outside_ones_projects_every_listing_is_not_found_like_a_missing_id(store, world):
     w, outsider = world, world["outsider"]
-    rev = ann.save_revision(store, w["annotator"], w["first"].id, "liver", square_mask(), 0, submit=True)
+    rev = in_tx(store, ann.save_revision, store.blobs, w["annotator"], w["first"].id, "liver", square_mask(), 0,
+                submit=True)
     pid, iid, aid = w["a"].id, w["first"].id, rev.annotation_id
     lookups = {
         "labels": (lambda i: read(store, worklists.project_labels, outsider, i), pid),
@@ -81,7 +83,7 @@ def test_outside_ones_projects_every_listing_is_not_found_like_a_missing_id(stor
 def test_members_get_the_queue_history_and_review_rows(store, world):
     w, annotator = world, world["annotator"]
     first, second = w["first"].id, w["second"].id
-    draft = ann.save_revision(store, annotator, first, "liver", square_mask(), 0)
+    draft = in_tx(store, ann.save_revision, store.blobs, annotator, first, "liver", square_mask(), 0)
     queue = read(store, worklists.image_queue, annotator, w["a"].id, "liver", "unlabelled")
     assert [(r["image_id"], r["status"]) for r in queue] == [(second, "unlabelled"), (first, "draft")]
     assert read(store, worklists.unannotated_images, annotator, w["a"].id)[0].id == second
@@ -90,7 +92,8 @@ def test_members_get_the_queue_history_and_review_rows(store, world):
     assert (found.id, latest.number) == (draft.annotation_id, 1)
     assert read(store, worklists.current_annotation, annotator, first, "lesion") == (None, None)
 
-    submitted = ann.save_revision(store, annotator, first, "liver", square_mask(x0=5), 1, submit=True)
+    submitted = in_tx(store, ann.save_revision, store.blobs, annotator, first, "liver", square_mask(x0=5), 1,
+                      submit=True)
     history = read(store, worklists.revision_history, w["reviewer"], draft.annotation_id)
     assert [(r.number, r.author) for r in history] == [(2, annotator.username), (1, annotator.username)]
     rows = read(store, worklists.submitted, w["reviewer"], w["a"].id)
@@ -107,7 +110,8 @@ def test_prelabel_proposals_and_the_admin_only_user_lookup(store, world):
     base = model_versions.base_version(store)
     assert read(store, worklists.prelabel_mask, w["annotator"], w["second"].id) is None
     job = jobs.create_job(store, JobKind.segment_batch, {}, project_id=w["a"].id, actor=w["admin"])
-    mask = record_mask(store, None, w["second"].id, square_mask(), base.id, {"boxes": [[1, 1, 20, 20]]},
+    mask = in_tx(store, record_mask, store.blobs, None, w["second"].id, square_mask(), base.id,
+                 {"boxes": [[1, 1, 20, 20]]},
                        job_id=job.id, item_index=0)
     assert read(store, worklists.prelabel_mask, w["annotator"], w["second"].id).id == mask.id
     assert read(store, worklists.find_user, w["admin"], w["annotator"].username).id == w["annotator"].id

@@ -42,7 +42,7 @@ def noop(value=None):
 def encode_image(image_id: int, model_version_id: int) -> dict:
     store = get_store()
     predictor = get_pool().predictor(model_version_id)
-    embedding = predictor.encode(display_pixels(store, _image(store, image_id)))
+    embedding = predictor.encode(display_pixels(store.blobs, _image(store, image_id), store.settings))
     return {"image_id": image_id, "cache_hit": embedding.cache_hit, "encode_ms": round(embedding.encode_ms, 1),
             "pixel_sha256": embedding.key.pixel_sha256}
 
@@ -61,15 +61,18 @@ def _segment_items(job: Job, step: Step) -> dict:
     started = time.perf_counter()
     for index, item in enumerate(items):
         step.progress(done=index, total=len(items), eta_s=_eta(started, done, len(items) - index))
-        if job_item_mask(store, job.id, index) is not None:
+        with store.transaction() as db:
+            already = job_item_mask(db, job.id, index) is not None
+        if already:
             skipped += 1
             continue
         image = _image(store, item["image_id"])
-        embedding = predictor.encode(display_pixels(store, image))
+        embedding = predictor.encode(display_pixels(store.blobs, image, store.settings))
         prediction = predictor.decode(embedding, boxes=item.get("boxes"), points=item.get("points"))
-        record_mask(store, None, image.id, prediction.masks[0], job.params["model_version_id"],
-                    {"boxes": item.get("boxes"), "points": item.get("points")}, float(prediction.iou[0]),
-                    job_id=job.id, item_index=index)
+        with store.transaction() as db:
+            record_mask(db, store.blobs, None, image.id, prediction.masks[0], job.params["model_version_id"],
+                        {"boxes": item.get("boxes"), "points": item.get("points")}, float(prediction.iou[0]),
+                        job_id=job.id, item_index=index)
         done += 1
     step.progress(done=len(items), total=len(items), eta_s=0)
     return {"masks": len(items), "computed": done, "already_stored": skipped}
@@ -94,7 +97,7 @@ def _precompute(job: Job, step: Step) -> dict:
             image = _image(store, image_id)
         except NotFoundError:
             continue  # deleted while we worked
-        hits += predictor.encode(display_pixels(store, image)).cache_hit
+        hits += predictor.encode(display_pixels(store.blobs, image, store.settings)).cache_hit
     step.progress(done=len(ids), total=len(ids), eta_s=0)
     return {"images": len(ids), "already_cached": hits}
 

@@ -31,10 +31,12 @@ from workers.training_sink import JobSink
 def project_samples(store, project_id: int) -> list[Sample]:
     """Approved annotations as samples; one image's label classes share its group (and its side of the split)."""
     out = []
-    for image, _label, blob in training_set(store, project_id):
+    with store.transaction() as db:
+        rows = training_set(db, project_id)
+    for image, _label, blob in rows:
         out.append(Sample(key=str(image.id), group=image.sha256,
-                          load_rgb=lambda i=image: display_pixels(store, i),
-                          load_labels=lambda b=blob: load_mask(store, b)))
+                          load_rgb=lambda i=image: display_pixels(store.blobs, i, store.settings),
+                          load_labels=lambda b=blob: load_mask(store.blobs, b)))
     return out
 
 

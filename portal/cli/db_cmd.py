@@ -60,8 +60,9 @@ def collect(args: argparse.Namespace) -> int:
     from portal.store.store import open_store
 
     store = open_store(get_settings(), register_base=False)
-    grace = None if args.grace_hours is None else timedelta(hours=args.grace_hours)
-    report = collect_garbage(store, grace, dry_run=args.dry_run)
+    hours = store.settings.gc_grace_hours if args.grace_hours is None else args.grace_hours
+    with store.transaction() as db:
+        report = collect_garbage(db, store.blobs, timedelta(hours=hours), dry_run=args.dry_run)
     store.close()
     verb = "would delete" if args.dry_run else "deleted"
     print(f"scanned {report.scanned} blobs: {report.referenced} in use, {report.too_young} too young to judge, "

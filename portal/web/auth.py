@@ -13,12 +13,13 @@ import sys
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.security import OAuth2PasswordBearer, OAuth2PasswordRequestForm
-from sqlalchemy import func, select
 
 from portal.store.errors import DuplicateError
-from portal.store.models import Role, User
+from portal.store.models import User
 from portal.store.services import users
 from portal.store.store import Store
+from portal.web.deps import Db
+from portal.web.schemas.auth import Revoked, TokenPublic, UserPublic
 
 TOKEN_URL = "/api/v1/auth/token"
 _bearer = OAuth2PasswordBearer(tokenUrl=TOKEN_URL, auto_error=False)
@@ -53,46 +54,43 @@ def current_user(request: Request, token: str | None = Depends(_bearer)) -> User
     return user
 
 
-@router.post("/auth/token")
-def login(request: Request, form: OAuth2PasswordRequestForm = Depends()) -> dict:
+@router.post("/auth/token", response_model=TokenPublic)
+def login(request: Request, form: OAuth2PasswordRequestForm = Depends()) -> TokenPublic:
+    # Its own transaction, not the request's: the failed or refused attempt is committed (counted,
+    # audited) before the refusal goes out, where the request's would roll it back with the error.
     with request.app.state.store.transaction() as session:
         outcome = users.login(session, form.username, form.password, client_address(request.scope),
                               request.app.state.settings)
         token = users.issue_token(session, outcome.user) if outcome.user is not None else None
-    # The failed or refused attempt is committed (counted, audited) before the refusal goes out.
     if outcome.retry_after:
         raise too_many_logins(outcome.retry_after)
     if token is None:
         raise _unauthorised("wrong username or password")
-    return {"access_token": token, "token_type": "bearer"}
+    return TokenPublic(access_token=token, token_type="bearer")
 
 
-@router.delete("/auth/token")
-def logout(request: Request, token: str | None = Depends(_bearer), user: User = Depends(current_user)) -> dict:
+@router.delete("/auth/token", response_model=Revoked)
+def logout(db: Db, token: str | None = Depends(_bearer), user: User = Depends(current_user)) -> Revoked:
     """Revoke the token this request carries; the user's other clients keep theirs."""
-    with request.app.state.store.transaction() as session:
-        users.revoke_token(session, user, token)
-    return {"revoked": True}
+    users.revoke_token(db, user, token)
+    return Revoked(revoked=True)
 
 
-@router.get("/auth/me")
-def me(user: User = Depends(current_user)) -> dict:
-    return {"id": user.id, "username": user.username, "role": user.role.value}
+@router.get("/auth/me", response_model=UserPublic)
+def me(user: User = Depends(current_user)) -> UserPublic:
+    return UserPublic(id=user.id, username=user.username, role=user.role.value)
 
 
 def ensure_first_admin(store: Store) -> str | None:
     """With no account at all, nobody could ever log in: create ``admin`` and say its password once."""
-    with store.transaction() as session:
-        if session.scalar(select(func.count()).select_from(User)):
-            return None
     password = secrets.token_urlsafe(12)
     try:
         with store.transaction() as session:
-            if session.scalar(select(func.count()).select_from(User)):
-                return None
-            users.create_user(session, "admin", password, Role.admin)
+            created = users.create_first_admin(session, password)
     except DuplicateError:
         return None  # another process of this deployment created it first
+    if created is None:
+        return None
     print("\n" + "=" * 72 + "\nmedsam: created the first account, 'admin', with password:\n\n    " + password +
           "\n\nIt is shown only this once. Log in and change it with:\n    medsam user passwd admin\n"
           + "=" * 72 + "\n", file=sys.stderr, flush=True)

@@ -22,9 +22,8 @@ from typing import Any
 import numpy as np
 
 from medsam_core.cache import pixel_sha256
-from medsam_core.errors import PromptError
 from medsam_core.outputs import label_map
-from medsam_core.prompts import check_prompt_size, validate_boxes, validate_points
+from medsam_core.prompts import check_prompt_size, validate_prompts
 from portal.store.errors import NotFoundError
 from portal.store.models import Image, User
 from portal.store.runtime import ModelPool
@@ -34,6 +33,7 @@ from portal.store.services.model_versions import active_version, base_version, u
 from portal.store.store import Store
 from portal.web import metrics
 from portal.web.memory import release_after
+from portal.web.schemas.images import SegmentPublic, SegmentTiming
 from workers.queue import EncodeUnavailableError, JobQueue, encode_timeout_message
 
 __all__ = ["EncodeUnavailableError", "SegmentationService"]
@@ -54,12 +54,12 @@ class SegmentationService:
       wins on overlap); one box or points only give 0/1.
     * ``model_version_id``: default the project's active version.
 
-    Returns ``{"mask_id", "area", "predicted_iou", "model_version_id", "timing_ms":
-    {"encode_wait", "decode", "total"}}`` plus ``"image_id"``, ``"cache_hit"``, ``"areas"`` and
-    ``"predicted_ious"`` (one per box). ``predicted_iou`` is their mean. Raises the store's
+    Returns a ``SegmentPublic``: ``mask_id``, ``area``, ``predicted_iou``, ``model_version_id``,
+    ``timing_ms`` (``encode_wait``, ``decode``, ``total``), ``image_id``, ``cache_hit``, ``areas`` and
+    ``predicted_ious`` (one per box). ``predicted_iou`` is their mean. Raises the store's
     errors (``NotFoundError``, ``PermissionDeniedError``, ``StoreError``), ``PromptError``, and
     ``EncodeUnavailableError`` when no worker encoded a new image within ``encode_timeout_s``.
-    The mask array is then ``portal.store.services.masks.load_mask(store, mask.blob_sha)``.
+    The mask array is then ``portal.store.services.masks.load_mask(store.blobs, mask.blob_sha)``.
     """
 
     def __init__(self, store: Store, queue: JobQueue, *, encode_timeout_s: float = DEFAULT_ENCODE_TIMEOUT_S):
@@ -74,18 +74,15 @@ class SegmentationService:
         self._pixels: OrderedDict[tuple, tuple[np.ndarray, str]] = OrderedDict()
 
     def segment(self, actor: User | None, image_id: int, boxes=None, points=None,
-                model_version_id: int | None = None) -> dict[str, Any]:
+                model_version_id: int | None = None) -> SegmentPublic:
         started = time.perf_counter()
         settings = self.store.settings
         # Counted before anything else: an oversized prompt costs neither a lookup nor a decode.
         check_prompt_size(boxes, points, settings.max_boxes_per_prompt, settings.max_points_per_prompt)
         image = self._image(actor, image_id)
         size = (image.height, image.width)
-        # Prompts are checked before any waiting: a bad box must not cost an encode.
-        box_arr = validate_boxes(boxes, size)
-        point_arr, _ = validate_points(points, size)
-        if box_arr is None and point_arr is None:
-            raise PromptError("give at least one box [x0, y0, x1, y1] or one point [x, y, label]")
+        # Prompts are checked here, once, before any waiting: a bad box must not cost an encode.
+        prompts = validate_prompts(boxes, points, size)
         version_id = self._version(image.project_id, model_version_id, actor)
         predictor = self.predictor(version_id)
         rgb, digest = self._display(image)
@@ -93,7 +90,7 @@ class SegmentationService:
         embedding = predictor.encode(rgb, digest)  # served from the cache now
         with self._decode_slots:  # more decodes at once than cores only add memory and latency
             decode_start = time.perf_counter()
-            prediction = predictor.decode(embedding, boxes=boxes, points=points)
+            prediction = predictor.decode_prompts(embedding, prompts)
             labels = label_map(prediction.masks)
             decode_ms = (time.perf_counter() - decode_start) * 1000
         ious = [round(float(v), 4) for v in prediction.iou]
@@ -101,18 +98,19 @@ class SegmentationService:
         n_masks = len(prediction.masks)
         del prediction
         prompt = {"boxes": _plain(boxes), "points": _plain(points)}
-        mask = record_mask(self.store, actor, image.id, labels, version_id, prompt, float(np.mean(ious)),
-                           label_map=True)
+        with self.store.transaction() as db:  # only now: none is held while the encode is awaited
+            mask = record_mask(db, self.store.blobs, actor, image.id, labels, version_id, prompt,
+                               float(np.mean(ious)), label_map=True)
         metrics.DECODE_SECONDS.observe(decode_ms / 1000)
         metrics.SEGMENTS.labels("hit" if hit else "miss").inc()
         release_after(n_masks)
-        return {
-            "mask_id": mask.id, "image_id": image.id, "area": int(np.count_nonzero(labels)),
-            "predicted_iou": round(float(np.mean(ious)), 4), "model_version_id": version_id,
-            "cache_hit": hit, "areas": areas, "predicted_ious": ious,
-            "timing_ms": {"encode_wait": round(wait_ms, 1), "decode": round(decode_ms, 1),
-                          "total": round((time.perf_counter() - started) * 1000, 1)},
-        }
+        return SegmentPublic(
+            mask_id=mask.id, image_id=image.id, area=int(np.count_nonzero(labels)),
+            predicted_iou=round(float(np.mean(ious)), 4), model_version_id=version_id,
+            cache_hit=hit, areas=areas, predicted_ious=ious,
+            timing_ms=SegmentTiming(encode_wait=round(wait_ms, 1), decode=round(decode_ms, 1),
+                                    total=round((time.perf_counter() - started) * 1000, 1)),
+        )
 
     def predictor(self, version_id: int):
         """The loaded model for a version; the first call per version loads it (and exports ONNX)."""
@@ -124,9 +122,9 @@ class SegmentationService:
         self.predictor(version_id or base_version(self.store).id)
 
     def _image(self, actor: User | None, image_id: int) -> Image:
-        if actor is not None:
-            return get_image(self.store, actor, image_id)
         with self.store.transaction() as session:
+            if actor is not None:
+                return get_image(session, actor, image_id)
             image = session.get(Image, image_id)
             if image is None:
                 raise NotFoundError(f"image {image_id} does not exist")
@@ -147,7 +145,7 @@ class SegmentationService:
             if found is not None:
                 self._pixels.move_to_end(key)
                 return found
-        rgb = display_pixels(self.store, image)
+        rgb = display_pixels(self.store.blobs, image, self.store.settings)
         found = (rgb, pixel_sha256(rgb))
         with self._lock:
             self._pixels[key] = found

@@ -74,11 +74,13 @@ def _name(image) -> str:
 
 
 def build_export(store, user: User, pid: int, fmt: str, approved_only: bool, size: int, folder: Path) -> Path:
+    """Rows are read in one short transaction; the zip is written after it, so no lock is held meanwhile."""
     with store.transaction() as session:
         project = get_project(session, user, pid)
         labels, project_name = label_names(project), project.name
-    rows = annotations.current_annotations(store, user, pid, {AnnotationStatus.approved} if approved_only else None)
-    by_id = {i.id: i for i in images.list_images(store, user, pid)}
+        rows = annotations.current_annotations(session, user, pid,
+                                               {AnnotationStatus.approved} if approved_only else None)
+        by_id = {i.id: i for i in images.list_images(session, user, pid)}
     zip_path = folder / f"{_safe(project_name)}_{fmt}.zip"
     items = []
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -86,7 +88,7 @@ def build_export(store, user: User, pid: int, fmt: str, approved_only: bool, siz
             written: dict[int, str] = {}
             for row in rows:
                 ann, rev, image = row["annotation"], row["revision"], by_id[row["annotation"].image_id]
-                mask = load_mask(store, rev.blob_sha)
+                mask = load_mask(store.blobs, rev.blob_sha)
                 path = f"masks/{_safe(ann.label)}/{_name(image)}.{fmt}"
                 zf.writestr(path, npy_bytes(mask) if fmt == "npy" else png_bytes(mask))
                 image_path = None
@@ -120,11 +122,12 @@ def _seed(store, rows, by_id, labels, size: int, folder: Path, zf: zipfile.ZipFi
     for row in rows:
         ann, image = row["annotation"], by_id[row["annotation"].image_id]
         target = maps.setdefault(image.id, np.zeros((image.height, image.width), np.uint8))
-        target[load_mask(store, row["revision"].blob_sha) > 0] = labels.index(ann.label) + 1 \
+        target[load_mask(store.blobs, row["revision"].blob_sha) > 0] = labels.index(ann.label) + 1 \
             if ann.label in labels else 0
     for image_id, label_map in maps.items():
         image = by_id[image_id]
-        PILImage.fromarray(images.display_pixels(store, image)).save(src / "images" / f"{_name(image)}.png")
+        rgb = images.display_pixels(store.blobs, image, store.settings)
+        PILImage.fromarray(rgb).save(src / "images" / f"{_name(image)}.png")
         PILImage.fromarray(label_map).save(src / "masks" / f"{_name(image)}.png")
     if maps:
         prepare_folder(src, out, size=size, max_pixels=store.settings.max_image_pixels)
@@ -279,7 +282,12 @@ def _plan(store, zf: zipfile.ZipFile, zip_name: str, labels: list[str], folder: 
 
 
 def import_zip(store, user: User, pid: int, zip_path: Path, folder: Path, zip_name: str) -> dict:
-    """A bad zip, however it is bad, is a StoreError raised before the first image is stored."""
+    """A bad zip, however it is bad, is a StoreError raised before the first image is stored.
+
+    Reading and checking the zip takes long and writes nothing, so it runs
+    outside any transaction; the writes then share one, so an import lands
+    whole or not at all.
+    """
     with store.transaction() as session:
         labels = label_names(get_project(session, user, pid))
     try:
@@ -290,13 +298,18 @@ def import_zip(store, user: User, pid: int, zip_path: Path, folder: Path, zip_na
         plan, errors = _plan(store, zf, zip_name, labels, folder)
     if errors:  # nothing was stored yet
         raise StoreError(f"nothing was imported; {len(errors)} problem(s): " + "; ".join(errors[:20]))
-    report = {"images": 0, "annotations": 0, "skipped": []}
+    with store.transaction() as session:
+        return _store_plan(session, store.blobs, store.settings, user, pid, plan, zip_name)
+
+
+def _store_plan(session, blobs, settings, user: User, pid: int, plan: list, zip_name: str) -> dict:
+    report: dict = {"images": 0, "annotations": 0, "skipped": []}
     for _stem, filename, path, targets in plan:
-        rows = images.add_image(store, user, pid, path, PurePosixPath(filename).name)
+        rows = images.add_image(session, blobs, settings, user, pid, path, PurePosixPath(filename).name)
         report["images"] += 1
         for label, mask in targets:
-            try:
-                annotations.save_revision(store, user, rows[0].id, label, mask, 0, submit=True,
+            try:  # a lost race rolls back only its own savepoint
+                annotations.save_revision(session, blobs, user, rows[0].id, label, mask, 0, submit=True,
                                           comment=f"imported from {zip_name}")
                 report["annotations"] += 1
             except ConflictError:

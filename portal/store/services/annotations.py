@@ -15,6 +15,7 @@ from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from portal.store.blobs import BlobStore
 from portal.store.errors import ConflictError, NotFoundError, PermissionDeniedError, StoreError
 from portal.store.models import (
     Annotation,
@@ -28,60 +29,69 @@ from portal.store.models import (
     utcnow,
 )
 from portal.store.services.audit import record
-from portal.store.services.masks import check_mask_shape, mask_to_bytes
+from portal.store.services.images import get_image
+from portal.store.services.legacy import LegacyStore
+from portal.store.services.masks import check_mask_shape, get_mask, mask_from_bytes, mask_to_bytes
 from portal.store.services.projects import get_project, label_names, not_found
 from portal.store.services.users import require_role
-from portal.store.store import Store
 
 
-def save_revision(store: Store, actor: User, image_id: int, label: str, mask: np.ndarray, base_revision: int,
-                  *, base_mask_id: int | None = None, model_version_id: int | None = None,
+def save_revision(db: Session, blobs: BlobStore, actor: User, image_id: int, label: str, mask: np.ndarray,
+                  base_revision: int, *, base_mask_id: int | None = None, model_version_id: int | None = None,
                   prompt: dict[str, Any] | None = None, comment: str | None = None,
                   submit: bool = False) -> AnnotationRevision:
-    """Append revision ``base_revision + 1``; 0 means "there was nothing yet"."""
-    with store.transaction() as session:
-        image = session.get(Image, image_id)
-        if image is None:  # what get_project answers for it
-            raise not_found(f"image {image_id}")
-        project = get_project(session, actor, image.project_id, what=f"image {image_id}")
-        if label not in label_names(project):
-            raise StoreError(f"'{label}' is not a label class of project '{project.name}': "
-                             f"{', '.join(label_names(project))}")
-        check_mask_shape(image, mask)
-        project_id = image.project_id
-    blob = store.blobs.put_bytes(mask_to_bytes(mask))
+    """Append revision ``base_revision + 1``; 0 means "there was nothing yet".
+
+    The write runs in a savepoint so that a lost race leaves the caller's
+    transaction usable (an import carries on with its next image).
+    """
+    image = db.get(Image, image_id)
+    if image is None:  # what get_project answers for it
+        raise not_found(f"image {image_id}")
+    project = get_project(db, actor, image.project_id, what=f"image {image_id}")
+    if label not in label_names(project):
+        raise StoreError(f"'{label}' is not a label class of project '{project.name}': "
+                         f"{', '.join(label_names(project))}")
+    check_mask_shape(image, mask)
+    # Blob before row: content-addressed, so a crash leaves an orphan for gc, never a dangling row.
+    blob = blobs.put_bytes(mask_to_bytes(mask))
     try:
-        with store.transaction() as session:
-            annotation = session.scalar(select(Annotation).where(Annotation.image_id == image_id,
-                                                                 Annotation.label == label))
-            if annotation is None:
-                if base_revision != 0:
-                    raise NotFoundError(f"no annotation '{label}' on image {image_id} to continue from revision "
-                                        f"{base_revision}")
-                annotation = Annotation(image_id=image_id, label=label, created_by=actor.id)
-                session.add(annotation)
-                session.flush()
-            status = AnnotationStatus.submitted if submit else AnnotationStatus.draft
-            won = cast("CursorResult[Any]", session.execute(
-                update(Annotation)
-                .where(Annotation.id == annotation.id, Annotation.current_revision == base_revision)
-                .values(current_revision=base_revision + 1, status=status, updated_at=utcnow())
-            )).rowcount
-            if won != 1:
-                raise _conflict(session, annotation.id, base_revision)
-            revision = AnnotationRevision(
-                annotation_id=annotation.id, number=base_revision + 1, author_id=actor.id, blob_sha=blob,
-                base_mask_id=base_mask_id, model_version_id=model_version_id, prompt=prompt, comment=comment)
-            session.add(revision)
-            session.flush()
-            record(session, actor, "annotation.save", "annotation", annotation.id, project_id,
-                   revision=revision.number, submitted=submit)
-        return revision
+        with db.begin_nested():
+            revision = _append(db, actor, image_id, label, base_revision, blob, submit=submit,
+                               base_mask_id=base_mask_id, model_version_id=model_version_id, prompt=prompt,
+                               comment=comment)
     except IntegrityError:
-        with store.transaction() as session:
-            annotation = session.scalar(select(Annotation).where(Annotation.image_id == image_id,
-                                                                 Annotation.label == label))
-            raise _conflict(session, annotation.id if annotation else None, base_revision) from None
+        annotation = db.scalar(select(Annotation).where(Annotation.image_id == image_id, Annotation.label == label))
+        raise _conflict(db, annotation.id if annotation else None, base_revision) from None
+    record(db, actor, "annotation.save", "annotation", revision.annotation_id, image.project_id,
+           revision=revision.number, submitted=submit)
+    return revision
+
+
+def _append(db: Session, actor: User, image_id: int, label: str, base_revision: int, blob: str, *, submit: bool,
+            **provenance: Any) -> AnnotationRevision:
+    """The race itself: a conditional UPDATE decides it, the unique revision number backs it up."""
+    annotation = db.scalar(select(Annotation).where(Annotation.image_id == image_id, Annotation.label == label))
+    if annotation is None:
+        if base_revision != 0:
+            raise NotFoundError(f"no annotation '{label}' on image {image_id} to continue from revision "
+                                f"{base_revision}")
+        annotation = Annotation(image_id=image_id, label=label, created_by=actor.id)
+        db.add(annotation)
+        db.flush()
+    status = AnnotationStatus.submitted if submit else AnnotationStatus.draft
+    won = cast("CursorResult[Any]", db.execute(
+        update(Annotation)
+        .where(Annotation.id == annotation.id, Annotation.current_revision == base_revision)
+        .values(current_revision=base_revision + 1, status=status, updated_at=utcnow())
+    )).rowcount
+    if won != 1:
+        raise _conflict(db, annotation.id, base_revision)
+    revision = AnnotationRevision(annotation_id=annotation.id, number=base_revision + 1, author_id=actor.id,
+                                  blob_sha=blob, **provenance)
+    db.add(revision)
+    db.flush()
+    return revision
 
 
 def _conflict(session: Session, annotation_id: int | None, base_revision: int) -> ConflictError:
@@ -127,83 +137,112 @@ def _check_not_own(session: Session, actor: User, annotation: Annotation, projec
             "self-review for a one-person project with its allow_self_review setting)")
 
 
-def _transition(store: Store, actor: User, annotation_id: int, to: AnnotationStatus,
+def _transition(db: Session, actor: User, annotation_id: int, to: AnnotationStatus,
                 allowed_from: set[AnnotationStatus], comment: str | None = None) -> Annotation:
-    with store.transaction() as session:
-        annotation, image, project = _visible(session, actor, annotation_id)
-        if annotation.status not in allowed_from or annotation.current_revision == 0:
-            raise StoreError(f"annotation {annotation_id} is {annotation.status.value}; it cannot become {to.value}")
-        seen_status, seen_revision = annotation.status, annotation.current_revision
-        if to == AnnotationStatus.approved:
-            _check_not_own(session, actor, annotation, project)
-        # Conditional on what was checked: a save landing meanwhile (a new revision, perhaps the
-        # reviewer's own) must not be approved in its place.
-        moved = cast("CursorResult[Any]", session.execute(update(Annotation).where(
-            Annotation.id == annotation_id, Annotation.status == seen_status,
-            Annotation.current_revision == seen_revision,
-        ).values(status=to, updated_at=utcnow()).execution_options(synchronize_session=False))).rowcount
-        if moved != 1:
-            raise ConflictError(f"annotation {annotation_id} changed while you looked at it; reload it and decide "
-                                "again", current_revision=None, author=None)
-        session.refresh(annotation)
-        if to in (AnnotationStatus.approved, AnnotationStatus.rejected):
-            session.add(Review(annotation_id=annotation_id, revision_number=annotation.current_revision,
-                               reviewer_id=actor.id, decision=to, comment=comment))
-        record(session, actor, f"annotation.{to.value}", "annotation", annotation_id, image.project_id,
-               revision=annotation.current_revision, comment=comment)
-        return annotation
+    annotation, image, project = _visible(db, actor, annotation_id)
+    if annotation.status not in allowed_from or annotation.current_revision == 0:
+        raise StoreError(f"annotation {annotation_id} is {annotation.status.value}; it cannot become {to.value}")
+    seen_status, seen_revision = annotation.status, annotation.current_revision
+    if to == AnnotationStatus.approved:
+        _check_not_own(db, actor, annotation, project)
+    # Conditional on what was checked: a save landing meanwhile (a new revision, perhaps the
+    # reviewer's own) must not be approved in its place.
+    moved = cast("CursorResult[Any]", db.execute(update(Annotation).where(
+        Annotation.id == annotation_id, Annotation.status == seen_status,
+        Annotation.current_revision == seen_revision,
+    ).values(status=to, updated_at=utcnow()).execution_options(synchronize_session=False))).rowcount
+    if moved != 1:
+        raise ConflictError(f"annotation {annotation_id} changed while you looked at it; reload it and decide "
+                            "again", current_revision=None, author=None)
+    db.refresh(annotation)
+    if to in (AnnotationStatus.approved, AnnotationStatus.rejected):
+        db.add(Review(annotation_id=annotation_id, revision_number=annotation.current_revision,
+                      reviewer_id=actor.id, decision=to, comment=comment))
+    record(db, actor, f"annotation.{to.value}", "annotation", annotation_id, image.project_id,
+           revision=annotation.current_revision, comment=comment)
+    return annotation
 
 
-def submit(store: Store, actor: User, annotation_id: int) -> Annotation:
-    return _transition(store, actor, annotation_id, AnnotationStatus.submitted,
+def submit(db: Session, actor: User, annotation_id: int) -> Annotation:
+    return _transition(db, actor, annotation_id, AnnotationStatus.submitted,
                        {AnnotationStatus.draft, AnnotationStatus.rejected})
 
 
-def approve(store: Store, actor: User, annotation_id: int, comment: str | None = None) -> Annotation:
+def approve(db: Session, actor: User, annotation_id: int, comment: str | None = None) -> Annotation:
     require_role(actor, Role.reviewer, Role.admin, doing="approve annotations")
-    return _transition(store, actor, annotation_id, AnnotationStatus.approved, {AnnotationStatus.submitted}, comment)
+    return _transition(db, actor, annotation_id, AnnotationStatus.approved, {AnnotationStatus.submitted}, comment)
 
 
-def reject(store: Store, actor: User, annotation_id: int, comment: str) -> Annotation:
+def reject(db: Session, actor: User, annotation_id: int, comment: str) -> Annotation:
     """Authors may reject their own work: it only sends it back for rework and vouches for nothing."""
     require_role(actor, Role.reviewer, Role.admin, doing="reject annotations")
     if not comment or not comment.strip():
         raise StoreError("say why when rejecting, so the annotator knows what to fix")
-    return _transition(store, actor, annotation_id, AnnotationStatus.rejected, {AnnotationStatus.submitted}, comment)
+    return _transition(db, actor, annotation_id, AnnotationStatus.rejected, {AnnotationStatus.submitted}, comment)
 
 
-def revisions(store: Store, actor: User, annotation_id: int) -> list[AnnotationRevision]:
-    with store.transaction() as session:
-        _visible(session, actor, annotation_id)
-        return list(session.scalars(select(AnnotationRevision).where(AnnotationRevision.annotation_id ==
-                                                                      annotation_id).order_by(AnnotationRevision.number)))
+def revisions(db: Session, actor: User, annotation_id: int) -> list[AnnotationRevision]:
+    _visible(db, actor, annotation_id)
+    return list(db.scalars(select(AnnotationRevision).where(AnnotationRevision.annotation_id == annotation_id)
+                           .order_by(AnnotationRevision.number)))
 
 
-def training_set(store: Store, project_id: int) -> list[tuple[Image, str, str]]:
+def revision_history(db: Session, actor: User, annotation_id: int) -> list[tuple[AnnotationRevision, str | None]]:
+    """Each revision with its author's name (None once the account is gone), oldest first."""
+    rows = revisions(db, actor, annotation_id)
+    ids = {r.author_id for r in rows if r.author_id}
+    names = dict(db.execute(select(User.id, User.username).where(User.id.in_(ids))).tuples().all()) if ids else {}
+    return [(r, names.get(r.author_id) if r.author_id else None) for r in rows]
+
+
+def get_revision(db: Session, actor: User, annotation_id: int, number: int) -> AnnotationRevision:
+    _visible(db, actor, annotation_id)
+    found = db.scalar(select(AnnotationRevision).where(AnnotationRevision.annotation_id == annotation_id,
+                                                       AnnotationRevision.number == number))
+    if found is None:
+        raise NotFoundError(f"annotation {annotation_id} has no revision {number}")
+    return found
+
+
+def save_proposal(db: Session, blobs: BlobStore, actor: User, image_id: int, label: str, mask_id: int,
+                  base_revision: int, *, comment: str | None = None, submit: bool = False) -> AnnotationRevision:
+    """Save a model's mask as proposed, keeping where it came from (mask, model version, prompt)."""
+    get_image(db, actor, image_id)  # the image answers first: its 404 is what a stranger to it sees
+    proposal = get_mask(db, actor, mask_id)
+    if proposal.image_id != image_id:
+        raise StoreError(f"mask {mask_id} belongs to image {proposal.image_id}, not {image_id}")
+    mask = mask_from_bytes(blobs.get_bytes(proposal.blob_sha)) > 0
+    return save_revision(db, blobs, actor, image_id, label, mask, base_revision, base_mask_id=proposal.id,
+                         model_version_id=proposal.model_version_id, prompt=proposal.prompt, comment=comment,
+                         submit=submit)
+
+
+def training_set(db: Session | LegacyStore, project_id: int) -> list[tuple[Image, str, str]]:
     """(image, label, mask blob) of every approved annotation, at its approved revision."""
-    with store.transaction() as session:
-        rows = session.execute(
-            select(Image, Annotation.label, AnnotationRevision.blob_sha)
-            .join(Annotation, Annotation.image_id == Image.id)
-            .join(AnnotationRevision, (AnnotationRevision.annotation_id == Annotation.id)
-                  & (AnnotationRevision.number == Annotation.current_revision))
-            .where(Image.project_id == project_id, Annotation.status == AnnotationStatus.approved)
-            .order_by(Image.id, Annotation.label)
-        ).all()
-        return [(image, label, blob) for image, label, blob in rows]
+    if not isinstance(db, Session):  # a legacy caller passing the Store (see ``legacy``)
+        with db.transaction() as session:
+            return training_set(session, project_id)
+    rows = db.execute(
+        select(Image, Annotation.label, AnnotationRevision.blob_sha)
+        .join(Annotation, Annotation.image_id == Image.id)
+        .join(AnnotationRevision, (AnnotationRevision.annotation_id == Annotation.id)
+              & (AnnotationRevision.number == Annotation.current_revision))
+        .where(Image.project_id == project_id, Annotation.status == AnnotationStatus.approved)
+        .order_by(Image.id, Annotation.label)
+    ).all()
+    return [(image, label, blob) for image, label, blob in rows]
 
 
-def current_annotations(store: Store, actor: User, project_id: int,
+def current_annotations(db: Session, actor: User, project_id: int,
                         statuses: set[AnnotationStatus] | None = None) -> list[dict[str, Any]]:
     """Each annotation of a project at its latest revision, with who saved it: for queues and exports."""
-    with store.transaction() as session:
-        get_project(session, actor, project_id)
-        query = (select(Annotation, AnnotationRevision, User.username)
-                 .join(Image, Image.id == Annotation.image_id)
-                 .join(AnnotationRevision, (AnnotationRevision.annotation_id == Annotation.id)
-                       & (AnnotationRevision.number == Annotation.current_revision))
-                 .outerjoin(User, User.id == AnnotationRevision.author_id)
-                 .where(Image.project_id == project_id).order_by(Annotation.image_id, Annotation.label))
-        if statuses:
-            query = query.where(Annotation.status.in_(statuses))
-        return [{"annotation": a, "revision": r, "author": name} for a, r, name in session.execute(query)]
+    get_project(db, actor, project_id)
+    query = (select(Annotation, AnnotationRevision, User.username)
+             .join(Image, Image.id == Annotation.image_id)
+             .join(AnnotationRevision, (AnnotationRevision.annotation_id == Annotation.id)
+                   & (AnnotationRevision.number == Annotation.current_revision))
+             .outerjoin(User, User.id == AnnotationRevision.author_id)
+             .where(Image.project_id == project_id).order_by(Annotation.image_id, Annotation.label))
+    if statuses:
+        query = query.where(Annotation.status.in_(statuses))
+    return [{"annotation": a, "revision": r, "author": name} for a, r, name in db.execute(query)]

@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from portal.store.blobs import BlobStore
 from portal.store.models import (
     AnnotationRevision,
     EmbeddingEntry,
@@ -19,7 +21,6 @@ from portal.store.models import (
     ModelVersion,
     TrainingJob,
 )
-from portal.store.store import Store
 
 BLOB_COLUMNS = (
     Image.blob_sha, Mask.blob_sha, AnnotationRevision.blob_sha, ModelVersion.checkpoint_blob,
@@ -37,20 +38,20 @@ class GcReport:
     temporary_removed: int = 0
 
 
-def referenced_blobs(store: Store) -> set[str]:
+def referenced_blobs(db: Session) -> set[str]:
     found: set[str] = set()
-    with store.transaction() as session:
-        for column in BLOB_COLUMNS:
-            found.update(v for v in session.scalars(select(column).distinct()) if v)
+    for column in BLOB_COLUMNS:
+        found.update(v for v in db.scalars(select(column).distinct()) if v)
     return found
 
 
-def collect_garbage(store: Store, grace: timedelta | None = None, dry_run: bool = False) -> GcReport:
-    grace = timedelta(hours=store.settings.gc_grace_hours) if grace is None else grace
+def collect_garbage(db: Session, blobs: BlobStore, grace: timedelta, dry_run: bool = False) -> GcReport:
+    """One transaction for the whole sweep: on SQLite it holds the write lock, so no row can arrive meanwhile;
+    on PostgreSQL (READ COMMITTED) the re-check before each delete sees rows committed since the scan."""
     cutoff = datetime.now(timezone.utc) - grace
     report = GcReport()
-    keep = referenced_blobs(store)
-    for blob in list(store.blobs.iter_blobs()):
+    keep = referenced_blobs(db)
+    for blob in list(blobs.iter_blobs()):
         report.scanned += 1
         if blob.digest in keep:
             report.referenced += 1
@@ -58,21 +59,20 @@ def collect_garbage(store: Store, grace: timedelta | None = None, dry_run: bool 
             report.too_young += 1
         else:
             # Re-check just before deleting: a row may have arrived since the scan began.
-            if blob.digest in referenced_blobs_for(store, blob.digest):
+            if blob.digest in referenced_blobs_for(db, blob.digest):
                 report.referenced += 1
                 continue
             if not dry_run:
-                store.blobs.delete(blob.digest)
+                blobs.delete(blob.digest)
             report.deleted += 1
             report.freed_bytes += blob.size
     if not dry_run:
-        report.temporary_removed = store.blobs.sweep_temporary(cutoff)
+        report.temporary_removed = blobs.sweep_temporary(cutoff)
     return report
 
 
-def referenced_blobs_for(store: Store, digest: str) -> set[str]:
-    with store.transaction() as session:
-        for column in BLOB_COLUMNS:
-            if session.scalar(select(column).where(column == digest).limit(1)):
-                return {digest}
+def referenced_blobs_for(db: Session, digest: str) -> set[str]:
+    for column in BLOB_COLUMNS:
+        if db.scalar(select(column).where(column == digest).limit(1)):
+            return {digest}
     return set()

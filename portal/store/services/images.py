@@ -14,13 +14,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
 
 from medsam_core.imageio import read_image
+from portal.store.blobs import BlobStore
 from portal.store.models import Image, Role, User
 from portal.store.services.audit import record
+from portal.store.services.legacy import LegacyStore, blobs_of
 from portal.store.services.projects import get_project, not_found
 from portal.store.services.users import require_role
-from portal.store.store import Store
+from portal.store.settings import Settings
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -81,57 +84,53 @@ def _same_content(project_id: int, sha: str) -> Select[Image]:
     return select(Image).where(Image.project_id == project_id, Image.sha256 == sha).order_by(Image.slice_index)
 
 
-def add_image(store: Store, actor: User, project_id: int, path: str | os.PathLike[str], filename: str | None = None,
-              window: str | None = None) -> list[Image]:
+def add_image(db: Session, blobs: BlobStore, settings: Settings, actor: User, project_id: int,
+              path: str | os.PathLike[str], filename: str | None = None, window: str | None = None) -> list[Image]:
     """Store an upload and return its rows: one for a 2-D image, one per slice for a volume.
 
     Order matters for never losing or half-writing anything: the file is read
     and validated first (a rejected file writes nothing), then the blob is
-    written, then the rows; a crash between the last two leaves only an orphan
-    blob, which ``medsam db gc`` removes. The content hash is of what is stored
-    (the de-identified copy for DICOM), so no digest of identified data is kept.
-    DICOM rows are named from de-identified fields unless the project keeps
-    original names; other formats keep their (sanitised) names. The site-wide
-    ``keep_dicom_identifiers`` governs only the stored file, not the name: a
-    name travels further (lists, audit, export manifests), so keeping it is a
-    per-project decision.
+    written, then the rows; a crash before the caller commits leaves only an
+    orphan blob, which ``medsam db gc`` removes. The content hash is of what is
+    stored (the de-identified copy for DICOM), so no digest of identified data
+    is kept. DICOM rows are named from de-identified fields unless the project
+    keeps original names; other formats keep their (sanitised) names. The
+    site-wide ``keep_dicom_identifiers`` governs only the stored file, not the
+    name: a name travels further (lists, audit, export manifests), so keeping
+    it is a per-project decision.
     """
     path = Path(path)
-    with store.transaction() as session:
-        project = get_project(session, actor, project_id)
-        modality, keep_names = project.modality, project.keep_original_names
-    image = read_image(path, max_pixels=store.settings.max_image_pixels)  # raises InvalidImageError
+    project = get_project(db, actor, project_id)
+    image = read_image(path, max_pixels=settings.max_image_pixels)  # raises InvalidImageError
     if window is not None:
         image.display(window=window)  # an unknown window name fails here, before anything is written
-    stored = _stored_copy(path, image.source_format, store.settings.keep_dicom_identifiers)
+    stored = _stored_copy(path, image.source_format, settings.keep_dicom_identifiers)
     try:
         sha = _file_sha256(stored)
-        with store.transaction() as session:
-            existing = list(session.scalars(_same_content(project_id, sha)))
+        existing = list(db.scalars(_same_content(project_id, sha)))
         if existing:
             return existing
-        if image.source_format == "dicom" and not keep_names:
+        if image.source_format == "dicom" and not project.keep_original_names:
             filename = dicom_name(stored, sha)
         else:
             filename = safe_filename(filename or path.name)
-        blob_sha, _ = store.blobs.put_file(stored)
+        blob_sha, _ = blobs.put_file(stored)
     finally:
         if stored != path:
             stored.unlink(missing_ok=True)
-    with store.transaction() as session:
-        again = list(session.scalars(_same_content(project_id, sha)))
-        if again:  # someone uploaded the same file meanwhile
-            return again
-        rows = [
-            Image(project_id=project_id, filename=filename, sha256=sha, blob_sha=blob_sha, width=image.width,
-                  height=image.height, modality=modality, window=window, slice_index=index,
-                  num_slices=image.num_slices, uploaded_by=actor.id)
-            for index in range(image.num_slices)
-        ]
-        session.add_all(rows)
-        session.flush()
-        record(session, actor, "image.upload", "image", rows[0].id, project_id, filename=filename, sha256=sha,
-               slices=image.num_slices, format=image.source_format)
+    again = list(db.scalars(_same_content(project_id, sha)))
+    if again:  # someone uploaded the same file while the blob was written (visible under READ COMMITTED)
+        return again
+    rows = [
+        Image(project_id=project_id, filename=filename, sha256=sha, blob_sha=blob_sha, width=image.width,
+              height=image.height, modality=project.modality, window=window, slice_index=index,
+              num_slices=image.num_slices, uploaded_by=actor.id)
+        for index in range(image.num_slices)
+    ]
+    db.add_all(rows)
+    db.flush()
+    record(db, actor, "image.upload", "image", rows[0].id, project_id, filename=filename, sha256=sha,
+           slices=image.num_slices, format=image.source_format)
     return rows
 
 
@@ -150,58 +149,58 @@ def _stored_copy(path: Path, source_format: str, keep_identifiers: bool) -> Path
     return Path(tmp)
 
 
-def get_image(store: Store, actor: User, image_id: int) -> Image:
-    with store.transaction() as session:
-        image = session.get(Image, image_id)
-        if image is None:  # what get_project answers for it
-            raise not_found(f"image {image_id}")
-        get_project(session, actor, image.project_id, what=f"image {image_id}")
-        return image
+def get_image(db: Session, actor: User, image_id: int) -> Image:
+    image = db.get(Image, image_id)
+    if image is None:  # what get_project answers for it
+        raise not_found(f"image {image_id}")
+    get_project(db, actor, image.project_id, what=f"image {image_id}")
+    return image
 
 
-def fetch_image_file(store: Store, image: Image, dest_dir: str | os.PathLike[str]) -> Path:
+def fetch_image_file(blobs: BlobStore, image: Image, dest_dir: str | os.PathLike[str]) -> Path:
     """Copy the stored file out (streamed, digest-verified) so the core reader can open it."""
     suffix = "".join(Path(image.filename).suffixes[-2:]) if image.filename.lower().endswith(".nii.gz") \
         else Path(image.filename).suffix
     target = Path(dest_dir) / f"{image.blob_sha}{suffix}"
     if not target.exists():
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        with store.blobs.open(image.blob_sha) as src, open(tmp, "wb") as dst:
+        with blobs.open(image.blob_sha) as src, open(tmp, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         os.replace(tmp, target)
     return target
 
 
-def delete_image(store: Store, actor: User, image_id: int) -> None:
+def delete_image(db: Session, actor: User, image_id: int) -> None:
     """Rows go at once (masks, annotations and revisions cascade); blobs at the next gc; the audit event stays."""
     require_role(actor, Role.admin, Role.reviewer, doing="delete images")
-    with store.transaction() as session:
-        image = session.get(Image, image_id)
-        if image is None:  # what get_project answers for it
-            raise not_found(f"image {image_id}")
-        get_project(session, actor, image.project_id, what=f"image {image_id}")
-        siblings = list(session.scalars(select(Image).where(Image.project_id == image.project_id,
-                                                            Image.sha256 == image.sha256)))
-        record(session, actor, "image.delete", "image", image_id, image.project_id, filename=image.filename,
-               sha256=image.sha256, slices=len(siblings))
-        for row in siblings:  # a volume's slices share one file: patient data goes as a whole
-            session.delete(row)
+    image = get_image(db, actor, image_id)
+    siblings = list(db.scalars(select(Image).where(Image.project_id == image.project_id,
+                                                   Image.sha256 == image.sha256)))
+    record(db, actor, "image.delete", "image", image_id, image.project_id, filename=image.filename,
+           sha256=image.sha256, slices=len(siblings))
+    for row in siblings:  # a volume's slices share one file: patient data goes as a whole
+        db.delete(row)
 
 
-def display_pixels(store: Store, image: Image) -> np.ndarray:
-    """The uint8 RGB the encoder sees for this row: its slice, in its window."""
+def display_pixels(blobs: BlobStore | LegacyStore, image: Image, settings: Settings | None = None) -> np.ndarray:
+    """The uint8 RGB the encoder sees for this row: its slice, in its window.
+
+    ``settings`` may be left out only by the legacy callers that pass the whole Store (see ``legacy``).
+    """
     from medsam_core.imageio import read_image as _read
 
-    folder = store.settings.data_dir / "image_files"
+    if settings is None:
+        if isinstance(blobs, BlobStore):
+            raise TypeError("display_pixels needs the Settings (data_dir, max_image_pixels) with a BlobStore")
+        settings = blobs.settings
+    folder = settings.data_dir / "image_files"
     folder.mkdir(parents=True, exist_ok=True)
-    path = fetch_image_file(store, image, folder)
-    medical = _read(path, max_pixels=store.settings.max_image_pixels)
+    path = fetch_image_file(blobs_of(blobs), image, folder)
+    medical = _read(path, max_pixels=settings.max_image_pixels)
     return medical.display(slice_index=image.slice_index if medical.num_slices > 1 else None, window=image.window)
 
 
-def list_images(store: Store, actor: User, project_id: int) -> list[Image]:
+def list_images(db: Session, actor: User, project_id: int) -> list[Image]:
     """Every row of a project (one per slice for volumes), oldest first: the annotation queue's order."""
-    with store.transaction() as session:
-        get_project(session, actor, project_id)
-        return list(session.scalars(select(Image).where(Image.project_id == project_id)
-                                    .order_by(Image.id)))
+    get_project(db, actor, project_id)
+    return list(db.scalars(select(Image).where(Image.project_id == project_id).order_by(Image.id)))

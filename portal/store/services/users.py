@@ -12,7 +12,7 @@ from typing import Any, cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from portal.store.errors import DuplicateError, PermissionDeniedError, StoreError
@@ -48,6 +48,13 @@ def create_user(session: Session, username: str, password: str, role: Role | str
     session.flush()
     record(session, actor, "user.create", "user", user.id, role=role.value, username=username)
     return user
+
+
+def create_first_admin(session: Session, password: str) -> User | None:
+    """``admin``, when there is no account at all: nobody could ever log in otherwise. None if any exists."""
+    if session.scalar(select(func.count()).select_from(User)):
+        return None
+    return create_user(session, "admin", password, Role.admin)
 
 
 def set_password(session: Session, username: str, password: str, actor: User | None = None) -> User:

@@ -5,39 +5,30 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from typing import Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from PIL import Image as PILImage
-from pydantic import BaseModel, Field
-from sqlalchemy import select
 
-from portal.store.errors import NotFoundError, StoreError
-from portal.store.models import AnnotationRevision, User
+from portal.store.errors import StoreError
+from portal.store.models import User
 from portal.store.services import annotations
 from portal.store.services.images import get_image
-from portal.store.services.masks import get_mask, load_mask
-from portal.web.api import PREFIX, store_of
+from portal.store.services.masks import load_mask
+from portal.web.api import PREFIX, Blobs, Db
 from portal.web.api.masks import download, npy_bytes, png_bytes
 from portal.web.auth import current_user
+from portal.web.schemas.annotations import (
+    AnnotationIn,
+    AnnotationReviewed,
+    AnnotationSaved,
+    ReviewIn,
+    RevisionPublic,
+)
+from portal.web.schemas.masks import NPY, PNG
 
 router = APIRouter(prefix=PREFIX, tags=["annotations"])
-
-
-class AnnotationIn(BaseModel):
-    mask_id: int | None = Field(None, description="a mask from /segment, saved as proposed")
-    mask_png_base64: str | None = Field(None, description="a corrected mask: PNG at the image's size, "
-                                                          "non-zero (or opaque, non-black) = foreground")
-    base_revision: int = Field(ge=0, description="the revision you started from; 0 for a new annotation")
-    status: Literal["draft", "submitted"] = "draft"
-    comment: str | None = None
-
-
-class ReviewIn(BaseModel):
-    decision: Literal["approve", "reject"]
-    comment: str | None = None
 
 
 def _png_mask(data: str, width: int, height: int) -> np.ndarray:
@@ -61,67 +52,47 @@ def _png_mask(data: str, width: int, height: int) -> np.ndarray:
         raise StoreError(f"the mask PNG cannot be read: {exc}") from None
 
 
-@router.put("/images/{iid}/annotations/{label}")
-def save_annotation(iid: int, label: str, body: AnnotationIn, request: Request,
-                    user: User = Depends(current_user)) -> dict:
-    store = store_of(request)
-    if (body.mask_id is None) == (body.mask_png_base64 is None):
+@router.put("/images/{iid}/annotations/{label}", response_model=AnnotationSaved)
+def save_annotation(iid: int, label: str, body: AnnotationIn, db: Db, blobs: Blobs,
+                    user: User = Depends(current_user)) -> AnnotationSaved:
+    if (body.mask_id is None) == (body.mask_png_base64 is None):  # the body's shape, not a rule
         raise StoreError("give exactly one of mask_id and mask_png_base64")
-    image = get_image(store, user, iid)
-    base_mask_id = version_id = prompt = None
+    submit = body.status == "submitted"
     if body.mask_id is not None:
-        proposal = get_mask(store, user, body.mask_id)
-        if proposal.image_id != iid:
-            raise StoreError(f"mask {body.mask_id} belongs to image {proposal.image_id}, not {iid}")
-        mask = load_mask(store, proposal.blob_sha) > 0
-        base_mask_id, version_id, prompt = proposal.id, proposal.model_version_id, proposal.prompt
+        revision = annotations.save_proposal(db, blobs, user, iid, label, body.mask_id, body.base_revision,
+                                             comment=body.comment, submit=submit)
     else:
-        mask = _png_mask(body.mask_png_base64, image.width, image.height)
-    revision = annotations.save_revision(store, user, iid, label, mask, body.base_revision,
-                                         base_mask_id=base_mask_id, model_version_id=version_id, prompt=prompt,
-                                         comment=body.comment, submit=body.status == "submitted")
-    return {"annotation_id": revision.annotation_id, "revision": revision.number, "status": body.status}
+        image = get_image(db, user, iid)
+        mask = _png_mask(body.mask_png_base64 or "", image.width, image.height)
+        revision = annotations.save_revision(db, blobs, user, iid, label, mask, body.base_revision,
+                                             comment=body.comment, submit=submit)
+    return AnnotationSaved(annotation_id=revision.annotation_id, revision=revision.number, status=body.status)
 
 
-@router.post("/annotations/{aid}/review")
-def review(aid: int, body: ReviewIn, request: Request, user: User = Depends(current_user)) -> dict:
-    store = store_of(request)
+@router.post("/annotations/{aid}/review", response_model=AnnotationReviewed)
+def review(aid: int, body: ReviewIn, db: Db, user: User = Depends(current_user)) -> AnnotationReviewed:
     if body.decision == "approve":
-        annotation = annotations.approve(store, user, aid, body.comment)
+        annotation = annotations.approve(db, user, aid, body.comment)
     else:
-        annotation = annotations.reject(store, user, aid, body.comment or "")
-    return {"annotation_id": annotation.id, "status": annotation.status.value,
-            "revision": annotation.current_revision}
+        annotation = annotations.reject(db, user, aid, body.comment or "")
+    return AnnotationReviewed(annotation_id=annotation.id, status=annotation.status.value,
+                              revision=annotation.current_revision)
 
 
-@router.get("/annotations/{aid}/revisions")
-def revisions(aid: int, request: Request, user: User = Depends(current_user)) -> list[dict]:
-    store = store_of(request)
-    rows = annotations.revisions(store, user, aid)
-    with store.transaction() as session:
-        names = dict(session.execute(select(User.id, User.username).where(
-            User.id.in_({r.author_id for r in rows if r.author_id}))).all())
-    return [{"number": r.number, "author": names.get(r.author_id), "created_at": r.created_at.isoformat(),
-             "model_version_id": r.model_version_id, "base_mask_id": r.base_mask_id, "prompt": r.prompt,
-             "comment": r.comment} for r in rows]
+@router.get("/annotations/{aid}/revisions", response_model=list[RevisionPublic])
+def revisions(aid: int, db: Db, user: User = Depends(current_user)) -> list[RevisionPublic]:
+    return [RevisionPublic(number=r.number, author=author, created_at=r.created_at,
+                           model_version_id=r.model_version_id, base_mask_id=r.base_mask_id, prompt=r.prompt,
+                           comment=r.comment) for r, author in annotations.revision_history(db, user, aid)]
 
 
-def _revision(store, user: User, aid: int, number: int) -> AnnotationRevision:
-    found = next((r for r in annotations.revisions(store, user, aid) if r.number == number), None)
-    if found is None:
-        raise NotFoundError(f"annotation {aid} has no revision {number}")
-    return found
+@router.get("/annotations/{aid}/revisions/{number}.npy", response_class=Response, responses={200: {"content": NPY}})
+def revision_npy(aid: int, number: int, db: Db, blobs: Blobs, user: User = Depends(current_user)) -> Response:
+    blob = annotations.get_revision(db, user, aid, number).blob_sha
+    return download(npy_bytes(load_mask(blobs, blob)), "application/octet-stream", f"annotation_{aid}_r{number}.npy")
 
 
-@router.get("/annotations/{aid}/revisions/{number}.npy", response_class=Response)
-def revision_npy(aid: int, number: int, request: Request, user: User = Depends(current_user)) -> Response:
-    store = store_of(request)
-    blob = _revision(store, user, aid, number).blob_sha
-    return download(npy_bytes(load_mask(store, blob)), "application/octet-stream", f"annotation_{aid}_r{number}.npy")
-
-
-@router.get("/annotations/{aid}/revisions/{number}.png", response_class=Response)
-def revision_png(aid: int, number: int, request: Request, user: User = Depends(current_user)) -> Response:
-    store = store_of(request)
-    blob = _revision(store, user, aid, number).blob_sha
-    return download(png_bytes(load_mask(store, blob)), "image/png", f"annotation_{aid}_r{number}.png")
+@router.get("/annotations/{aid}/revisions/{number}.png", response_class=Response, responses={200: {"content": PNG}})
+def revision_png(aid: int, number: int, db: Db, blobs: Blobs, user: User = Depends(current_user)) -> Response:
+    blob = annotations.get_revision(db, user, aid, number).blob_sha
+    return download(png_bytes(load_mask(blobs, blob)), "image/png", f"annotation_{aid}_r{number}.png")

@@ -16,13 +16,15 @@ from portal.store.models import User
 from portal.web.api import PREFIX, store_of
 from portal.web.api.uploads import received_file
 from portal.web.auth import current_user
+from portal.web.schemas.images import ImportReportPublic
+from portal.web.schemas.masks import ZIP
 from portal.web.transfer import build_export, scratch_dir
 from portal.web.transfer import import_zip as import_zip_file
 
 router = APIRouter(prefix=PREFIX, tags=["export"])
 
 
-@router.get("/projects/{pid}/export", response_class=FileResponse)
+@router.get("/projects/{pid}/export", response_class=FileResponse, responses={200: {"content": ZIP}})
 def export(pid: int, request: Request, user: User = Depends(current_user),
            format: Literal["npy", "png", "seed"] = "npy",
            approved_only: bool = Query(False, description="only approved annotations (the seed format's use)"),
@@ -41,8 +43,9 @@ def _scratch(request: Request) -> Path:
     return scratch_dir(request.app.state.settings)
 
 
-@router.post("/projects/{pid}/import", status_code=201)
+@router.post("/projects/{pid}/import", status_code=201, response_model=ImportReportPublic)
 async def import_zip(pid: int, request: Request, user: User = Depends(current_user)) -> dict:
+    """Streams and checks the zip before any transaction; ``import_zip_file`` then writes it in one."""
     store = store_of(request)
     async with received_file(request, expect={".zip"}) as upload:
         folder = Path(tempfile.mkdtemp(prefix="import-", dir=_scratch(request)))

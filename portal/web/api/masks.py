@@ -5,14 +5,15 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from medsam_core.outputs import mask_png
 from portal.store.models import User
 from portal.store.services.masks import get_mask, load_mask
-from portal.web.api import PREFIX, store_of
+from portal.web.api import PREFIX, Blobs, Db
 from portal.web.auth import current_user
+from portal.web.schemas.masks import NPY, PNG, MaskPublic
 
 router = APIRouter(prefix=PREFIX, tags=["masks"])
 
@@ -34,23 +35,17 @@ def download(data: bytes, media_type: str, filename: str) -> Response:
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
-@router.get("/masks/{mid}.npy", response_class=Response)
-def mask_npy(mid: int, request: Request, user: User = Depends(current_user)) -> Response:
-    store = store_of(request)
-    return download(npy_bytes(load_mask(store, get_mask(store, user, mid).blob_sha)), "application/octet-stream",
+@router.get("/masks/{mid}.npy", response_class=Response, responses={200: {"content": NPY}})
+def mask_npy(mid: int, db: Db, blobs: Blobs, user: User = Depends(current_user)) -> Response:
+    return download(npy_bytes(load_mask(blobs, get_mask(db, user, mid).blob_sha)), "application/octet-stream",
                     f"mask_{mid}.npy")
 
 
-@router.get("/masks/{mid}.png", response_class=Response)
-def mask_png_route(mid: int, request: Request, user: User = Depends(current_user)) -> Response:
-    store = store_of(request)
-    return download(png_bytes(load_mask(store, get_mask(store, user, mid).blob_sha)), "image/png",
-                    f"mask_{mid}.png")
+@router.get("/masks/{mid}.png", response_class=Response, responses={200: {"content": PNG}})
+def mask_png_route(mid: int, db: Db, blobs: Blobs, user: User = Depends(current_user)) -> Response:
+    return download(png_bytes(load_mask(blobs, get_mask(db, user, mid).blob_sha)), "image/png", f"mask_{mid}.png")
 
 
-@router.get("/masks/{mid}")
-def mask_info(mid: int, request: Request, user: User = Depends(current_user)) -> dict:
-    mask = get_mask(store_of(request), user, mid)
-    return {"id": mask.id, "image_id": mask.image_id, "model_version_id": mask.model_version_id,
-            "prompt": mask.prompt, "predicted_iou": mask.predicted_iou, "job_id": mask.job_id,
-            "item_index": mask.item_index, "created_at": mask.created_at.isoformat()}
+@router.get("/masks/{mid}", response_model=MaskPublic)
+def mask_info(mid: int, db: Db, user: User = Depends(current_user)) -> MaskPublic:
+    return MaskPublic.model_validate(get_mask(db, user, mid))

@@ -167,7 +167,8 @@ def _upload_lines(ctx: PortalContext, user, pid: int, files, window_choice, prog
     for path in progress.tqdm(files, desc="Uploading"):
         name = Path(path).name
         try:
-            rows = images.add_image(ctx.store, user, pid, path, filename=name, window=window_value(window_choice))
+            rows = ctx.run(images.add_image, ctx.blobs, ctx.settings, user, pid, path, filename=name,
+                           window=window_value(window_choice))
             good += 1
             lines.append(f"- ✓ {name}: image {rows[0].id}" + (f" ({len(rows)} slices)" if len(rows) > 1 else ""))
         except MedsamError as exc:
@@ -218,7 +219,7 @@ def _image_handlers(ctx: PortalContext) -> SimpleNamespace:
             raise gr.Error("Tick the confirmation box first.")
         if not image_id:
             raise gr.Error("Give the id of the image to delete.")
-        images.delete_image(store, user, int(image_id))
+        ctx.run(images.delete_image, user, int(image_id))
         return f"✓ Deleted image {int(image_id)}.", _image_table(ctx, user, pid)
 
     return SimpleNamespace(refresh=refresh, upload=upload, import_zip_file=import_zip_file,

@@ -97,8 +97,8 @@ def _layout() -> SimpleNamespace:
 def _loaded(ctx: PortalContext, user, lbl: str, image_id: int) -> tuple:
     """Session state, box tool, editor, status text and history for one image and label."""
     store = ctx.store
-    image = images.get_image(store, user, int(image_id))
-    rgb = display_pixels(store, image)
+    image = ctx.run(images.get_image, user, int(image_id))
+    rgb = display_pixels(store.blobs, image, store.settings)
     found, latest = ctx.read(worklists.current_annotation, user, image.id, lbl)
     st: dict[str, Any] = {
         "image_id": image.id, "label": lbl, "rgb": rgb, "base_revision": 0,
@@ -106,13 +106,13 @@ def _loaded(ctx: PortalContext, user, lbl: str, image_id: int) -> tuple:
         "pending": None, "mask_id": None, "model_version_id": None, "prompt": None}
     status, note = "unlabelled", ""
     if found is not None and latest is not None and found.current_revision > 0:
-        mask = load_mask(store, latest.blob_sha)
+        mask = load_mask(store.blobs, latest.blob_sha)
         st.update(mask=mask, shown=mask, base_revision=found.current_revision)
         status = found.status.value
     else:
         pre = ctx.read(worklists.prelabel_mask, user, image.id)  # a bulk pre-label job's mask, as the proposal
         if pre is not None:
-            mask = load_mask(store, pre.blob_sha)
+            mask = load_mask(store.blobs, pre.blob_sha)
             st.update(mask=mask, shown=mask, mask_id=pre.id, model_version_id=pre.model_version_id,
                       prompt=pre.prompt)
             note = f" · pre-labelled by job {pre.job_id}: correct it, then save or submit"
@@ -172,11 +172,11 @@ def _propose_handlers(ctx: PortalContext) -> SimpleNamespace:
         if not boxes:
             raise gr.Error("Drag a box around the object first.")
         out = ctx.segmentation.segment(user, st["image_id"], boxes=boxes)
-        mask = load_mask(ctx.store, get_mask(ctx.store, user, out["mask_id"]).blob_sha)
-        st = {**st, "mask": mask, "shown": mask, "unsaved": True, "pending": None, "mask_id": out["mask_id"],
-              "model_version_id": out["model_version_id"], "prompt": {"boxes": boxes}}
-        text = (f"Proposed mask: predicted IoU **{out['predicted_iou']:.3f}**, area {out['area']} px, model "
-                f"version {out['model_version_id']}, {out['timing_ms'].get('total', 0):.0f} ms. Correct it, "
+        mask = load_mask(ctx.blobs, ctx.run(get_mask, user, out.mask_id).blob_sha)
+        st = {**st, "mask": mask, "shown": mask, "unsaved": True, "pending": None, "mask_id": out.mask_id,
+              "model_version_id": out.model_version_id, "prompt": {"boxes": boxes}}
+        text = (f"Proposed mask: predicted IoU **{out.predicted_iou:.3f}**, area {out.area} px, model "
+                f"version {out.model_version_id}, {out.timing_ms.total:.0f} ms. Correct it, "
                 f"then save or submit (base revision {st['base_revision']}).")
         return st, editor_value(st["rgb"], mask), text
 
@@ -193,7 +193,7 @@ def _conflict_outputs(ctx: PortalContext, user, st, mask, exc: ConflictError, au
     """Both masks side by side and the reason; the session keeps its base, so nothing is overwritten."""
     gr.Warning(str(exc))
     _, latest = ctx.read(worklists.current_annotation, user, st["image_id"], st["label"])
-    theirs = load_mask(ctx.store, latest.blob_sha) if latest is not None else None
+    theirs = load_mask(ctx.blobs, latest.blob_sha) if latest is not None else None
     message = ("**Not saved: conflict.** " + ("(automatic draft) " if auto else "") + str(exc) +
                (f" (revision {exc.current_revision} by {exc.author})" if exc.current_revision else ""))
     return ({**st, "pending": None}, f"⚠ {message}", gr.update(), gr.update(visible=True), message,
@@ -205,9 +205,9 @@ def _conflict_outputs(ctx: PortalContext, user, st, mask, exc: ConflictError, au
 def _saved(ctx: PortalContext, user, st, mask, submit: bool, auto: bool) -> tuple:
     """Outputs for the tab's ``save_outs``; a conflict shows both masks and writes nothing."""
     try:
-        rev = annotations.save_revision(
-            ctx.store, user, st["image_id"], st["label"], mask, st["base_revision"], base_mask_id=st["mask_id"],
-            model_version_id=st["model_version_id"], prompt=st["prompt"], submit=submit)
+        rev = ctx.run(
+            annotations.save_revision, ctx.blobs, user, st["image_id"], st["label"], mask, st["base_revision"],
+            base_mask_id=st["mask_id"], model_version_id=st["model_version_id"], prompt=st["prompt"], submit=submit)
     except ConflictError as exc:
         return _conflict_outputs(ctx, user, st, mask, exc, auto)
     st = {**st, "base_revision": rev.number, "mask": mask, "shown": mask, "unsaved": False, "pending": None,

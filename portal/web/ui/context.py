@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import gradio as gr
 
+from portal.store.blobs import BlobStore
 from portal.store.models import User
 from portal.store.settings import Settings
 from portal.store.store import Store
@@ -51,7 +52,20 @@ class PortalContext:
     def user(self, request: gr.Request) -> User:
         return user_of(self.store, request)
 
+    @property
+    def blobs(self) -> BlobStore:
+        return self.store.blobs
+
     def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a ``worklists``-style read ``fn(session, *args)`` in a transaction of its own."""
         with self.store.transaction() as session:
             return fn(session, *args)
+
+    def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a service ``fn(session, *args, **kwargs)`` in a transaction of its own, committed on return.
+
+        One transaction per UI event, as the API has one per request: a handler
+        that fails half-way writes nothing.
+        """
+        with self.store.transaction() as session:
+            return fn(session, *args, **kwargs)

@@ -62,17 +62,17 @@ def build_review_tab(ctx: PortalContext) -> None:
         if not aid:
             return None
         image, latest = ctx.read(worklists.review_item, user, int(aid))
-        return overlay_value(display_pixels(store, image),
-                             [(load_mask(store, latest.blob_sha), f"revision {latest.number}")])
+        return overlay_value(display_pixels(store.blobs, image, store.settings),
+                             [(load_mask(store.blobs, latest.blob_sha), f"revision {latest.number}")])
 
     def decide(pid, aid, comment, approve: bool, request: gr.Request):
         user = ctx.user(request)
         if not aid:
             raise gr.Error("Choose a submitted annotation first.")
         if approve:
-            annotations.approve(store, user, int(aid), comment or None)
+            ctx.run(annotations.approve, user, int(aid), comment or None)
         else:
-            annotations.reject(store, user, int(aid), comment)
+            ctx.run(annotations.reject, user, int(aid), comment)
         word = "Approved" if approve else "Rejected"
         gr.Info(f"{word} annotation #{aid}")
         return (f"✓ {word} annotation #{aid}.", "", *refresh(pid, None, request))
