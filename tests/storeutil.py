@@ -46,3 +46,9 @@ def square_mask(shape=(48, 64), x0=10, y0=10, side=20):
     m = np.zeros(shape, np.uint8)
     m[y0:y0 + side, x0:x0 + side] = 1
     return m
+
+
+def tx(store: Store, fn, *args, **kwargs):
+    """Call a service ``fn(db, *args, **kwargs)`` in a transaction of its own, as a request or a task does."""
+    with store.transaction() as db:
+        return fn(db, *args, **kwargs)

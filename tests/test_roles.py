@@ -21,12 +21,12 @@ from PIL import Image as PILImage
 from sqlalchemy import func, select
 
 from portal.store.errors import NotFoundError, PermissionDeniedError, StoreError
-from portal.store.models import AnnotationStatus, Job, JobKind, JobState, Review, Role, TrainingJob, User
+from portal.store.models import AnnotationStatus, Job, JobKind, JobState, Review, Role, User
 from portal.store.services import annotations as ann
 from portal.store.services import images, jobs, model_versions, projects, training
 from portal.store.services.masks import get_mask, record_mask
 from tests.conftest import DEMO_BOX, DEMO_IMAGE
-from tests.storeutil import new_user, png_file, square_mask, store_per_database
+from tests.storeutil import new_user, png_file, square_mask, store_per_database, tx
 from tests.test_api import api, call, ok  # noqa: F401 - the real server fixture, one for this module
 from workers.queue import JobQueue
 
@@ -57,15 +57,17 @@ def world(store, tmp_path):
             "image": image, "item": {"image_id": image.id, "boxes": [[5, 5, 30, 30]]}}
 
 
-def job_count(store, model, project_id: int) -> int:
+def job_count(store, project_id: int) -> int:
+    """Jobs of every kind, fine-tunes included."""
     with store.transaction() as session:
-        return session.scalar(select(func.count()).select_from(model).where(model.project_id == project_id))
+        return session.scalar(select(func.count()).select_from(Job).where(Job.project_id == project_id))
 
 
-def training_row(store, project_id: int, requested_by: int) -> TrainingJob:
+def training_row(store, project_id: int, requested_by: int) -> Job:
     """A queued fine-tune as the service would leave it (nothing is sent to a broker, so nothing runs)."""
     with store.transaction() as session:
-        job = TrainingJob(project_id=project_id, requested_by=requested_by, params={"epochs": 1})
+        job = Job(kind=JobKind.finetune, project_id=project_id, requested_by=requested_by, params={"epochs": 1},
+                  epoch_metrics=[])
         session.add(job)
         session.flush()
         return job
@@ -73,20 +75,20 @@ def training_row(store, project_id: int, requested_by: int) -> TrainingJob:
 
 def test_only_whoever_queued_a_job_or_an_admin_cancels_it(store, world):
     w = world
-    theirs = jobs.create_job(store, JobKind.precompute_embeddings, {}, project_id=w["a"].id, actor=w["reviewer"])
+    theirs = tx(store, jobs.create_job, JobKind.precompute_embeddings, {}, project_id=w["a"].id, actor=w["reviewer"])
     with pytest.raises(PermissionDeniedError, match=f"queued by {w['reviewer'].username}; only they or an admin"):
-        dispatch.cancel(store, Job, theirs.id, w["annotator"])
-    untouched = jobs.get_job(store, Job, theirs.id)
+        dispatch.cancel(store, theirs.id, w["annotator"])
+    untouched = tx(store, jobs.get_job, theirs.id)
     assert untouched.state == JobState.queued and not untouched.cancel_requested
-    assert dispatch.cancel(store, Job, theirs.id, w["reviewer"]).state == JobState.cancelled
-    another = jobs.create_job(store, JobKind.precompute_embeddings, {}, project_id=w["a"].id, actor=w["reviewer"])
-    assert dispatch.cancel(store, Job, another.id, w["admin"]).state == JobState.cancelled
+    assert dispatch.cancel(store, theirs.id, w["reviewer"]).state == JobState.cancelled
+    another = tx(store, jobs.create_job, JobKind.precompute_embeddings, {}, project_id=w["a"].id, actor=w["reviewer"])
+    assert dispatch.cancel(store, another.id, w["admin"]).state == JobState.cancelled
     finetune = training_row(store, w["a"].id, w["admin"].id)
     with pytest.raises(PermissionDeniedError, match="only they or an admin"):
-        dispatch.cancel(store, TrainingJob, finetune.id, w["reviewer"])  # reviewers once could
+        dispatch.cancel(store, finetune.id, w["reviewer"])  # reviewers once could
     with pytest.raises(NotFoundError, match="not found"):
-        dispatch.cancel(store, TrainingJob, finetune.id, w["outsider"])
-    assert not jobs.get_job(store, TrainingJob, finetune.id).cancel_requested
+        dispatch.cancel(store, finetune.id, w["outsider"])
+    assert not tx(store, jobs.get_job, finetune.id).cancel_requested
 
 
 def test_prelabel_and_precompute_are_for_admins_in_every_path(store, world):
@@ -98,7 +100,7 @@ def test_prelabel_and_precompute_are_for_admins_in_every_path(store, world):
             dispatch.submit_precompute(store, user, w["a"].id, None)
     with pytest.raises(NotFoundError, match=rf"project {w['a'].id} not found \(or you are not a member\)"):
         dispatch.submit_precompute(store, w["outsider"], w["a"].id, None)
-    assert job_count(store, Job, w["a"].id) == 0
+    assert job_count(store, w["a"].id) == 0
 
 
 def test_wrong_types_from_any_caller_are_messages_not_crashes(store, world):
@@ -119,8 +121,8 @@ def test_wrong_types_from_any_caller_are_messages_not_crashes(store, world):
                             ({"early_stopping": 0}, "early stopping must be"),
                             ({"bogus": 1}, r"unknown training parameter\(s\): bogus")):
         with pytest.raises(StoreError, match=message):
-            training.create_job(store, admin, pid, params)
-    assert job_count(store, Job, pid) == 0 and job_count(store, TrainingJob, pid) == 0
+            tx(store, training.create_job, store.blobs, store.settings, admin, pid, params)
+    assert job_count(store, pid) == 0
 
 
 def test_nobody_approves_a_revision_they_saved(store, world):
@@ -186,12 +188,13 @@ def test_approval_is_refused_when_the_annotation_moved_on(store, world, monkeypa
 def test_outside_ones_projects_everything_is_not_found_in_the_same_words(store, world):
     w = world
     outsider, pid, iid = w["outsider"], w["a"].id, w["image"].id
-    base = model_versions.base_version(store)
+    base = tx(store, model_versions.base_version)
     mask = record_mask(store, w["annotator"], iid, square_mask(), base.id, {"boxes": [[10, 10, 30, 30]]})
     rev = ann.save_revision(store, w["annotator"], iid, "liver", square_mask(), 0)
-    job = jobs.create_job(store, JobKind.precompute_embeddings, {}, project_id=pid, actor=w["admin"])
+    job = tx(store, jobs.create_job, JobKind.precompute_embeddings, {}, project_id=pid, actor=w["admin"])
     finetune = training_row(store, pid, w["admin"].id)
-    version = model_versions.register_version(store, name="a-only", family="lite", encoder_digest=base.encoder_digest,
+    version = tx(store, model_versions.register_version, store.blobs, name="a-only", family="lite",
+            encoder_digest=base.encoder_digest,
                                               model_digest=uuid.uuid4().hex * 2, project_id=pid)
 
     def project(i):
@@ -205,10 +208,10 @@ def test_outside_ones_projects_everything_is_not_found_in_the_same_words(store, 
         "mask": (lambda i: get_mask(store, outsider, i), mask.id),
         "annotation": (lambda i: ann.revisions(store, outsider, i), rev.annotation_id),
         "annotation approve": (lambda i: ann.approve(store, outsider, i), rev.annotation_id),
-        "job": (lambda i: jobs.get_job(store, Job, i, outsider), job.id),
-        "training job": (lambda i: jobs.get_job(store, TrainingJob, i, outsider), finetune.id),
-        "model version": (lambda i: training.create_job(store, outsider, w["b"].id, {"parent_version_id": i}),
-                          version.id),
+        "job": (lambda i: tx(store, jobs.get_job, i, outsider), job.id),
+        "training job": (lambda i: tx(store, jobs.get_job, i, outsider, kinds={JobKind.finetune}), finetune.id),
+        "model version": (lambda i: tx(store, training.create_job, store.blobs, store.settings, outsider, w["b"].id,
+                                       {"parent_version_id": i}), version.id),
     }
     for name, (look, real_id) in lookups.items():
         with pytest.raises(NotFoundError) as real:
@@ -270,7 +273,7 @@ def test_http_job_bodies_are_typed(api, roles_project):
         assert r.json()["detail"][0]["loc"] == ["body", *loc], (text, r.json()["detail"])
     store = server_store(api)
     try:
-        assert job_count(store, Job, pid) == 0 and job_count(store, TrainingJob, pid) == 0
+        assert job_count(store, pid) == 0
     finally:
         store.close()
     good = ok(call(api, "POST", f"/projects/{pid}/prelabel",
@@ -297,7 +300,7 @@ def test_http_roles(api, roles_project):
     try:
         with store.transaction() as session:
             people = {u.username: u for u in session.scalars(select(User))}
-        queued = jobs.create_job(store, JobKind.precompute_embeddings, {}, project_id=pid, actor=people["boss"])
+        queued = tx(store, jobs.create_job, JobKind.precompute_embeddings, {}, project_id=pid, actor=people["boss"])
         finetune = training_row(store, pid, people["rita"].id)
     finally:
         store.close()

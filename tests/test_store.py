@@ -23,7 +23,7 @@ from portal.store.models import (
 from portal.store.services import annotations as ann
 from portal.store.services import images, model_versions, projects, users
 from portal.store.services.masks import load_mask, record_mask
-from tests.storeutil import new_user, png_file, square_mask, store_per_database
+from tests.storeutil import new_user, png_file, square_mask, store_per_database, tx
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -49,7 +49,7 @@ def count(store, model, *where):
 
 
 def test_bundled_model_is_a_registered_base_version(store):
-    base = model_versions.base_version(store)
+    base = tx(store, model_versions.base_version)
     assert base.family == "lite" and base.project_id is None and base.checkpoint_blob is None
     assert len(base.encoder_digest) == 64
 
@@ -130,7 +130,7 @@ def test_revisions_are_append_only_and_stale_saves_conflict(store, admin, projec
     with store.transaction() as session:
         projects.add_member(session, admin, project.id, annotator)
     (image,) = images.add_image(store, admin, project.id, png_file(tmp_path, 2))
-    base = model_versions.base_version(store)
+    base = tx(store, model_versions.base_version)
     proposal = record_mask(store, annotator, image.id, square_mask(), base.id, {"boxes": [[10, 10, 30, 30]]}, 0.9)
     r1 = ann.save_revision(store, annotator, image.id, "liver", square_mask(), 0, base_mask_id=proposal.id,
                            model_version_id=base.id, prompt={"boxes": [[10, 10, 30, 30]]})
@@ -171,22 +171,24 @@ def test_review_permissions_and_training_set(store, admin, project, tmp_path):
 
 def test_promotion_needs_admin_and_rollback_restores(store, admin, project):
     annotator = new_user(store, Role.annotator)
-    base = model_versions.base_version(store)
+    base = tx(store, model_versions.base_version)
     blob = store.blobs.put_bytes(b"pretend checkpoint " + uuid.uuid4().bytes)
-    v1 = model_versions.register_version(store, name="ft1", family="lite", encoder_digest=base.encoder_digest,
+    v1 = tx(store, model_versions.register_version, store.blobs, name="ft1", family="lite",
+            encoder_digest=base.encoder_digest,
                                          model_digest="1" * 64, project_id=project.id, parent_id=base.id,
                                          checkpoint_blob=blob, metrics={"val_dice": 0.9})
-    v2 = model_versions.register_version(store, name="ft2", family="lite", encoder_digest=base.encoder_digest,
+    v2 = tx(store, model_versions.register_version, store.blobs, name="ft2", family="lite",
+            encoder_digest=base.encoder_digest,
                                          model_digest="2" * 64, project_id=project.id, parent_id=v1.id,
                                          checkpoint_blob=blob)
     with pytest.raises(PermissionDeniedError):
-        model_versions.set_active(store, annotator, project.id, v1.id)
-    assert model_versions.active_version(store, project.id).id == base.id
-    model_versions.set_active(store, admin, project.id, v1.id)
-    model_versions.set_active(store, admin, project.id, v2.id)
-    assert model_versions.rollback(store, admin, project.id).active_model_version_id == v1.id
+        tx(store, model_versions.set_active, annotator, project.id, v1.id)
+    assert tx(store, model_versions.active_version, project.id).id == base.id
+    tx(store, model_versions.set_active, admin, project.id, v1.id)
+    tx(store, model_versions.set_active, admin, project.id, v2.id)
+    assert tx(store, model_versions.rollback, admin, project.id).active_model_version_id == v1.id
     with pytest.raises(StoreError, match="not in the blob store"):
-        model_versions.register_version(store, name="x", family="lite", encoder_digest="e" * 64,
+        tx(store, model_versions.register_version, store.blobs, name="x", family="lite", encoder_digest="e" * 64,
                                         model_digest="3" * 64, project_id=project.id, checkpoint_blob="f" * 64)
 
 
@@ -208,5 +210,5 @@ def test_deleting_an_image_removes_its_data_and_keeps_the_audit(store, admin, pr
     assert store.blobs.exists(image.blob_sha) and young.too_young >= 3
     collect_garbage(store, timedelta(0))
     assert not store.blobs.exists(image.blob_sha) and not store.blobs.exists(rev.blob_sha)
-    assert model_versions.base_version(store)  # unrelated rows untouched
+    assert tx(store, model_versions.base_version)  # unrelated rows untouched
     assert count(store, ModelVersion) >= 1

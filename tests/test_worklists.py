@@ -16,7 +16,7 @@ from portal.store.models import JobKind, Role
 from portal.store.services import annotations as ann
 from portal.store.services import images, jobs, model_versions, projects, training, worklists
 from portal.store.services.masks import record_mask
-from tests.storeutil import new_user, png_file, square_mask, store_per_database
+from tests.storeutil import new_user, png_file, square_mask, store_per_database, tx
 
 MISSING = 987_654
 
@@ -104,9 +104,9 @@ def test_members_get_the_queue_history_and_review_rows(store, world):
 
 def test_prelabel_proposals_and_the_admin_only_user_lookup(store, world):
     w = world
-    base = model_versions.base_version(store)
+    base = tx(store, model_versions.base_version)
     assert read(store, worklists.prelabel_mask, w["annotator"], w["second"].id) is None
-    job = jobs.create_job(store, JobKind.segment_batch, {}, project_id=w["a"].id, actor=w["admin"])
+    job = tx(store, jobs.create_job, JobKind.segment_batch, {}, project_id=w["a"].id, actor=w["admin"])
     mask = record_mask(store, None, w["second"].id, square_mask(), base.id, {"boxes": [[1, 1, 20, 20]]},
                        job_id=job.id, item_index=0)
     assert read(store, worklists.prelabel_mask, w["annotator"], w["second"].id).id == mask.id
@@ -117,8 +117,9 @@ def test_prelabel_proposals_and_the_admin_only_user_lookup(store, world):
 
 def test_version_rows_carry_the_evaluation_scores_and_the_active_mark(store, world):
     w = world
-    base = model_versions.base_version(store)
-    child = model_versions.register_version(store, name="tuned", family="lite", encoder_digest=base.encoder_digest,
+    base = tx(store, model_versions.base_version)
+    child = tx(store, model_versions.register_version, store.blobs, name="tuned", family="lite",
+            encoder_digest=base.encoder_digest,
                                             model_digest=uuid.uuid4().hex * 2, project_id=w["a"].id,
                                             parent_id=base.id, metrics={"baseline_val_dice": 0.5,
                                                                         "best_val_dice": 0.6})
@@ -126,9 +127,9 @@ def test_version_rows_carry_the_evaluation_scores_and_the_active_mark(store, wor
     assert rows[base.id].active and not rows[child.id].active
     assert (rows[child.id].val_dice_before, rows[child.id].val_dice, rows[child.id].evaluated_images) == \
         (0.5, 0.6, None)  # the training's own figures until evaluations are recorded
-    training.record_evaluation(store, base.id, w["a"].id, 0.71, None, 3)
-    training.record_evaluation(store, child.id, w["a"].id, 0.83, None, 3)
-    evaluation = jobs.create_job(store, JobKind.evaluate, {"model_version_id": child.id}, project_id=w["a"].id,
+    tx(store, training.record_evaluation, base.id, w["a"].id, 0.71, None, 3)
+    tx(store, training.record_evaluation, child.id, w["a"].id, 0.83, None, 3)
+    evaluation = tx(store, jobs.create_job, JobKind.evaluate, {"model_version_id": child.id}, project_id=w["a"].id,
                                  actor=w["admin"])
     rows = {r.version.id: r for r in read(store, worklists.version_rows, w["reviewer"], w["a"].id)}
     assert (rows[child.id].val_dice_before, rows[child.id].val_dice, rows[child.id].evaluated_images) == \
