@@ -129,3 +129,13 @@ def test_no_settings_are_read_at_import():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ValidationError"  # the settings really were unreadable
+
+
+# Services work in the caller's transaction: they take a Session (and blobs or settings), never the Store.
+SESSION_SERVICES = ("jobs", "training", "evaluations", "submissions", "model_versions")
+
+
+@pytest.mark.parametrize("service", SESSION_SERVICES)
+def test_session_services_do_not_import_the_store(service):
+    name = f"portal.store.services.{service}"
+    assert "portal.store.store" not in imports_of(name, all_modules()[name])
