@@ -65,7 +65,8 @@ def run_broker(name: str, calls: int, redis_url: str) -> list[tuple[str, list[fl
         admin = users.create_user(session, "bench", "bench-password", Role.admin)
         project = projects.create_project(session, admin, "bench", "ct", ["organ"])
         (image,) = images.add_image(session, store.blobs, store.settings, admin, project.id, DEMO)
-    version = model_versions.base_version(store).id
+    with store.transaction() as db:
+        version = model_versions.base_version(db).id
     app = make_app(get_settings())
     log = open(folder / "worker.log", "wb")
     worker = subprocess.Popen([sys.executable, "-m", "portal.cli", "worker", "--queues", "inference"],

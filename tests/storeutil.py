@@ -48,7 +48,7 @@ def square_mask(shape=(48, 64), x0=10, y0=10, side=20):
     return m
 
 
-def in_tx(store: Store, service, *args, **kwargs):
-    """A Session-first service in a transaction of its own, as one request or one task runs it."""
-    with store.transaction() as session:
-        return service(session, *args, **kwargs)
+def tx(store: Store, fn, *args, **kwargs):
+    """Call a service ``fn(db, *args, **kwargs)`` in a transaction of its own, as a request or a task does."""
+    with store.transaction() as db:
+        return fn(db, *args, **kwargs)

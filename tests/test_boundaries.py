@@ -135,11 +135,9 @@ def test_no_settings_are_read_at_import():
 
 ROUTE_MODULES = sorted(p for p in (ROOT / "portal" / "web" / "api").glob("*.py") if p.name != "__init__.py") + [
     ROOT / "portal" / "web" / "auth.py"]
-# The services converted to take ``db: Session`` (plus the BlobStore or Settings they need) instead of the
-# Store. The jobs/training side (jobs, training, evaluations, submissions, model_versions) joins this list
-# when it is converted; ``legacy`` goes away then too.
-SESSION_SERVICES = ["annotations", "images", "masks", "gc", "projects", "users", "login_throttle", "worklists",
-                    "audit", "legacy"]
+# Every service takes ``db: Session`` (plus the BlobStore or Settings it needs), never the Store.
+SESSION_SERVICES = sorted(p.stem for p in (ROOT / "portal" / "store" / "services").glob("*.py")
+                          if p.name != "__init__.py")
 
 
 def _imported_names(path: Path) -> set[tuple[str, str]]:

@@ -69,7 +69,7 @@ def portal(tmp_path_factory, data_dir):
     from portal.store.services import annotations, images, projects, users
     from portal.store.settings import Settings
     from portal.store.store import open_store
-    from tests.storeutil import in_tx
+    from tests.storeutil import tx
 
     folder = tmp_path_factory.mktemp("browser")
     (data_dir / "onnx").mkdir(exist_ok=True)
@@ -86,12 +86,12 @@ def portal(tmp_path_factory, data_dir):
         train = projects.create_project(session, admin, "Blobs", "other", [LABEL], allow_self_review=True)
         for name in ("anna", "bob", "rita"):
             projects.add_member(session, admin, work.id, ids[name])
-    (demo_row,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, work.id, DEMO_IMAGE)
+    (demo_row,) = tx(store, images.add_image, store.blobs, store.settings, admin, work.id, DEMO_IMAGE)
     labelled = _synthetic(folder, 6)
     for path, mask in labelled:
-        (row,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, train.id, path)
-        rev = in_tx(store, annotations.save_revision, store.blobs, admin, row.id, LABEL, mask, 0, submit=True)
-        in_tx(store, annotations.approve, admin, rev.annotation_id)
+        (row,) = tx(store, images.add_image, store.blobs, store.settings, admin, train.id, path)
+        rev = tx(store, annotations.save_revision, store.blobs, admin, row.id, LABEL, mask, 0, submit=True)
+        tx(store, annotations.approve, admin, rev.annotation_id)
     store.close()
 
     server = Server(folder, _free_port(), env).start()

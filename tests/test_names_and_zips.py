@@ -36,7 +36,7 @@ from portal.store.services import images, projects
 from portal.web.transfer import MAX_ZIP_ENTRIES, build_export, import_zip, scratch_dir
 from tests.conftest import require
 from tests.dbutil import temporary_database
-from tests.storeutil import in_tx, new_user, png_file, square_mask, store_per_database
+from tests.storeutil import new_user, png_file, square_mask, store_per_database, tx
 from tests.test_api import api, call, ok  # noqa: F401 - api: the real `medsam serve` fixture
 
 PATIENT = "Doe_Johnathan_MRN-424242.dcm"
@@ -89,19 +89,19 @@ def patient_dicom(folder: Path, sample_data) -> Path:
 
 def test_dicom_is_named_from_deidentified_fields_and_hashed_as_stored(store, admin, project, tmp_path, sample_data):
     path = patient_dicom(tmp_path, sample_data)
-    (row,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id, path, filename=PATIENT)
+    (row,) = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, path, filename=PATIENT)
     assert row.filename == "CT_instance267.dcm"  # Modality + InstanceNumber of the stored, de-identified copy
     stored = store.blobs.get_bytes(row.blob_sha)
     assert row.sha256 == hashlib.sha256(stored).hexdigest() == row.blob_sha
     assert b"424242" not in stored
-    assert [r.id for r in in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id, path,
+    assert [r.id for r in tx(store, images.add_image, store.blobs, store.settings, admin, project.id, path,
                                 filename=PATIENT)] == [row.id]
     with store.transaction() as session:
         (event,) = session.scalars(select(AuditEvent).where(AuditEvent.action == "image.upload",
                                                             AuditEvent.target_id == row.id))
         details = json.dumps(event.details)
     assert event.details["sha256"] == row.sha256 and not any(s in details for s in SECRETS)
-    in_tx(store, ann.save_revision, store.blobs, admin, row.id, "liver", square_mask((512, 512), 200, 200, 60), 0)
+    tx(store, ann.save_revision, store.blobs, admin, row.id, "liver", square_mask((512, 512), 200, 200, 60), 0)
     folder = Path(tempfile.mkdtemp(dir=scratch_dir(store.settings)))
     try:
         with zipfile.ZipFile(build_export(store, admin, project.id, "npy", False, 64, folder)) as zf:
@@ -121,14 +121,14 @@ def test_dicom_without_series_fields_is_named_by_its_content(store, admin, proje
     ds = pydicom.dcmread(path)
     ds.PatientName = "Smith^Anna"
     ds.save_as(path)
-    (row,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id, path)
+    (row,) = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, path)
     assert row.filename == f"dicom_{row.blob_sha[:12]}.dcm" and row.sha256 == row.blob_sha
 
 
 def test_a_project_may_keep_original_names_and_admins_change_it(store, admin, tmp_path, sample_data):
     keeping = _project(store, admin, keep_original_names=True)
     assert keeping.keep_original_names is True and keeping.allow_self_review is False
-    (row,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, keeping.id,
+    (row,) = tx(store, images.add_image, store.blobs, store.settings, admin, keeping.id,
                    patient_dicom(tmp_path, sample_data), filename=PATIENT)
     assert row.filename == PATIENT and b"424242" not in store.blobs.get_bytes(row.blob_sha)
     reviewer = new_user(store, Role.reviewer)
@@ -161,19 +161,19 @@ def test_a_project_may_keep_original_names_and_admins_change_it(store, admin, tm
     ("  .hidden.png ", "hidden.png"),
 ])
 def test_stored_names_are_cleaned_and_capped(store, admin, project, tmp_path, sent, kept):
-    (row,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id,
+    (row,) = tx(store, images.add_image, store.blobs, store.settings, admin, project.id,
                    png_file(tmp_path, len(sent) + ord(sent[0])), filename=sent)
     assert row.filename == kept and len(row.filename) <= 255
 
 
 @pytest.mark.parametrize("fmt", ["npy", "png", "seed"])
 def test_exports_work_and_name_entries_by_id_and_a_short_stem(store, admin, project, tmp_path, fmt):
-    (row,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id, png_file(tmp_path, 7),
+    (row,) = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, png_file(tmp_path, 7),
                    filename="x" * 300 + ".png")
     legacy = "dir/" + "a" * 240 + " é.png"  # a row stored before names were capped: too long for a file name
     with store.transaction() as session:
         session.get(Image, row.id).filename = legacy
-    in_tx(store, ann.save_revision, store.blobs, admin, row.id, "liver", square_mask(), 0)
+    tx(store, ann.save_revision, store.blobs, admin, row.id, "liver", square_mask(), 0)
     folder = Path(tempfile.mkdtemp(dir=scratch_dir(store.settings)))
     try:
         with zipfile.ZipFile(build_export(store, admin, project.id, fmt, False, 64, folder)) as zf:

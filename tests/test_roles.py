@@ -21,12 +21,12 @@ from PIL import Image as PILImage
 from sqlalchemy import func, select
 
 from portal.store.errors import NotFoundError, PermissionDeniedError, StoreError
-from portal.store.models import AnnotationStatus, Job, JobKind, JobState, Review, Role, TrainingJob, User
+from portal.store.models import AnnotationStatus, Job, JobKind, JobState, Review, Role, User
 from portal.store.services import annotations as ann
 from portal.store.services import images, jobs, model_versions, projects, training
 from portal.store.services.masks import get_mask, record_mask
 from tests.conftest import DEMO_BOX, DEMO_IMAGE
-from tests.storeutil import in_tx, new_user, png_file, square_mask, store_per_database
+from tests.storeutil import new_user, png_file, square_mask, store_per_database, tx
 from tests.test_api import api, call, ok  # noqa: F401 - the real server fixture, one for this module
 from workers.queue import JobQueue
 
@@ -52,21 +52,23 @@ def world(store, tmp_path):
         for user in (reviewer, annotator):
             projects.add_member(session, admin, a.id, user)
         projects.add_member(session, admin, b.id, outsider)
-    (image,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, a.id,
+    (image,) = tx(store, images.add_image, store.blobs, store.settings, admin, a.id,
                      png_file(tmp_path, uuid.uuid4().int % 10_000))
     return {"admin": admin, "reviewer": reviewer, "annotator": annotator, "outsider": outsider, "a": a, "b": b,
             "image": image, "item": {"image_id": image.id, "boxes": [[5, 5, 30, 30]]}}
 
 
-def job_count(store, model, project_id: int) -> int:
+def job_count(store, project_id: int) -> int:
+    """Jobs of every kind, fine-tunes included."""
     with store.transaction() as session:
-        return session.scalar(select(func.count()).select_from(model).where(model.project_id == project_id))
+        return session.scalar(select(func.count()).select_from(Job).where(Job.project_id == project_id))
 
 
-def training_row(store, project_id: int, requested_by: int) -> TrainingJob:
+def training_row(store, project_id: int, requested_by: int) -> Job:
     """A queued fine-tune as the service would leave it (nothing is sent to a broker, so nothing runs)."""
     with store.transaction() as session:
-        job = TrainingJob(project_id=project_id, requested_by=requested_by, params={"epochs": 1})
+        job = Job(kind=JobKind.finetune, project_id=project_id, requested_by=requested_by, params={"epochs": 1},
+                  epoch_metrics=[])
         session.add(job)
         session.flush()
         return job
@@ -74,20 +76,20 @@ def training_row(store, project_id: int, requested_by: int) -> TrainingJob:
 
 def test_only_whoever_queued_a_job_or_an_admin_cancels_it(store, world):
     w = world
-    theirs = jobs.create_job(store, JobKind.precompute_embeddings, {}, project_id=w["a"].id, actor=w["reviewer"])
+    theirs = tx(store, jobs.create_job, JobKind.precompute_embeddings, {}, project_id=w["a"].id, actor=w["reviewer"])
     with pytest.raises(PermissionDeniedError, match=f"queued by {w['reviewer'].username}; only they or an admin"):
-        dispatch.cancel(store, Job, theirs.id, w["annotator"])
-    untouched = jobs.get_job(store, Job, theirs.id)
+        dispatch.cancel(store, theirs.id, w["annotator"])
+    untouched = tx(store, jobs.get_job, theirs.id)
     assert untouched.state == JobState.queued and not untouched.cancel_requested
-    assert dispatch.cancel(store, Job, theirs.id, w["reviewer"]).state == JobState.cancelled
-    another = jobs.create_job(store, JobKind.precompute_embeddings, {}, project_id=w["a"].id, actor=w["reviewer"])
-    assert dispatch.cancel(store, Job, another.id, w["admin"]).state == JobState.cancelled
+    assert dispatch.cancel(store, theirs.id, w["reviewer"]).state == JobState.cancelled
+    another = tx(store, jobs.create_job, JobKind.precompute_embeddings, {}, project_id=w["a"].id, actor=w["reviewer"])
+    assert dispatch.cancel(store, another.id, w["admin"]).state == JobState.cancelled
     finetune = training_row(store, w["a"].id, w["admin"].id)
     with pytest.raises(PermissionDeniedError, match="only they or an admin"):
-        dispatch.cancel(store, TrainingJob, finetune.id, w["reviewer"])  # reviewers once could
+        dispatch.cancel(store, finetune.id, w["reviewer"])  # reviewers once could
     with pytest.raises(NotFoundError, match="not found"):
-        dispatch.cancel(store, TrainingJob, finetune.id, w["outsider"])
-    assert not jobs.get_job(store, TrainingJob, finetune.id).cancel_requested
+        dispatch.cancel(store, finetune.id, w["outsider"])
+    assert not tx(store, jobs.get_job, finetune.id).cancel_requested
 
 
 def test_prelabel_and_precompute_are_for_admins_in_every_path(store, world):
@@ -99,7 +101,7 @@ def test_prelabel_and_precompute_are_for_admins_in_every_path(store, world):
             dispatch.submit_precompute(store, user, w["a"].id, None)
     with pytest.raises(NotFoundError, match=rf"project {w['a'].id} not found \(or you are not a member\)"):
         dispatch.submit_precompute(store, w["outsider"], w["a"].id, None)
-    assert job_count(store, Job, w["a"].id) == 0
+    assert job_count(store, w["a"].id) == 0
 
 
 def test_wrong_types_from_any_caller_are_messages_not_crashes(store, world):
@@ -120,30 +122,30 @@ def test_wrong_types_from_any_caller_are_messages_not_crashes(store, world):
                             ({"early_stopping": 0}, "early stopping must be"),
                             ({"bogus": 1}, r"unknown training parameter\(s\): bogus")):
         with pytest.raises(StoreError, match=message):
-            training.create_job(store, admin, pid, params)
-    assert job_count(store, Job, pid) == 0 and job_count(store, TrainingJob, pid) == 0
+            tx(store, training.create_job, store.blobs, store.settings, admin, pid, params)
+    assert job_count(store, pid) == 0
 
 
 def test_nobody_approves_a_revision_they_saved(store, world):
     w = world
     iid, reviewer, annotator, admin = w["image"].id, w["reviewer"], w["annotator"], w["admin"]
-    own = in_tx(store, ann.save_revision, store.blobs, reviewer, iid, "liver", square_mask(), 0, submit=True)
+    own = tx(store, ann.save_revision, store.blobs, reviewer, iid, "liver", square_mask(), 0, submit=True)
     with pytest.raises(PermissionDeniedError, match="someone else must approve it: ask another reviewer"):
-        in_tx(store, ann.approve, reviewer, own.annotation_id)
+        tx(store, ann.approve, reviewer, own.annotation_id)
     with store.transaction() as session:
         assert session.scalar(select(func.count()).select_from(Review)
                               .where(Review.annotation_id == own.annotation_id)) == 0
     # Rejecting one's own work only sends it back, so it is allowed.
-    assert in_tx(store, ann.reject, reviewer, own.annotation_id, "redo the rim").status == AnnotationStatus.rejected
+    assert tx(store, ann.reject, reviewer, own.annotation_id, "redo the rim").status == AnnotationStatus.rejected
     # Someone else's newer revision of an annotation the reviewer started is theirs to approve.
-    in_tx(store, ann.save_revision, store.blobs, annotator, iid, "liver", square_mask(side=22), 1, submit=True)
-    assert in_tx(store, ann.approve, reviewer, own.annotation_id).status == AnnotationStatus.approved
-    mine = in_tx(store, ann.save_revision, store.blobs, admin, iid, "liver", square_mask(side=24), 2, submit=True)
+    tx(store, ann.save_revision, store.blobs, annotator, iid, "liver", square_mask(side=22), 1, submit=True)
+    assert tx(store, ann.approve, reviewer, own.annotation_id).status == AnnotationStatus.approved
+    mine = tx(store, ann.save_revision, store.blobs, admin, iid, "liver", square_mask(side=24), 2, submit=True)
     with pytest.raises(PermissionDeniedError, match="allow_self_review"):
-        in_tx(store, ann.approve, admin, mine.annotation_id)  # admins too
+        tx(store, ann.approve, admin, mine.annotation_id)  # admins too
     with store.transaction() as session:
         projects.update_project(session, admin, w["a"].id, allow_self_review=True)
-    assert in_tx(store, ann.approve, admin, mine.annotation_id).status == AnnotationStatus.approved
+    assert tx(store, ann.approve, admin, mine.annotation_id).status == AnnotationStatus.approved
 
 
 def same_words(first: Exception, second: Exception, first_id: int, second_id: int) -> bool:
@@ -169,7 +171,7 @@ def test_only_admins_learn_whether_an_account_exists(store, world):
 def test_approval_is_refused_when_the_annotation_moved_on(store, world, monkeypatch):
     """The transition is conditional on the revision that was checked, not on whatever is current."""
     w = world
-    rev = in_tx(store, ann.save_revision, store.blobs, w["annotator"], w["image"].id, "liver", square_mask(), 0,
+    rev = tx(store, ann.save_revision, store.blobs, w["annotator"], w["image"].id, "liver", square_mask(), 0,
                 submit=True)
     real_check = ann._check_not_own
 
@@ -179,7 +181,7 @@ def test_approval_is_refused_when_the_annotation_moved_on(store, world, monkeypa
 
     monkeypatch.setattr(ann, "_check_not_own", a_save_lands_meanwhile)
     with pytest.raises(StoreError, match="changed while you looked at it"):
-        in_tx(store, ann.approve, w["reviewer"], rev.annotation_id)
+        tx(store, ann.approve, w["reviewer"], rev.annotation_id)
     monkeypatch.undo()
     with store.transaction() as session:
         assert session.get(ann.Annotation, rev.annotation_id).status == AnnotationStatus.submitted
@@ -188,13 +190,14 @@ def test_approval_is_refused_when_the_annotation_moved_on(store, world, monkeypa
 def test_outside_ones_projects_everything_is_not_found_in_the_same_words(store, world):
     w = world
     outsider, pid, iid = w["outsider"], w["a"].id, w["image"].id
-    base = model_versions.base_version(store)
-    mask = in_tx(store, record_mask, store.blobs, w["annotator"], iid, square_mask(), base.id,
+    base = tx(store, model_versions.base_version)
+    mask = tx(store, record_mask, store.blobs, w["annotator"], iid, square_mask(), base.id,
                  {"boxes": [[10, 10, 30, 30]]})
-    rev = in_tx(store, ann.save_revision, store.blobs, w["annotator"], iid, "liver", square_mask(), 0)
-    job = jobs.create_job(store, JobKind.precompute_embeddings, {}, project_id=pid, actor=w["admin"])
+    rev = tx(store, ann.save_revision, store.blobs, w["annotator"], iid, "liver", square_mask(), 0)
+    job = tx(store, jobs.create_job, JobKind.precompute_embeddings, {}, project_id=pid, actor=w["admin"])
     finetune = training_row(store, pid, w["admin"].id)
-    version = model_versions.register_version(store, name="a-only", family="lite", encoder_digest=base.encoder_digest,
+    version = tx(store, model_versions.register_version, store.blobs, name="a-only", family="lite",
+            encoder_digest=base.encoder_digest,
                                               model_digest=uuid.uuid4().hex * 2, project_id=pid)
 
     def project(i):
@@ -203,15 +206,15 @@ def test_outside_ones_projects_everything_is_not_found_in_the_same_words(store, 
 
     lookups = {
         "project": (project, pid),
-        "image": (lambda i: in_tx(store, images.get_image, outsider, i), iid),
-        "image delete": (lambda i: in_tx(store, images.delete_image, outsider, i), iid),
-        "mask": (lambda i: in_tx(store, get_mask, outsider, i), mask.id),
-        "annotation": (lambda i: in_tx(store, ann.revisions, outsider, i), rev.annotation_id),
-        "annotation approve": (lambda i: in_tx(store, ann.approve, outsider, i), rev.annotation_id),
-        "job": (lambda i: jobs.get_job(store, Job, i, outsider), job.id),
-        "training job": (lambda i: jobs.get_job(store, TrainingJob, i, outsider), finetune.id),
-        "model version": (lambda i: training.create_job(store, outsider, w["b"].id, {"parent_version_id": i}),
-                          version.id),
+        "image": (lambda i: tx(store, images.get_image, outsider, i), iid),
+        "image delete": (lambda i: tx(store, images.delete_image, outsider, i), iid),
+        "mask": (lambda i: tx(store, get_mask, outsider, i), mask.id),
+        "annotation": (lambda i: tx(store, ann.revisions, outsider, i), rev.annotation_id),
+        "annotation approve": (lambda i: tx(store, ann.approve, outsider, i), rev.annotation_id),
+        "job": (lambda i: tx(store, jobs.get_job, i, outsider), job.id),
+        "training job": (lambda i: tx(store, jobs.get_job, i, outsider, kinds={JobKind.finetune}), finetune.id),
+        "model version": (lambda i: tx(store, training.create_job, store.blobs, store.settings, outsider, w["b"].id,
+                                       {"parent_version_id": i}), version.id),
     }
     for name, (look, real_id) in lookups.items():
         with pytest.raises(NotFoundError) as real:
@@ -222,7 +225,7 @@ def test_outside_ones_projects_everything_is_not_found_in_the_same_words(store, 
         assert "not found (or you are not a member" in str(real.value), name
         assert w["a"].name not in str(real.value) and f"project {pid}" not in str(real.value).replace(
             f"project {pid} not found", ""), (name, str(real.value))
-    assert in_tx(store, images.get_image, w["annotator"], iid).id == iid  # members still see it
+    assert tx(store, images.get_image, w["annotator"], iid).id == iid  # members still see it
 
 
 # ------------------------------------------------------------------ through the real server
@@ -273,7 +276,7 @@ def test_http_job_bodies_are_typed(api, roles_project):
         assert r.json()["detail"][0]["loc"] == ["body", *loc], (text, r.json()["detail"])
     store = server_store(api)
     try:
-        assert job_count(store, Job, pid) == 0 and job_count(store, TrainingJob, pid) == 0
+        assert job_count(store, pid) == 0
     finally:
         store.close()
     good = ok(call(api, "POST", f"/projects/{pid}/prelabel",
@@ -300,7 +303,7 @@ def test_http_roles(api, roles_project):
     try:
         with store.transaction() as session:
             people = {u.username: u for u in session.scalars(select(User))}
-        queued = jobs.create_job(store, JobKind.precompute_embeddings, {}, project_id=pid, actor=people["boss"])
+        queued = tx(store, jobs.create_job, JobKind.precompute_embeddings, {}, project_id=pid, actor=people["boss"])
         finetune = training_row(store, pid, people["rita"].id)
     finally:
         store.close()

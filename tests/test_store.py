@@ -23,7 +23,7 @@ from portal.store.models import (
 from portal.store.services import annotations as ann
 from portal.store.services import images, model_versions, projects, users
 from portal.store.services.masks import load_mask, record_mask
-from tests.storeutil import in_tx, new_user, png_file, square_mask, store_per_database
+from tests.storeutil import new_user, png_file, square_mask, store_per_database, tx
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -49,7 +49,7 @@ def count(store, model, *where):
 
 
 def test_bundled_model_is_a_registered_base_version(store):
-    base = model_versions.base_version(store)
+    base = tx(store, model_versions.base_version)
     assert base.family == "lite" and base.project_id is None and base.checkpoint_blob is None
     assert len(base.encoder_digest) == 64
 
@@ -87,15 +87,15 @@ def test_members_see_only_their_projects(store, admin, project):
 
 def test_add_image_dedupes_and_a_rejected_file_writes_nothing(store, admin, project, tmp_path):
     path = png_file(tmp_path, 1)
-    first = in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id, path)
-    again = in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id, path)
+    first = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, path)
+    again = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, path)
     assert [r.id for r in first] == [r.id for r in again] and first[0].width == 64 and first[0].height == 48
     blobs_before = len(list(store.blobs.iter_blobs()))
     rows_before = count(store, Image)
     bad = tmp_path / "trunc.png"
     bad.write_bytes(path.read_bytes()[:40])
     with pytest.raises(InvalidImageError):
-        in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id, bad)
+        tx(store, images.add_image, store.blobs, store.settings, admin, project.id, bad)
     assert count(store, Image) == rows_before and len(list(store.blobs.iter_blobs())) == blobs_before
 
 
@@ -104,7 +104,7 @@ def test_volume_becomes_one_row_per_slice(store, admin, project, tmp_path):
 
     nib.save(nib.Nifti1Image(np.arange(16 * 12 * 3, dtype=np.int16).reshape(16, 12, 3), np.eye(4)),
              tmp_path / "v.nii.gz")
-    rows = in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id, tmp_path / "v.nii.gz",
+    rows = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, tmp_path / "v.nii.gz",
                  window="abdomen")
     assert [r.slice_index for r in rows] == [0, 1, 2] and {r.num_slices for r in rows} == {3}
     assert (rows[0].height, rows[0].width) == (12, 16) and len({r.blob_sha for r in rows}) == 1
@@ -119,7 +119,7 @@ def test_dicom_is_stored_without_patient_identifiers(store, admin, project, tmp_
     ds = pydicom.dcmread(path)
     ds.PatientName, ds.PatientID = "Doe^Jane", "MRN-12345"
     ds.save_as(path)
-    (row,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id, path)
+    (row,) = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, path)
     stored = store.blobs.get_bytes(row.blob_sha)
     assert b"Doe^Jane" not in stored and b"MRN-12345" not in stored
     ds = pydicom.dcmread(__import__("io").BytesIO(stored))
@@ -130,27 +130,27 @@ def test_revisions_are_append_only_and_stale_saves_conflict(store, admin, projec
     annotator = new_user(store, Role.annotator, "ann")
     with store.transaction() as session:
         projects.add_member(session, admin, project.id, annotator)
-    (image,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id, png_file(tmp_path, 2))
-    base = model_versions.base_version(store)
-    proposal = in_tx(store, record_mask, store.blobs, annotator, image.id, square_mask(), base.id,
+    (image,) = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, png_file(tmp_path, 2))
+    base = tx(store, model_versions.base_version)
+    proposal = tx(store, record_mask, store.blobs, annotator, image.id, square_mask(), base.id,
                      {"boxes": [[10, 10, 30, 30]]}, 0.9)
-    r1 = in_tx(store, ann.save_revision, store.blobs, annotator, image.id, "liver", square_mask(), 0,
+    r1 = tx(store, ann.save_revision, store.blobs, annotator, image.id, "liver", square_mask(), 0,
                base_mask_id=proposal.id,
                            model_version_id=base.id, prompt={"boxes": [[10, 10, 30, 30]]})
-    r2 = in_tx(store, ann.save_revision, store.blobs, admin, image.id, "liver", square_mask(side=25), 1)
+    r2 = tx(store, ann.save_revision, store.blobs, admin, image.id, "liver", square_mask(side=25), 1)
     with pytest.raises(ConflictError) as err:
-        in_tx(store, ann.save_revision, store.blobs, annotator, image.id, "liver", square_mask(side=5), 1)
+        tx(store, ann.save_revision, store.blobs, annotator, image.id, "liver", square_mask(side=5), 1)
     assert err.value.current_revision == 2 and err.value.author == admin.username
     assert "revision 2 by" in str(err.value) and "nothing was overwritten" in str(err.value)
-    history = in_tx(store, ann.revisions, admin, r1.annotation_id)
+    history = tx(store, ann.revisions, admin, r1.annotation_id)
     assert [h.number for h in history] == [1, 2]
     assert load_mask(store.blobs, history[0].blob_sha).sum() == 400
     assert load_mask(store.blobs, history[1].blob_sha).sum() == 625
     assert history[0].base_mask_id == proposal.id and history[0].model_version_id == base.id
     with pytest.raises(StoreError, match="not a label class"):
-        in_tx(store, ann.save_revision, store.blobs, admin, image.id, "spleen", square_mask(), 0)
+        tx(store, ann.save_revision, store.blobs, admin, image.id, "spleen", square_mask(), 0)
     with pytest.raises(StoreError, match="mask is"):
-        in_tx(store, ann.save_revision, store.blobs, admin, image.id, "liver", np.zeros((5, 5)), 2)
+        tx(store, ann.save_revision, store.blobs, admin, image.id, "liver", np.zeros((5, 5)), 2)
     assert r2.number == 2
 
 
@@ -159,38 +159,40 @@ def test_review_permissions_and_training_set(store, admin, project, tmp_path):
     with store.transaction() as session:
         for u in (annotator, reviewer):
             projects.add_member(session, admin, project.id, u)
-    (image,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id, png_file(tmp_path, 3))
-    rev = in_tx(store, ann.save_revision, store.blobs, annotator, image.id, "tumour", square_mask(), 0, submit=True)
+    (image,) = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, png_file(tmp_path, 3))
+    rev = tx(store, ann.save_revision, store.blobs, annotator, image.id, "tumour", square_mask(), 0, submit=True)
     with pytest.raises(PermissionDeniedError, match="only a reviewer or admin may approve"):
-        in_tx(store, ann.approve, annotator, rev.annotation_id)
+        tx(store, ann.approve, annotator, rev.annotation_id)
     with pytest.raises(StoreError, match="say why"):
-        in_tx(store, ann.reject, reviewer, rev.annotation_id, "")
-    assert in_tx(store, ann.reject, reviewer, rev.annotation_id, "misses the rim").status == AnnotationStatus.rejected
-    in_tx(store, ann.save_revision, store.blobs, annotator, image.id, "tumour", square_mask(side=22), 1)
-    in_tx(store, ann.submit, annotator, rev.annotation_id)
-    assert in_tx(store, ann.approve, reviewer, rev.annotation_id, "good").status == AnnotationStatus.approved
-    (entry,) = in_tx(store, ann.training_set, project.id)
+        tx(store, ann.reject, reviewer, rev.annotation_id, "")
+    assert tx(store, ann.reject, reviewer, rev.annotation_id, "misses the rim").status == AnnotationStatus.rejected
+    tx(store, ann.save_revision, store.blobs, annotator, image.id, "tumour", square_mask(side=22), 1)
+    tx(store, ann.submit, annotator, rev.annotation_id)
+    assert tx(store, ann.approve, reviewer, rev.annotation_id, "good").status == AnnotationStatus.approved
+    (entry,) = tx(store, ann.training_set, project.id)
     assert entry[0].id == image.id and entry[1] == "tumour" and load_mask(store.blobs, entry[2]).sum() == 22 * 22
 
 
 def test_promotion_needs_admin_and_rollback_restores(store, admin, project):
     annotator = new_user(store, Role.annotator)
-    base = model_versions.base_version(store)
+    base = tx(store, model_versions.base_version)
     blob = store.blobs.put_bytes(b"pretend checkpoint " + uuid.uuid4().bytes)
-    v1 = model_versions.register_version(store, name="ft1", family="lite", encoder_digest=base.encoder_digest,
+    v1 = tx(store, model_versions.register_version, store.blobs, name="ft1", family="lite",
+            encoder_digest=base.encoder_digest,
                                          model_digest="1" * 64, project_id=project.id, parent_id=base.id,
                                          checkpoint_blob=blob, metrics={"val_dice": 0.9})
-    v2 = model_versions.register_version(store, name="ft2", family="lite", encoder_digest=base.encoder_digest,
+    v2 = tx(store, model_versions.register_version, store.blobs, name="ft2", family="lite",
+            encoder_digest=base.encoder_digest,
                                          model_digest="2" * 64, project_id=project.id, parent_id=v1.id,
                                          checkpoint_blob=blob)
     with pytest.raises(PermissionDeniedError):
-        model_versions.set_active(store, annotator, project.id, v1.id)
-    assert model_versions.active_version(store, project.id).id == base.id
-    model_versions.set_active(store, admin, project.id, v1.id)
-    model_versions.set_active(store, admin, project.id, v2.id)
-    assert model_versions.rollback(store, admin, project.id).active_model_version_id == v1.id
+        tx(store, model_versions.set_active, annotator, project.id, v1.id)
+    assert tx(store, model_versions.active_version, project.id).id == base.id
+    tx(store, model_versions.set_active, admin, project.id, v1.id)
+    tx(store, model_versions.set_active, admin, project.id, v2.id)
+    assert tx(store, model_versions.rollback, admin, project.id).active_model_version_id == v1.id
     with pytest.raises(StoreError, match="not in the blob store"):
-        model_versions.register_version(store, name="x", family="lite", encoder_digest="e" * 64,
+        tx(store, model_versions.register_version, store.blobs, name="x", family="lite", encoder_digest="e" * 64,
                                         model_digest="3" * 64, project_id=project.id, checkpoint_blob="f" * 64)
 
 
@@ -199,18 +201,18 @@ def test_deleting_an_image_removes_its_data_and_keeps_the_audit(store, admin, pr
 
     from portal.store.services.gc import collect_garbage
 
-    (image,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id, png_file(tmp_path, 4))
-    rev = in_tx(store, ann.save_revision, store.blobs, admin, image.id, "liver", square_mask(x0=3), 0)
-    in_tx(store, record_mask, store.blobs, admin, image.id, square_mask(x0=4), None, {"boxes": [[1, 1, 9, 9]]})
-    in_tx(store, images.delete_image, admin, image.id)
+    (image,) = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, png_file(tmp_path, 4))
+    rev = tx(store, ann.save_revision, store.blobs, admin, image.id, "liver", square_mask(x0=3), 0)
+    tx(store, record_mask, store.blobs, admin, image.id, square_mask(x0=4), None, {"boxes": [[1, 1, 9, 9]]})
+    tx(store, images.delete_image, admin, image.id)
     assert count(store, Image, Image.id == image.id) == 0
     assert count(store, Mask, Mask.image_id == image.id) == 0
     assert count(store, AnnotationRevision, AnnotationRevision.annotation_id == rev.annotation_id) == 0
     assert count(store, AuditEvent, AuditEvent.action == "image.delete", AuditEvent.target_id == image.id) == 1
     assert store.blobs.exists(image.blob_sha)  # until gc
-    young = in_tx(store, collect_garbage, store.blobs, timedelta(hours=1))
+    young = tx(store, collect_garbage, store.blobs, timedelta(hours=1))
     assert store.blobs.exists(image.blob_sha) and young.too_young >= 3
-    in_tx(store, collect_garbage, store.blobs, timedelta(0))
+    tx(store, collect_garbage, store.blobs, timedelta(0))
     assert not store.blobs.exists(image.blob_sha) and not store.blobs.exists(rev.blob_sha)
-    assert model_versions.base_version(store)  # unrelated rows untouched
+    assert tx(store, model_versions.base_version)  # unrelated rows untouched
     assert count(store, ModelVersion) >= 1

@@ -21,7 +21,7 @@ from portal.store.services.gc import collect_garbage
 from portal.store.services.masks import load_mask
 from tests.conftest import WANT_S3
 from tests.dbutil import temporary_database
-from tests.storeutil import in_tx, make_store, new_user, png_file, square_mask
+from tests.storeutil import make_store, new_user, png_file, square_mask, tx
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -63,12 +63,12 @@ def run_together(fns):
 
 def test_two_saves_from_the_same_base_exactly_one_wins(setup, tmp_path):
     store, admin, project = setup
-    (image,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id, png_file(tmp_path, 10))
-    in_tx(store, ann.save_revision, store.blobs, admin, image.id, "organ", square_mask(), 0)
+    (image,) = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, png_file(tmp_path, 10))
+    tx(store, ann.save_revision, store.blobs, admin, image.id, "organ", square_mask(), 0)
     for attempt in range(3):
         base = attempt + 1
         results = run_together([
-            lambda s=side, b=base: in_tx(store, ann.save_revision, store.blobs, admin, image.id, "organ",
+            lambda s=side, b=base: tx(store, ann.save_revision, store.blobs, admin, image.id, "organ",
                                          square_mask(side=s), b)
             for side in (11, 17)
         ])
@@ -80,10 +80,10 @@ def test_two_saves_from_the_same_base_exactly_one_wins(setup, tmp_path):
 
 def test_twenty_parallel_saves_to_different_annotations_lose_nothing(setup, tmp_path):
     store, admin, project = setup
-    rows = [in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id,
+    rows = [tx(store, images.add_image, store.blobs, store.settings, admin, project.id,
                   png_file(tmp_path, 100 + i))[0] for i in range(20)]
     results = run_together([
-        lambda r=row, i=i: in_tx(store, ann.save_revision, store.blobs, admin, r.id, "organ", square_mask(side=5 + i),
+        lambda r=row, i=i: tx(store, ann.save_revision, store.blobs, admin, r.id, "organ", square_mask(side=5 + i),
                                  0)
         for i, row in enumerate(rows)
     ])
@@ -99,7 +99,7 @@ def test_twenty_parallel_saves_to_different_annotations_lose_nothing(setup, tmp_
 def test_a_crash_between_blob_and_row_leaves_only_an_orphan_blob(db, setup, tmp_path):
     store, admin, project = setup
     _, url, data_dir = db
-    (image,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id, png_file(tmp_path, 200))
+    (image,) = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, png_file(tmp_path, 200))
     with store.transaction() as session:
         before = session.scalar(select(func.count()).select_from(AnnotationRevision))
     blobs_before = {b.digest for b in store.blobs.iter_blobs()}
@@ -129,18 +129,18 @@ def test_a_crash_between_blob_and_row_leaves_only_an_orphan_blob(db, setup, tmp_
             assert store.blobs.exists(rev.blob_sha)  # no row points to a missing blob
     orphans = {b.digest for b in store.blobs.iter_blobs()} - blobs_before
     assert len(orphans) == 1
-    assert in_tx(store, collect_garbage, store.blobs,
+    assert tx(store, collect_garbage, store.blobs,
                  timedelta(hours=store.settings.gc_grace_hours)).deleted == 0  # inside the grace period: kept
     assert all(store.blobs.exists(o) for o in orphans)
-    in_tx(store, collect_garbage, store.blobs, timedelta(0))
+    tx(store, collect_garbage, store.blobs, timedelta(0))
     assert not any(store.blobs.exists(o) for o in orphans)
     if store.blobs.url.startswith("file://"):  # a killed writer's partial file is swept too
         part = Path(store.blobs.blob_path("0" * 64).rsplit("/", 3)[0]) / ".tmp" / "dead.part"
         part.parent.mkdir(exist_ok=True)
         part.write_bytes(b"half")
-        assert in_tx(store, collect_garbage, store.blobs, timedelta(0)).temporary_removed >= 1 and not part.exists()
+        assert tx(store, collect_garbage, store.blobs, timedelta(0)).temporary_removed >= 1 and not part.exists()
     # And the image's annotation can still be saved normally afterwards.
-    assert in_tx(store, ann.save_revision, store.blobs, admin, image.id, "organ", square_mask(), 0).number == 1
+    assert tx(store, ann.save_revision, store.blobs, admin, image.id, "organ", square_mask(), 0).number == 1
 
 
 @pytest.mark.skipif(not WANT_S3, reason="set MEDSAM_TEST_S3=1 to test S3 storage (moto)")
@@ -151,10 +151,10 @@ def test_services_on_s3_storage(new_bucket, tmp_path):
     admin = new_user(store, Role.admin)
     with store.transaction() as session:
         project = projects.create_project(session, admin, "s3 project", "other", ["organ"])
-    (image,) = in_tx(store, images.add_image, store.blobs, store.settings, admin, project.id, png_file(tmp_path, 300))
-    rev = in_tx(store, ann.save_revision, store.blobs, admin, image.id, "organ", square_mask(side=12), 0)
+    (image,) = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, png_file(tmp_path, 300))
+    rev = tx(store, ann.save_revision, store.blobs, admin, image.id, "organ", square_mask(side=12), 0)
     assert store.blobs.url.startswith("s3://") and load_mask(store.blobs, rev.blob_sha).sum() == 144
-    in_tx(store, images.delete_image, admin, image.id)
-    in_tx(store, collect_garbage, store.blobs, timedelta(0))
+    tx(store, images.delete_image, admin, image.id)
+    tx(store, collect_garbage, store.blobs, timedelta(0))
     assert not store.blobs.exists(image.blob_sha) and not store.blobs.exists(rev.blob_sha)
     store.close()

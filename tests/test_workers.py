@@ -9,12 +9,12 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
-from portal.store.models import Job, JobKind, JobState, Mask, Role
+from portal.store.models import JobKind, JobState, Mask, Role
 from portal.store.services import images, jobs, model_versions, projects
 from portal.store.settings import Settings
 from portal.store.store import open_store
 from tests.conftest import first_pairs, require, tight_box
-from tests.storeutil import in_tx, new_user
+from tests.storeutil import new_user, tx
 from tests.workerutil import WORKER_ENV, WorkerProcess, wait_for
 from workers.app import make_app
 from workers.names import TASK_ENCODE, TASK_NOOP
@@ -68,7 +68,7 @@ def project(env):
     admin = new_user(store, Role.admin)
     with store.transaction() as session:
         p = projects.create_project(session, admin, f"w-{uuid.uuid4().hex[:6]}", "endoscopy", ["polyp"])
-    return {"admin": admin, "project": p, "base": model_versions.base_version(store)}
+    return {"admin": admin, "project": p, "base": tx(store, model_versions.base_version)}
 
 
 def add_kvasir(env, project, sample_data, start: int, n: int) -> list[dict]:
@@ -77,7 +77,7 @@ def add_kvasir(env, project, sample_data, start: int, n: int) -> list[dict]:
 
     items = []
     for image_path, mask_path in first_pairs(sample_data, "kvasir", start + n)[start:]:
-        (row,) = in_tx(env["store"], images.add_image, env["store"].blobs, env["store"].settings, project["admin"],
+        (row,) = tx(env["store"], images.add_image, env["store"].blobs, env["store"].settings, project["admin"],
                        project["project"].id, image_path)
         box = tight_box(read_image(mask_path).display()[..., 0] > 127)
         items.append({"image_id": row.id, "boxes": [box]})
@@ -85,7 +85,7 @@ def add_kvasir(env, project, sample_data, start: int, n: int) -> list[dict]:
 
 
 def job_state(env, job_id):
-    return jobs.get_job(env["store"], Job, job_id)
+    return tx(env["store"], jobs.get_job, job_id)
 
 
 def masks_of(env, job_id) -> list[int]:
@@ -160,16 +160,16 @@ def test_cancel_a_running_job_lands_within_a_step(env, project, sample_data):
     items = add_kvasir(env, project, sample_data, 30, 6)
     job = env["queue"].submit_segment_batch(env["store"], None, project["project"].id, project["base"].id, items)
     wait_for(lambda: len(masks_of(env, job.id)) >= 1, 240, "the first mask")
-    env["queue"].cancel(env["store"], Job, job.id)
+    env["queue"].cancel(env["store"], job.id)
     done = wait_for(lambda: finished(env, job.id), 60, "the cancel to land")
     assert done.state == JobState.cancelled and len(masks_of(env, job.id)) < len(items)
 
 
 def test_cancel_a_queued_job(env, project):
     store = env["store"]
-    job = jobs.create_job(store, JobKind.segment_batch, {"model_version_id": project["base"].id, "items": []},
+    job = tx(store, jobs.create_job, JobKind.segment_batch, {"model_version_id": project["base"].id, "items": []},
                           project_id=project["project"].id)
-    assert env["queue"].cancel(store, Job, job.id).state == JobState.cancelled
+    assert env["queue"].cancel(store, job.id).state == JobState.cancelled
     env["queue"].enqueue(store, job)  # delivered anyway: the worker must leave it alone
     assert env["app"].send_task(TASK_NOOP, args=[1]).get(timeout=60, interval=0.02) == 1
     assert job_state(env, job.id).state == JobState.cancelled and job_state(env, job.id).attempts == 0
@@ -179,10 +179,10 @@ def test_missing_image_or_model_fails_clearly_and_worker_keeps_serving(env, proj
     store, app = env["store"], env["app"]
     (item,) = add_kvasir(env, project, sample_data, 40, 1)
     job = env["queue"].submit_segment_batch(store, None, project["project"].id, project["base"].id, [item])
-    in_tx(store, images.delete_image, project["admin"], item["image_id"])  # gone before the worker got to it
+    tx(store, images.delete_image, project["admin"], item["image_id"])  # gone before the worker got to it
     done = wait_for(lambda: finished(env, job.id), 120, "the job to fail")
     assert done.state == JobState.failed and f"image {item['image_id']} does not exist" in done.error
-    ghost = jobs.create_job(store, JobKind.precompute_embeddings, {"model_version_id": 987654},
+    ghost = tx(store, jobs.create_job, JobKind.precompute_embeddings, {"model_version_id": 987654},
                             project_id=project["project"].id)
     env["queue"].enqueue(store, ghost)
     done = wait_for(lambda: finished(env, ghost.id), 120, "the job to fail")

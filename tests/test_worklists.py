@@ -16,7 +16,7 @@ from portal.store.models import JobKind, Role
 from portal.store.services import annotations as ann
 from portal.store.services import images, jobs, model_versions, projects, training, worklists
 from portal.store.services.masks import record_mask
-from tests.storeutil import in_tx, new_user, png_file, square_mask, store_per_database
+from tests.storeutil import new_user, png_file, square_mask, store_per_database, tx
 
 MISSING = 987_654
 
@@ -38,7 +38,7 @@ def world(store, tmp_path):
         for user in (annotator, reviewer):
             projects.add_member(session, admin, a.id, user)
         projects.add_member(session, admin, b.id, outsider)
-    first, second = (in_tx(store, images.add_image, store.blobs, store.settings, admin, a.id,
+    first, second = (tx(store, images.add_image, store.blobs, store.settings, admin, a.id,
                            png_file(tmp_path, uuid.uuid4().int % 10_000))[0]
                      for _ in range(2))
     return {"admin": admin, "annotator": annotator, "reviewer": reviewer, "outsider": outsider, "a": a, "b": b,
@@ -52,7 +52,7 @@ def read(store, fn, *args):
 
 def test_outside_ones_projects_every_listing_is_not_found_like_a_missing_id(store, world):
     w, outsider = world, world["outsider"]
-    rev = in_tx(store, ann.save_revision, store.blobs, w["annotator"], w["first"].id, "liver", square_mask(), 0,
+    rev = tx(store, ann.save_revision, store.blobs, w["annotator"], w["first"].id, "liver", square_mask(), 0,
                 submit=True)
     pid, iid, aid = w["a"].id, w["first"].id, rev.annotation_id
     lookups = {
@@ -83,7 +83,7 @@ def test_outside_ones_projects_every_listing_is_not_found_like_a_missing_id(stor
 def test_members_get_the_queue_history_and_review_rows(store, world):
     w, annotator = world, world["annotator"]
     first, second = w["first"].id, w["second"].id
-    draft = in_tx(store, ann.save_revision, store.blobs, annotator, first, "liver", square_mask(), 0)
+    draft = tx(store, ann.save_revision, store.blobs, annotator, first, "liver", square_mask(), 0)
     queue = read(store, worklists.image_queue, annotator, w["a"].id, "liver", "unlabelled")
     assert [(r["image_id"], r["status"]) for r in queue] == [(second, "unlabelled"), (first, "draft")]
     assert read(store, worklists.unannotated_images, annotator, w["a"].id)[0].id == second
@@ -92,7 +92,7 @@ def test_members_get_the_queue_history_and_review_rows(store, world):
     assert (found.id, latest.number) == (draft.annotation_id, 1)
     assert read(store, worklists.current_annotation, annotator, first, "lesion") == (None, None)
 
-    submitted = in_tx(store, ann.save_revision, store.blobs, annotator, first, "liver", square_mask(x0=5), 1,
+    submitted = tx(store, ann.save_revision, store.blobs, annotator, first, "liver", square_mask(x0=5), 1,
                       submit=True)
     history = read(store, worklists.revision_history, w["reviewer"], draft.annotation_id)
     assert [(r.number, r.author) for r in history] == [(2, annotator.username), (1, annotator.username)]
@@ -107,10 +107,10 @@ def test_members_get_the_queue_history_and_review_rows(store, world):
 
 def test_prelabel_proposals_and_the_admin_only_user_lookup(store, world):
     w = world
-    base = model_versions.base_version(store)
+    base = tx(store, model_versions.base_version)
     assert read(store, worklists.prelabel_mask, w["annotator"], w["second"].id) is None
-    job = jobs.create_job(store, JobKind.segment_batch, {}, project_id=w["a"].id, actor=w["admin"])
-    mask = in_tx(store, record_mask, store.blobs, None, w["second"].id, square_mask(), base.id,
+    job = tx(store, jobs.create_job, JobKind.segment_batch, {}, project_id=w["a"].id, actor=w["admin"])
+    mask = tx(store, record_mask, store.blobs, None, w["second"].id, square_mask(), base.id,
                  {"boxes": [[1, 1, 20, 20]]},
                        job_id=job.id, item_index=0)
     assert read(store, worklists.prelabel_mask, w["annotator"], w["second"].id).id == mask.id
@@ -121,8 +121,9 @@ def test_prelabel_proposals_and_the_admin_only_user_lookup(store, world):
 
 def test_version_rows_carry_the_evaluation_scores_and_the_active_mark(store, world):
     w = world
-    base = model_versions.base_version(store)
-    child = model_versions.register_version(store, name="tuned", family="lite", encoder_digest=base.encoder_digest,
+    base = tx(store, model_versions.base_version)
+    child = tx(store, model_versions.register_version, store.blobs, name="tuned", family="lite",
+            encoder_digest=base.encoder_digest,
                                             model_digest=uuid.uuid4().hex * 2, project_id=w["a"].id,
                                             parent_id=base.id, metrics={"baseline_val_dice": 0.5,
                                                                         "best_val_dice": 0.6})
@@ -130,9 +131,9 @@ def test_version_rows_carry_the_evaluation_scores_and_the_active_mark(store, wor
     assert rows[base.id].active and not rows[child.id].active
     assert (rows[child.id].val_dice_before, rows[child.id].val_dice, rows[child.id].evaluated_images) == \
         (0.5, 0.6, None)  # the training's own figures until evaluations are recorded
-    training.record_evaluation(store, base.id, w["a"].id, 0.71, None, 3)
-    training.record_evaluation(store, child.id, w["a"].id, 0.83, None, 3)
-    evaluation = jobs.create_job(store, JobKind.evaluate, {"model_version_id": child.id}, project_id=w["a"].id,
+    tx(store, training.record_evaluation, base.id, w["a"].id, 0.71, None, 3)
+    tx(store, training.record_evaluation, child.id, w["a"].id, 0.83, None, 3)
+    evaluation = tx(store, jobs.create_job, JobKind.evaluate, {"model_version_id": child.id}, project_id=w["a"].id,
                                  actor=w["admin"])
     rows = {r.version.id: r for r in read(store, worklists.version_rows, w["reviewer"], w["a"].id)}
     assert (rows[child.id].val_dice_before, rows[child.id].val_dice, rows[child.id].evaluated_images) == \

@@ -23,21 +23,24 @@ from portal.store.store import Store
 from workers import names
 from workers.jobrunner import Step, run_job
 from workers.runtime import get_pool, get_store
+from workers.training_tasks import project_samples
 
 
 @shared_task(bind=True, name=names.TASK_EVALUATE)
 def evaluate_version(self, job_id: int) -> dict:
     store = get_store()
-    return run_job(store, Job, job_id, self.request.id, _evaluate)
+    return run_job(store, job_id, self.request.id, _evaluate)
 
 
 def _evaluate(job: Job, step: Step) -> dict:
     """Score the job's version, and the active one too when it has no score yet (the gate needs both)."""
     store = get_store()
     version_id = job.params["model_version_id"]
-    samples = evaluations.validation_samples(store, job.project_id)
-    active = active_version(store, job.project_id).id
-    todo = [version_id] + [v for v in evaluations.unscored(store, job.project_id, [active]) if v != version_id]
+    with store.transaction() as db:
+        frozen = evaluations.validation_image_ids(db, job.project_id)
+        active = active_version(db, job.project_id).id
+        todo = [version_id] + [v for v in evaluations.unscored(db, job.project_id, [active]) if v != version_id]
+    samples = [s for s in project_samples(store, job.project_id) if int(s.key) in frozen]
     scores = {}
     for done, vid in enumerate(todo):
         step.progress(done=done, total=len(todo), model_version_id=vid)
@@ -56,6 +59,7 @@ def _score(store: Store, version_id: int, project_id: int, samples: list[Sample]
         raise StoreError(f"none of the project's {len(samples)} validation images has a labelled object")
     predictor = build_predictor(store.settings, model, get_pool().cache)  # embeddings shared with inference
     scores = Trainer(model, TrainConfig(), predictor).validate(prepared)
-    record_evaluation(store, version.id, project_id, scores["val_dice"], scores["val_nsd"], len(prepared),
-                      replace=True)
+    with store.transaction() as db:
+        record_evaluation(db, version.id, project_id, scores["val_dice"], scores["val_nsd"], len(prepared),
+                          replace=True)
     return {"val_dice": round(scores["val_dice"], 4), "val_nsd": round(scores["val_nsd"], 4)}

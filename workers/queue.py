@@ -11,10 +11,11 @@ app behind it is built on first use, from the settings given, so creating a
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any
 
 from medsam_core.errors import MedsamError
-from portal.store.models import Job, JobKind, TrainingJob, User
+from portal.store.models import Job, JobKind, User
 from portal.store.services import evaluations, jobs, submissions, training
 from portal.store.settings import Settings
 from portal.store.store import Store
@@ -27,19 +28,17 @@ TASK_FOR_KIND = {
     JobKind.segment_batch: names.TASK_SEGMENT_BATCH,
     JobKind.precompute_embeddings: names.TASK_PRECOMPUTE,
     JobKind.evaluate: names.TASK_EVALUATE,
+    JobKind.finetune: names.TASK_FINETUNE,
 }
-
-
-AnyJob = TypeVar("AnyJob", Job, TrainingJob)
 
 
 class EncodeUnavailableError(MedsamError):
     """No worker encoded the image in time (or it failed): the web layer answers 503."""
 
 
-def task_for(job: Job | TrainingJob) -> str:
+def task_for(job: Job) -> str:
     """The task that runs a job row."""
-    return names.TASK_FINETUNE if isinstance(job, TrainingJob) else TASK_FOR_KIND[job.kind]
+    return TASK_FOR_KIND[job.kind]
 
 
 class JobQueue:
@@ -63,36 +62,49 @@ class JobQueue:
                 self._app = make_app(self._settings)
             return self._app
 
+    # Each submission is one transaction that checks and creates the row; the message is sent once it has
+    # committed (a worker must find the row), and the task id is noted in a second, short one.
+
     def submit_segment_batch(self, store: Store, actor: User | None, project_id: int,
                              model_version_id: int | None, items: Any) -> Job:
         """Pre-label ``items`` (``[{"image_id", "boxes" or "points"}, ...]``); version None: the active one."""
-        return self.enqueue(store, submissions.create_segment_batch(store, actor, project_id, model_version_id, items))
+        with store.transaction() as db:
+            job = submissions.create_segment_batch(db, store.settings, actor, project_id, model_version_id, items)
+        return self.enqueue(store, job)
 
     def submit_precompute(self, store: Store, actor: User | None, project_id: int,
                           model_version_id: int | None) -> Job:
         """Encode every image of the project ahead of the first prompt."""
-        return self.enqueue(store, submissions.create_precompute(store, actor, project_id, model_version_id))
+        with store.transaction() as db:
+            job = submissions.create_precompute(db, actor, project_id, model_version_id)
+        return self.enqueue(store, job)
 
-    def submit_finetune(self, store: Store, actor: User, project_id: int, params: dict[str, Any]) -> TrainingJob:
+    def submit_finetune(self, store: Store, actor: User, project_id: int, params: dict[str, Any]) -> Job:
         """Fine-tune on the training queue (one job per GPU worker at a time)."""
-        return self.enqueue(store, training.create_job(store, actor, project_id, params))
+        with store.transaction() as db:
+            job = training.create_job(db, store.blobs, store.settings, actor, project_id, params)
+        return self.enqueue(store, job)
 
     def submit_evaluation(self, store: Store, actor: User | None, project_id: int, version_id: int) -> Job:
         """Score a version on the frozen validation images (what the promotion gate compares).
 
         A queued or running evaluation of the same version is returned instead of a second one.
         """
-        job = evaluations.create_evaluation(store, actor, project_id, version_id)
+        with store.transaction() as db:
+            job = evaluations.create_evaluation(db, actor, project_id, version_id,
+                                                min_training_images=store.settings.min_training_images)
         return job if job.celery_task_id else self.enqueue(store, job)
 
-    def cancel(self, store: Store, model: type[Job] | type[TrainingJob], job_id: int,
-               actor: User | None = None) -> Job | TrainingJob:
+    def cancel(self, store: Store, job_id: int, actor: User | None = None, *,
+               kinds: Collection[JobKind] | None = None) -> Job:
         """Flag the row (a running task stops at its next step) and revoke the queued message.
 
-        The flag is what counts: revoking is a broadcast that the serverless
-        broker does not carry, and a revoked-but-delivered task checks the row anyway.
+        ``kinds``: only a job of these kinds may be cancelled here (404 otherwise). The flag is what
+        counts: revoking is a broadcast that the serverless broker does not carry, and a
+        revoked-but-delivered task checks the row anyway.
         """
-        job = jobs.request_cancel(store, model, job_id, actor)
+        with store.transaction() as db:
+            job = jobs.request_cancel(db, job_id, actor, kinds=kinds)
         if job.celery_task_id:
             try:
                 self.app.control.revoke(job.celery_task_id)
@@ -100,10 +112,11 @@ class JobQueue:
                 pass
         return job
 
-    def enqueue(self, store: Store, job: AnyJob) -> AnyJob:
-        """Send the message for an existing row (again, for the reaper) and note its task id on the row."""
+    def enqueue(self, store: Store, job: Job) -> Job:
+        """Send the message for an existing, committed row (again, for the reaper) and note its task id."""
         result = self.app.send_task(task_for(job), args=[job.id])
-        jobs.set_task_id(store, type(job), job.id, result.id)
+        with store.transaction() as db:
+            jobs.set_task_id(db, job.id, result.id)
         job.celery_task_id = result.id
         return job
 

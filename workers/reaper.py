@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from portal.store.models import Job, TrainingJob
 from portal.store.services import jobs
 from portal.store.store import Store
 from workers.queue import JobQueue
@@ -25,13 +24,16 @@ log = logging.getLogger(__name__)
 def reap(store: Store, queue: JobQueue) -> list[tuple[str, int]]:
     stale_after = timedelta(seconds=store.settings.job_stale_s)
     requeued = []
-    for model in (Job, TrainingJob):
-        for job_id in jobs.stale_jobs(store, model, stale_after):
-            if not jobs.requeue_if_stale(store, model, job_id, stale_after):
-                continue  # another reaper got there first
-            queue.enqueue(store, jobs.get_job(store, model, job_id))
-            log.warning("requeued %s %s: its worker stopped sending heartbeats", model.__tablename__, job_id)
-            requeued.append((model.__tablename__, job_id))
+    with store.transaction() as db:
+        stale = jobs.stale_jobs(db, stale_after)
+    for job_id in stale:
+        with store.transaction() as db:  # one job per transaction: the conditional update decides who wins
+            job = jobs.get_job(db, job_id) if jobs.requeue_if_stale(db, job_id, stale_after) else None
+        if job is None:
+            continue  # another reaper got there first
+        queue.enqueue(store, job)
+        log.warning("requeued %s job %s: its worker stopped sending heartbeats", job.kind.value, job_id)
+        requeued.append((job.kind.value, job_id))
     return requeued
 
 

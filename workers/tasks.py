@@ -50,7 +50,7 @@ def encode_image(image_id: int, model_version_id: int) -> dict:
 @shared_task(bind=True, name=names.TASK_SEGMENT_BATCH)
 def segment_batch(self, job_id: int) -> dict:
     store = get_store()
-    return run_job(store, Job, job_id, self.request.id, _segment_items)
+    return run_job(store, job_id, self.request.id, _segment_items)
 
 
 def _segment_items(job: Job, step: Step) -> dict:
@@ -81,7 +81,7 @@ def _segment_items(job: Job, step: Step) -> dict:
 @shared_task(bind=True, name=names.TASK_PRECOMPUTE)
 def precompute_embeddings(self, job_id: int) -> dict:
     store = get_store()
-    return run_job(store, Job, job_id, self.request.id, _precompute)
+    return run_job(store, job_id, self.request.id, _precompute)
 
 
 def _precompute(job: Job, step: Step) -> dict:

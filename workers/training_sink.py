@@ -15,7 +15,7 @@ from sqlalchemy import update
 
 from medsam_core.training import RunInfo, TrainResult
 from medsam_core.training.artifacts import checkpoint_bytes, checkpoint_from_bytes, curves_png
-from portal.store.models import TrainingJob
+from portal.store.models import Job
 from portal.store.store import Store
 from workers.jobrunner import Step
 
@@ -23,7 +23,7 @@ from workers.jobrunner import Step
 class JobSink:
     info: RunInfo  # set by start()
 
-    def __init__(self, store: Store, job: TrainingJob, step: Step):
+    def __init__(self, store: Store, job: Job, step: Step):
         self.store, self.job, self.step = store, job, step
 
     def start(self, info: RunInfo) -> dict[str, Any] | None:
@@ -48,4 +48,4 @@ class JobSink:
 
     def _update(self, **values: Any) -> None:
         with self.store.transaction() as session:
-            session.execute(update(TrainingJob).where(TrainingJob.id == self.job.id).values(**values))
+            session.execute(update(Job).where(Job.id == self.job.id).values(**values))

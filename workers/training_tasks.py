@@ -15,7 +15,7 @@ from medsam_core.checkpoints import module_digest
 from medsam_core.training import Sample, TrainConfig, check_mode, finetune, split_by_group
 from medsam_core.training.artifacts import best_checkpoint, checkpoint_bytes
 from portal.store.errors import StoreError
-from portal.store.models import Project, TrainingJob
+from portal.store.models import Job
 from portal.store.runtime import build_predictor, load_version
 from portal.store.services.annotations import training_set
 from portal.store.services.images import display_pixels
@@ -40,12 +40,12 @@ def project_samples(store, project_id: int) -> list[Sample]:
     return out
 
 
-def _split(store, job: TrainingJob, samples: list[Sample]):
-    with store.transaction() as session:
-        frozen = session.get(Project, job.project_id).validation_image_ids
-    if frozen is None:
-        _, val = split_by_group(samples, job.params["val_fraction"], job.params["seed"])
-        frozen = freeze_validation_set(store, job.project_id, sorted({int(s.key) for s in val}))
+def _split(store, job: Job, samples: list[Sample]):
+    if job.project_id is None:
+        raise StoreError(f"job {job.id} has no project")
+    _, val = split_by_group(samples, job.params["val_fraction"], job.params["seed"])
+    with store.transaction() as db:  # a set frozen earlier (by any job or evaluation) wins
+        frozen = freeze_validation_set(db, job.project_id, sorted({int(s.key) for s in val}))
     train, val = split_by_group(samples, 0, fixed_val_keys={str(i) for i in frozen})
     if len(train) < store.settings.min_training_images:
         raise StoreError(f"only {len(train)} approved images are outside the frozen validation set; fine-tuning "
@@ -56,13 +56,13 @@ def _split(store, job: TrainingJob, samples: list[Sample]):
 @shared_task(bind=True, name=names.TASK_FINETUNE)
 def finetune_job(self, job_id: int) -> dict:
     store = get_store()
-    return run_job(store, TrainingJob, job_id, self.request.id, _finetune)
+    return run_job(store, job_id, self.request.id, _finetune)
 
 
-def _finetune(job: TrainingJob, step: Step) -> dict:
+def _finetune(job: Job, step: Step) -> dict:
     store = get_store()
     params = job.params
-    check_mode(params["mode"], training_gpu(store), store.settings.allow_full_finetune_without_gpu,
+    check_mode(params["mode"], training_gpu(store.settings), store.settings.allow_full_finetune_without_gpu,
                remedy=" and this worker has none", error=StoreError)
     parent, model = load_version(store, params["parent_version_id"])
     train, val = _split(store, job, project_samples(store, job.project_id))
@@ -73,7 +73,8 @@ def _finetune(job: TrainingJob, step: Step) -> dict:
                          lr=params["lr"], bbox_shift=params["bbox_shift"], seed=params["seed"],
                          early_stopping=params.get("early_stopping"))
     result = finetune(model, train, val, config, JobSink(store, job, step), predictor=predictor)
-    record_evaluation(store, parent.id, job.project_id, result.baseline_val_dice, None, len(val))
+    with store.transaction() as db:
+        record_evaluation(db, parent.id, job.project_id, result.baseline_val_dice, None, len(val))
     summary = result.summary()
     if result.best_epoch == 0:
         return {**summary, "model_version_id": None,
@@ -82,11 +83,12 @@ def _finetune(job: TrainingJob, step: Step) -> dict:
     best = result.history[result.best_epoch - 1]
     blob = store.blobs.put_bytes(checkpoint_bytes(best_checkpoint(result.best_state, model.family.name,
                                                                   result.best_epoch, result.best_val_dice)))
-    version = register_version(
-        store, name=f"job {job.id} ({config.mode}, epoch {result.best_epoch})", family=model.family.name,
-        encoder_digest=module_digest(model.module.image_encoder), model_digest=module_digest(model.module),
-        project_id=job.project_id, parent_id=parent.id, training_job_id=job.id, checkpoint_blob=blob,
-        metrics={**summary, "val_nsd": best["val_nsd"], "mode": config.mode, "epochs": len(result.history)})
-    record_evaluation(store, version.id, job.project_id, result.best_val_dice, best["val_nsd"], len(val))
+    with store.transaction() as db:  # the version and its score together
+        version = register_version(
+            db, store.blobs, name=f"job {job.id} ({config.mode}, epoch {result.best_epoch})",
+            family=model.family.name, encoder_digest=module_digest(model.module.image_encoder),
+            model_digest=module_digest(model.module), project_id=job.project_id, parent_id=parent.id,
+            training_job_id=job.id, checkpoint_blob=blob,
+            metrics={**summary, "val_nsd": best["val_nsd"], "mode": config.mode, "epochs": len(result.history)})
+        record_evaluation(db, version.id, job.project_id, result.best_val_dice, best["val_nsd"], len(val))
     return {**summary, "model_version_id": version.id}
-

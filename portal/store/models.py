@@ -138,8 +138,8 @@ class ModelVersion(Base):
     family: Mapped[str] = mapped_column(String(32))
     project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
-    training_job_id: Mapped[int | None] = mapped_column(
-        ForeignKey("training_jobs.id", use_alter=True, ondelete="SET NULL"))
+    training_job_id: Mapped[int | None] = mapped_column(  # the fine-tune (a ``Job``) that made it
+        ForeignKey("jobs.id", use_alter=True, ondelete="SET NULL"))
     checkpoint_blob: Mapped[str | None] = mapped_column(SHA)  # None: the bundled weights
     encoder_digest: Mapped[str] = mapped_column(SHA)
     model_digest: Mapped[str] = mapped_column(SHA, index=True)
@@ -217,14 +217,35 @@ class Review(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class JobColumns:
-    """What every queued job carries. The row, not the broker, is the source of truth.
+class JobKind(str, enum.Enum):
+    encode_image = "encode_image"
+    segment_batch = "segment_batch"
+    precompute_embeddings = "precompute"
+    evaluate = "evaluate"  # a model version on the project's frozen validation images (training queue)
+    finetune = "finetune"  # train a new version from the project's approved labels (training queue)
+
+
+class Job(Base):
+    """Every queued unit of work, of any ``kind``. The row, not the broker, is the source of truth.
 
     A broker can lose a message fetched by a worker that then dies, so a
     running job proves it is alive through ``heartbeat_at``, and a reaper
     requeues jobs whose heartbeat went stale.
+
+    One table for every kind, so the state machine, the reaper, the queue
+    metrics and the API read one place by job id. A fine-tune's own three
+    columns (``epoch_metrics``, ``checkpoint_blob``, ``curves_blob``) are
+    nullable columns here rather than a 1:1 detail table: they are small, only
+    fine-tunes write them (NULL for every other kind), and a detail table would
+    cost a join on every read and a second row to keep in step on every write.
     """
 
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[JobKind] = mapped_column(_enum(JobKind, 24))
+    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    requested_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     state: Mapped[JobState] = mapped_column(_enum(JobState), default=JobState.queued, index=True)
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
     result: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -236,35 +257,11 @@ class JobColumns:
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
-
-
-class JobKind(str, enum.Enum):
-    encode_image = "encode_image"
-    segment_batch = "segment_batch"
-    precompute_embeddings = "precompute"
-    evaluate = "evaluate"  # a model version on the project's frozen validation images (training queue)
-
-
-class Job(JobColumns, Base):
-    """An inference job: encode one image, pre-label many, or warm a project's embeddings."""
-
-    __tablename__ = "jobs"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    kind: Mapped[JobKind] = mapped_column(_enum(JobKind, 24))
-    project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
-    requested_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
-    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
-
-
-class TrainingJob(JobColumns, Base):
-    __tablename__ = "training_jobs"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
-    requested_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
-    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    epoch_metrics: Mapped[list[Any]] = mapped_column(default=list)
+    # Fine-tunes only; NULL for every other kind.
+    epoch_metrics: Mapped[list[Any] | None]
     checkpoint_blob: Mapped[str | None] = mapped_column(SHA)  # last epoch's training checkpoint, for resume
     curves_blob: Mapped[str | None] = mapped_column(SHA)  # loss and validation-Dice PNG
+
 
 
 class ModelEvaluation(Base):

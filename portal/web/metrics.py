@@ -16,7 +16,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import func, select
 
-from portal.store.models import Job, JobKind, JobState, Role, TrainingJob
+from portal.store.models import Job, JobKind, JobState, Role
 from portal.store.services import users
 
 # Interactive latencies live between a few ms and tens of seconds (a first encode on a CPU).
@@ -82,6 +82,9 @@ def _may_scrape(request: Request) -> bool:
         return user is not None and user.role == Role.admin
 
 
+TRAINING_KINDS = (JobKind.finetune, JobKind.evaluate)
+
+
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
     if not _may_scrape(request):
@@ -92,10 +95,9 @@ def metrics(request: Request) -> Response:
     try:
         with store.transaction() as session:
             queued = select(func.count()).select_from(Job).where(Job.state == JobState.queued)
-            QUEUE_DEPTH.labels("inference").set(session.scalar(queued.where(Job.kind != JobKind.evaluate)))
-            QUEUE_DEPTH.labels("training").set(session.scalar(  # evaluations run on the training queue
-                select(func.count()).select_from(TrainingJob).where(TrainingJob.state == JobState.queued))
-                + session.scalar(queued.where(Job.kind == JobKind.evaluate)))
+            training = Job.kind.in_(TRAINING_KINDS)  # evaluations run on the training queue too
+            QUEUE_DEPTH.labels("inference").set(session.scalar(queued.where(~training)))
+            QUEUE_DEPTH.labels("training").set(session.scalar(queued.where(training)))
     except Exception:  # noqa: BLE001 - a scrape must still answer while the database is down
         pass
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -119,7 +119,10 @@ class SegmentationService:
 
     def warm(self, version_id: int | None = None) -> None:
         """Load the base model ahead of the first prompt, so nobody waits for it."""
-        self.predictor(version_id or base_version(self.store).id)
+        if version_id is None:
+            with self.store.transaction() as db:
+                version_id = base_version(db).id
+        self.predictor(version_id)
 
     def _image(self, actor: User | None, image_id: int) -> Image:
         with self.store.transaction() as session:
@@ -131,10 +134,10 @@ class SegmentationService:
             return image
 
     def _version(self, project_id: int, version_id: int | None, actor: User | None) -> int:
-        if version_id is None:
-            return active_version(self.store, project_id).id
-        with self.store.transaction() as session:
-            usable_version(session, actor, int(version_id), project_id)  # another project's: "not found"
+        with self.store.transaction() as db:
+            if version_id is None:
+                return active_version(db, project_id).id
+            usable_version(db, actor, int(version_id), project_id)  # another project's: "not found"
         return int(version_id)
 
     def _display(self, image: Image) -> tuple[np.ndarray, str]:

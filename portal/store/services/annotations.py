@@ -30,7 +30,6 @@ from portal.store.models import (
 )
 from portal.store.services.audit import record
 from portal.store.services.images import get_image
-from portal.store.services.legacy import LegacyStore
 from portal.store.services.masks import check_mask_shape, get_mask, mask_from_bytes, mask_to_bytes
 from portal.store.services.projects import get_project, label_names, not_found
 from portal.store.services.users import require_role
@@ -217,11 +216,8 @@ def save_proposal(db: Session, blobs: BlobStore, actor: User, image_id: int, lab
                          submit=submit)
 
 
-def training_set(db: Session | LegacyStore, project_id: int) -> list[tuple[Image, str, str]]:
+def training_set(db: Session, project_id: int) -> list[tuple[Image, str, str]]:
     """(image, label, mask blob) of every approved annotation, at its approved revision."""
-    if not isinstance(db, Session):  # a legacy caller passing the Store (see ``legacy``)
-        with db.transaction() as session:
-            return training_set(session, project_id)
     rows = db.execute(
         select(Image, Annotation.label, AnnotationRevision.blob_sha)
         .join(Annotation, Annotation.image_id == Image.id)

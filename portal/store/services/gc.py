@@ -17,14 +17,14 @@ from portal.store.models import (
     AnnotationRevision,
     EmbeddingEntry,
     Image,
+    Job,
     Mask,
     ModelVersion,
-    TrainingJob,
 )
 
 BLOB_COLUMNS = (
     Image.blob_sha, Mask.blob_sha, AnnotationRevision.blob_sha, ModelVersion.checkpoint_blob,
-    TrainingJob.checkpoint_blob, TrainingJob.curves_blob, EmbeddingEntry.blob_sha,
+    Job.checkpoint_blob, Job.curves_blob, EmbeddingEntry.blob_sha,
 )
 
 

@@ -20,7 +20,6 @@ from medsam_core.imageio import read_image
 from portal.store.blobs import BlobStore
 from portal.store.models import Image, Role, User
 from portal.store.services.audit import record
-from portal.store.services.legacy import LegacyStore, blobs_of
 from portal.store.services.projects import get_project, not_found
 from portal.store.services.users import require_role
 from portal.store.settings import Settings
@@ -182,20 +181,13 @@ def delete_image(db: Session, actor: User, image_id: int) -> None:
         db.delete(row)
 
 
-def display_pixels(blobs: BlobStore | LegacyStore, image: Image, settings: Settings | None = None) -> np.ndarray:
-    """The uint8 RGB the encoder sees for this row: its slice, in its window.
-
-    ``settings`` may be left out only by the legacy callers that pass the whole Store (see ``legacy``).
-    """
+def display_pixels(blobs: BlobStore, image: Image, settings: Settings) -> np.ndarray:
+    """The uint8 RGB the encoder sees for this row: its slice, in its window."""
     from medsam_core.imageio import read_image as _read
 
-    if settings is None:
-        if isinstance(blobs, BlobStore):
-            raise TypeError("display_pixels needs the Settings (data_dir, max_image_pixels) with a BlobStore")
-        settings = blobs.settings
     folder = settings.data_dir / "image_files"
     folder.mkdir(parents=True, exist_ok=True)
-    path = fetch_image_file(blobs_of(blobs), image, folder)
+    path = fetch_image_file(blobs, image, folder)
     medical = _read(path, max_pixels=settings.max_image_pixels)
     return medical.display(slice_index=image.slice_index if medical.num_slices > 1 else None, window=image.window)
 

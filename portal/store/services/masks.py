@@ -14,7 +14,6 @@ from portal.store.blobs import BlobStore
 from portal.store.errors import StoreError
 from portal.store.models import Image, Mask, User
 from portal.store.services.audit import record
-from portal.store.services.legacy import LegacyStore, blobs_of
 from portal.store.services.projects import get_project, not_found
 
 
@@ -43,8 +42,8 @@ def mask_from_bytes(data: bytes) -> np.ndarray:
         return mask
 
 
-def load_mask(blobs: BlobStore | LegacyStore, blob_sha: str) -> np.ndarray:
-    return mask_from_bytes(blobs_of(blobs).get_bytes(blob_sha))
+def load_mask(blobs: BlobStore, blob_sha: str) -> np.ndarray:
+    return mask_from_bytes(blobs.get_bytes(blob_sha))
 
 
 def check_mask_shape(image: Image, mask: np.ndarray) -> None:

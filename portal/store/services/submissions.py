@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from medsam_core.errors import PromptError
 from medsam_core.prompts import check_prompt_size, validate_boxes, validate_points
@@ -22,7 +23,6 @@ from portal.store.services.model_versions import active_version, usable_version
 from portal.store.services.projects import get_project
 from portal.store.services.users import require_role
 from portal.store.settings import Settings
-from portal.store.store import Store
 
 MAX_BATCH_ITEMS = 10_000
 ONLY_ADMINS = (Role.admin,)  # queued work over a whole project; the UI offers it in the admin tab only
@@ -46,17 +46,15 @@ class PrelabelItem(BaseModel):
 ITEMS = TypeAdapter(list[PrelabelItem])
 
 
-def _authorise(store: Store, actor: User | None, project_id: int, model_version_id: int | None,
+def _authorise(db: Session, actor: User | None, project_id: int, model_version_id: int | None,
                doing: str) -> int:
     """Membership (404 outside one's projects), then role (403), then the version; ``actor`` None is trusted."""
     if actor is not None:
-        with store.transaction() as session:
-            get_project(session, actor, project_id)
+        get_project(db, actor, project_id)
         require_role(actor, *ONLY_ADMINS, doing=doing)
     if model_version_id is None:
-        return active_version(store, project_id).id
-    with store.transaction() as session:
-        usable_version(session, actor, model_version_id, project_id)
+        return active_version(db, project_id).id
+    usable_version(db, actor, model_version_id, project_id)
     return model_version_id
 
 
@@ -83,33 +81,32 @@ def _items(items: Any, settings: Settings) -> list[PrelabelItem]:
     return checked
 
 
-def create_segment_batch(store: Store, actor: User | None, project_id: int, model_version_id: int | None,
-                         items: Any) -> Job:
+def create_segment_batch(db: Session, settings: Settings, actor: User | None, project_id: int,
+                         model_version_id: int | None, items: Any) -> Job:
     """items: ``[{"image_id": 1, "boxes": [[x0, y0, x1, y1]], "points": [[x, y, 1]]}, ...]``, one object each.
 
     ``model_version_id`` None: the project's active version. Returns the queued row, not yet sent.
     """
-    version_id = _authorise(store, actor, project_id, model_version_id, "queue pre-labelling")
-    checked = _items(items, store.settings)
+    version_id = _authorise(db, actor, project_id, model_version_id, "queue pre-labelling")
+    checked = _items(items, settings)
     clean = []
-    with store.transaction() as session:
-        ids = {item.image_id for item in checked}
-        images = {i.id: i for i in session.scalars(select(Image).where(Image.id.in_(ids)))}
-        for n, item in enumerate(checked, start=1):
-            image = images.get(item.image_id)
-            if image is None or image.project_id != project_id:
-                raise NotFoundError(f"item {n}: image {item.image_id} is not in project {project_id}")
-            boxes = validate_boxes(item.boxes, (image.height, image.width))
-            points, _ = validate_points(item.points, (image.height, image.width))
-            if boxes is None and points is None:
-                raise StoreError(f"item {n}: give a box or points")
-            clean.append({"image_id": image.id, "boxes": item.boxes, "points": item.points})
-    return jobs.create_job(store, JobKind.segment_batch, {"model_version_id": version_id, "items": clean},
+    ids = {item.image_id for item in checked}
+    images = {i.id: i for i in db.scalars(select(Image).where(Image.id.in_(ids)))}
+    for n, item in enumerate(checked, start=1):
+        image = images.get(item.image_id)
+        if image is None or image.project_id != project_id:
+            raise NotFoundError(f"item {n}: image {item.image_id} is not in project {project_id}")
+        boxes = validate_boxes(item.boxes, (image.height, image.width))
+        points, _ = validate_points(item.points, (image.height, image.width))
+        if boxes is None and points is None:
+            raise StoreError(f"item {n}: give a box or points")
+        clean.append({"image_id": image.id, "boxes": item.boxes, "points": item.points})
+    return jobs.create_job(db, JobKind.segment_batch, {"model_version_id": version_id, "items": clean},
                            project_id=project_id, actor=actor)
 
 
-def create_precompute(store: Store, actor: User | None, project_id: int, model_version_id: int | None) -> Job:
+def create_precompute(db: Session, actor: User | None, project_id: int, model_version_id: int | None) -> Job:
     """``model_version_id`` None: the project's active version. Returns the queued row, not yet sent."""
-    version_id = _authorise(store, actor, project_id, model_version_id, "queue embedding precompute")
-    return jobs.create_job(store, JobKind.precompute_embeddings, {"model_version_id": version_id},
+    version_id = _authorise(db, actor, project_id, model_version_id, "queue embedding precompute")
+    return jobs.create_job(db, JobKind.precompute_embeddings, {"model_version_id": version_id},
                            project_id=project_id, actor=actor)

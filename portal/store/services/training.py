@@ -1,4 +1,8 @@
-"""Fine-tuning requests, the frozen validation set, evaluations and the promotion gate."""
+"""Fine-tuning requests, the frozen validation set, evaluations and the promotion gate.
+
+Every function works in the caller's transaction (``db``); settings and blobs
+are passed where they are needed.
+"""
 
 from __future__ import annotations
 
@@ -6,26 +10,21 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from medsam_core.models import FAMILIES
 from medsam_core.training.data import Sample, split_by_group
 from medsam_core.training.modes import MODES, Mode, check_mode, unknown_mode_message
+from portal.store.blobs import BlobStore
 from portal.store.errors import PermissionDeniedError, StoreError
-from portal.store.models import (
-    Image,
-    ModelActivation,
-    ModelEvaluation,
-    Project,
-    Role,
-    TrainingJob,
-    User,
-)
+from portal.store.models import Image, Job, JobKind, ModelActivation, ModelEvaluation, Project, Role, User
+from portal.store.services import jobs
 from portal.store.services.annotations import training_set
 from portal.store.services.audit import record
 from portal.store.services.model_versions import active_version, base_version, set_active, usable_version
 from portal.store.services.projects import existing_project, get_project
 from portal.store.services.users import require_role
-from portal.store.store import Store
+from portal.store.settings import Settings
 
 
 class FinetuneParams(BaseModel):
@@ -73,114 +72,107 @@ def parse_params(params: Any) -> dict[str, Any]:
                          f"got {repr(first['input'])[:60]}") from None
 
 
-def training_gpu(store: Store) -> bool:
-    if store.settings.training_gpu is not None:
-        return store.settings.training_gpu
+def training_gpu(settings: Settings) -> bool:
+    if settings.training_gpu is not None:
+        return settings.training_gpu
     import torch
 
     return torch.cuda.is_available()
 
 
-def validate_request(store: Store, actor: User, project_id: int, params: dict[str, Any]) -> dict[str, Any]:
+def validate_request(db: Session, blobs: BlobStore, settings: Settings, actor: User, project_id: int,
+                     params: dict[str, Any]) -> dict[str, Any]:
     """Every reason a fine-tune would fail, found before anything is queued.
 
     Membership first (404 outside one's projects), then role (403), then the parameters.
     """
-    with store.transaction() as session:
-        get_project(session, actor, project_id)
+    get_project(db, actor, project_id)
     require_role(actor, Role.admin, Role.reviewer, doing="queue fine-tuning")
     clean = parse_params(params)
-    check_mode(clean["mode"], training_gpu(store), store.settings.allow_full_finetune_without_gpu,
+    check_mode(clean["mode"], training_gpu(settings), settings.allow_full_finetune_without_gpu,
                remedy=" worker, and none is configured (MEDSAM_TRAINING_GPU); use decoder mode, which trains on a "
                       "CPU in seconds per epoch", error=StoreError)
-    parent = active_version(store, project_id) if clean.get("parent_version_id") is None else None
-    with store.transaction() as session:
-        parent = parent or usable_version(session, actor, clean["parent_version_id"], project_id)
+    parent = (active_version(db, project_id) if clean.get("parent_version_id") is None
+              else usable_version(db, actor, clean["parent_version_id"], project_id))
     if parent.family not in FAMILIES:
         raise StoreError(f"unknown model family '{parent.family}'")
-    if parent.family != "lite" and (parent.checkpoint_blob is None or not store.blobs.exists(parent.checkpoint_blob)):
+    if parent.family != "lite" and (parent.checkpoint_blob is None or not blobs.exists(parent.checkpoint_blob)):
         raise StoreError(f"model version {parent.id} ({parent.family}) has no checkpoint in the blob store; "
                          "register the ViT checkpoint first")
-    rows = training_set(store, project_id)
+    rows = training_set(db, project_id)
     labelled = {image.id for image, _, _ in rows}
-    if len(labelled) < store.settings.min_training_images:
+    if len(labelled) < settings.min_training_images:
         raise StoreError(f"the project has {len(labelled)} images with approved labels; fine-tuning needs at least "
-                         f"{store.settings.min_training_images}")
-    _check_training_split(store, project_id, rows, clean)
+                         f"{settings.min_training_images}")
+    _check_training_split(db, settings.min_training_images, project_id, rows, clean)
     clean["parent_version_id"] = parent.id
     return clean
 
 
-def _check_training_split(store: Store, project_id: int, rows: list[tuple[Image, str, str]],
+def _check_training_split(db: Session, minimum: int, project_id: int, rows: list[tuple[Image, str, str]],
                           clean: dict[str, Any]) -> None:
     """The worker's own split, done now: a job that can only fail later must be refused at once."""
-    with store.transaction() as session:
-        frozen = existing_project(session, project_id).validation_image_ids
+    frozen = existing_project(db, project_id).validation_image_ids
     samples = [Sample(key=str(image.id), group=image.sha256, load_rgb=None, load_labels=None)  # type: ignore[arg-type]
                for image, _, _ in rows]
     if frozen is None:
         train, _ = split_by_group(samples, clean["val_fraction"], clean["seed"])
     else:
         train, _ = split_by_group(samples, 0, fixed_val_keys={str(i) for i in frozen})
-    if len(train) < store.settings.min_training_images:
+    if len(train) < minimum:
         held = "the project's frozen validation set" if frozen is not None else "validation"
         raise StoreError(f"only {len(train)} labelled images would be left for training once {held} takes its "
-                         f"share; fine-tuning needs at least {store.settings.min_training_images}. Approve more "
-                         "labelled images")
+                         f"share; fine-tuning needs at least {minimum}. Approve more labelled images")
 
 
-def create_job(store: Store, actor: User, project_id: int, params: dict[str, Any]) -> TrainingJob:
-    clean = validate_request(store, actor, project_id, params)
-    with store.transaction() as session:
-        job = TrainingJob(project_id=project_id, requested_by=actor.id, params=clean)
-        session.add(job)
-        session.flush()
-        record(session, actor, "job.queued", "training_jobs", job.id, project_id, **clean)
-        return job
+def create_job(db: Session, blobs: BlobStore, settings: Settings, actor: User, project_id: int,
+               params: dict[str, Any]) -> Job:
+    """A fine-tune: a job of kind ``finetune``, checked, queued, not yet sent."""
+    clean = validate_request(db, blobs, settings, actor, project_id, params)
+    return jobs.create_job(db, JobKind.finetune, clean, project_id=project_id, actor=actor)
 
 
-def freeze_validation_set(store: Store, project_id: int, image_ids: list[int]) -> list[int]:
+def freeze_validation_set(db: Session, project_id: int, image_ids: list[int]) -> list[int]:
     """The first job's choice wins for the project's lifetime; later callers get the frozen set."""
-    with store.transaction() as session:
-        session.execute(update(Project).where(Project.id == project_id, Project.validation_image_ids.is_(None))
-                        .values(validation_image_ids=sorted(image_ids)))
-    with store.transaction() as session:
-        return list(existing_project(session, project_id).validation_image_ids or [])
+    db.execute(update(Project).where(Project.id == project_id, Project.validation_image_ids.is_(None))
+               .values(validation_image_ids=sorted(image_ids)))
+    frozen = db.scalar(select(Project.validation_image_ids).where(Project.id == project_id))
+    return list(frozen or [])
 
 
-def record_evaluation(store: Store, version_id: int, project_id: int, val_dice: float, val_nsd: float | None,
+def record_evaluation(db: Session, version_id: int, project_id: int, val_dice: float, val_nsd: float | None,
                       images: int, *, replace: bool = False) -> ModelEvaluation:
-    with store.transaction() as session:
-        row = session.scalar(select(ModelEvaluation).where(ModelEvaluation.model_version_id == version_id,
-                                                           ModelEvaluation.project_id == project_id))
-        if row is not None and not replace:
-            return row
-        if row is None:
-            row = ModelEvaluation(model_version_id=version_id, project_id=project_id, val_dice=val_dice,
-                                  val_nsd=val_nsd, images=images)
-            session.add(row)
-        else:
-            row.val_dice, row.val_nsd, row.images = val_dice, val_nsd, images
+    row = evaluation(db, version_id, project_id)
+    if row is not None and not replace:
         return row
+    if row is None:
+        row = ModelEvaluation(model_version_id=version_id, project_id=project_id, val_dice=val_dice,
+                              val_nsd=val_nsd, images=images)
+        db.add(row)
+    else:
+        row.val_dice, row.val_nsd, row.images = val_dice, val_nsd, images
+    return row
 
 
-def evaluation(store: Store, version_id: int, project_id: int) -> ModelEvaluation | None:
-    with store.transaction() as session:
-        return session.scalar(select(ModelEvaluation).where(ModelEvaluation.model_version_id == version_id,
-                                                            ModelEvaluation.project_id == project_id))
+def evaluation(db: Session, version_id: int, project_id: int) -> ModelEvaluation | None:
+    return db.scalar(select(ModelEvaluation).where(ModelEvaluation.model_version_id == version_id,
+                                                   ModelEvaluation.project_id == project_id))
 
 
 class GateError(StoreError):
     """The candidate scored below the active version on the frozen validation images."""
 
 
-def promote(store: Store, actor: User, project_id: int, version_id: int, *, force: bool = False) -> Project:
-    """Activate ``version_id`` only if it is at least as good as the active version on the same images."""
+def promote(db: Session, actor: User, project_id: int, version_id: int, *, force: bool = False) -> Project:
+    """Activate ``version_id`` only if it is at least as good as the active version on the same images.
+
+    The promotion and its gate record are one transaction: the caller's.
+    """
     require_role(actor, Role.admin, doing="promote model versions")
-    active = active_version(store, project_id)
+    active = active_version(db, project_id)
     if active.id == version_id:
         raise StoreError(f"model version {version_id} is already active")
-    candidate, current = evaluation(store, version_id, project_id), evaluation(store, active.id, project_id)
+    candidate, current = evaluation(db, version_id, project_id), evaluation(db, active.id, project_id)
     if candidate is None or current is None:
         missing = version_id if candidate is None else active.id
         if not force:
@@ -194,19 +186,16 @@ def promote(store: Store, actor: User, project_id: int, version_id: int, *, forc
                         "not promoted (an admin may force it)")
     gate = {"candidate_dice": candidate.val_dice if candidate else None,
             "active_dice": current.val_dice if current else None, "forced": force}
-    project = set_active(store, actor, project_id, version_id, reason="promote.forced" if force else "promote")
-    with store.transaction() as session:
-        record(session, actor, "model.gate", "model_version", version_id, project_id, **gate)
+    project = set_active(db, actor, project_id, version_id, reason="promote.forced" if force else "promote")
+    record(db, actor, "model.gate", "model_version", version_id, project_id, **gate)
     return project
 
 
-def activate_earlier(store: Store, actor: User, project_id: int, version_id: int) -> Project:
+def activate_earlier(db: Session, actor: User, project_id: int, version_id: int) -> Project:
     """Roll back to any version that was active before; no gate, but audited."""
-    with store.transaction() as session:
-        was_active = session.scalar(select(ModelActivation.id).where(
-            ModelActivation.project_id == project_id, ModelActivation.model_version_id == version_id).limit(1))
-    base = base_version(store)
-    if was_active is None and version_id != base.id:
+    was_active = db.scalar(select(ModelActivation.id).where(
+        ModelActivation.project_id == project_id, ModelActivation.model_version_id == version_id).limit(1))
+    if was_active is None and version_id != base_version(db).id:
         raise PermissionDeniedError(f"model version {version_id} was never active in this project; promote it "
                                     "through the gate instead")
-    return set_active(store, actor, project_id, version_id, reason="rollback")
+    return set_active(db, actor, project_id, version_id, reason="rollback")

@@ -28,7 +28,6 @@ from portal.store.models import (
     ModelEvaluation,
     ModelVersion,
     Role,
-    TrainingJob,
     User,
 )
 from portal.store.services.projects import get_project, label_names, list_projects, not_found
@@ -208,11 +207,11 @@ def review_item(session: Session, actor: User, annotation_id: int) -> tuple[Imag
 
 
 # ---------------------------------------------------------------------------- training and versions
-def training_jobs(session: Session, actor: User, project_id: int) -> list[TrainingJob]:
+def training_jobs(session: Session, actor: User, project_id: int) -> list[Job]:
     """The project's fine-tunes, newest first."""
     get_project(session, actor, project_id)
-    return list(session.scalars(select(TrainingJob).where(TrainingJob.project_id == project_id)
-                                .order_by(TrainingJob.id.desc())))
+    return list(session.scalars(select(Job).where(Job.project_id == project_id, Job.kind == JobKind.finetune)
+                                .order_by(Job.id.desc())))
 
 
 def version_rows(session: Session, actor: User, project_id: int) -> list[VersionRow]:

@@ -2,98 +2,74 @@
 
 Everything is validated by the store's services before the queue port
 (``workers.queue``) sends a message, so a bad request is a 4xx now, not a failed job later. The job row is the truth;
-the answers here are read from it.
+the answers here are read from it. Submitting and cancelling go through the queue port, which commits the row
+before it sends the message (a worker must find it), so those routes take the store, not the request's ``Db``.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Body, Depends, Request
-from pydantic import BaseModel, ConfigDict, Field
 
-from portal.store.models import Job, TrainingJob, User
+from portal.store.models import JobKind, User
 from portal.store.services import jobs
-from portal.store.services.submissions import MAX_BATCH_ITEMS, PrelabelItem
 from portal.store.services.training import FinetuneParams
-from portal.web.api import PREFIX, queue_of, store_of
+from portal.web.api import PREFIX, Db, queue_of, store_of
 from portal.web.auth import current_user
+from portal.web.schemas.jobs import AnyJobPublic, JobPublic, PrecomputeIn, PrelabelIn, TrainingJobPublic
 from workers.queue import JobQueue
 
 router = APIRouter(prefix=PREFIX, tags=["jobs"])
-STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+FINETUNES = {JobKind.finetune}
 
 
-class PrelabelIn(BaseModel):
-    model_config = STRICT
-    items: list[PrelabelItem] = Field(min_length=1, max_length=MAX_BATCH_ITEMS,
-                                      description='[{"image_id": 1, "boxes": [[x0, y0, x1, y1]]}, ...]; '
-                                                  "one box (or points) per item")
-    model_version_id: int | None = Field(None, description="default: the project's active version")
-
-
-class PrecomputeIn(BaseModel):
-    model_config = STRICT
-    model_version_id: int | None = Field(None, description="default: the project's active version")
-
-
-def job_json(job: Job | TrainingJob) -> dict:
-    out = {"id": job.id, "project_id": job.project_id, "state": job.state.value, "progress": job.progress,
-           "result": job.result, "error": job.error, "params": job.params, "attempts": job.attempts,
-           "cancel_requested": job.cancel_requested, "created_at": job.created_at.isoformat(),
-           "started_at": job.started_at.isoformat() if job.started_at else None,
-           "finished_at": job.finished_at.isoformat() if job.finished_at else None}
-    if isinstance(job, TrainingJob):
-        out.update(kind="finetune", epoch_metrics=job.epoch_metrics)
-    else:
-        out["kind"] = job.kind.value
-    return out
-
-
-@router.post("/projects/{pid}/training-jobs", status_code=201)
+@router.post("/projects/{pid}/training-jobs", status_code=201, response_model=TrainingJobPublic)
 def create_training_job(pid: int, request: Request, user: User = Depends(current_user),
                         queue: JobQueue = Depends(queue_of),
                         params: FinetuneParams | None = Body(None, examples=[{
-                            "mode": "decoder", "epochs": 5, "lr": 1e-4, "batch_size": 8}])) -> dict:
+                            "mode": "decoder", "epochs": 5, "lr": 1e-4, "batch_size": 8}])) -> JobPublic:
     """Reviewers and admins. Every parameter is optional; a wrong type or a value out of range is a 422
     naming the field. Needs approved labels on enough images."""
     given = params.model_dump(exclude_unset=True) if params else {}
-    return job_json(queue.submit_finetune(store_of(request), user, pid, given))
+    return JobPublic.of(queue.submit_finetune(store_of(request), user, pid, given))
 
 
-@router.get("/training-jobs/{jid}")
-def get_training_job(jid: int, request: Request, user: User = Depends(current_user)) -> dict:
-    return job_json(jobs.get_job(store_of(request), TrainingJob, jid, user))
+@router.get("/training-jobs/{jid}", response_model=TrainingJobPublic)
+def get_training_job(jid: int, db: Db, user: User = Depends(current_user)) -> JobPublic:
+    """A fine-tune; any other kind of job is a 404 here (see /jobs/{id})."""
+    return JobPublic.of(jobs.get_job(db, jid, user, kinds=FINETUNES))
 
 
-@router.delete("/training-jobs/{jid}")
+@router.delete("/training-jobs/{jid}", response_model=TrainingJobPublic)
 def cancel_training_job(jid: int, request: Request, user: User = Depends(current_user),
-                        queue: JobQueue = Depends(queue_of)) -> dict:
+                        queue: JobQueue = Depends(queue_of)) -> JobPublic:
     """Whoever queued the job, or an admin."""
-    return job_json(queue.cancel(store_of(request), TrainingJob, jid, user))
+    return JobPublic.of(queue.cancel(store_of(request), jid, user, kinds=FINETUNES))
 
 
-@router.post("/projects/{pid}/prelabel", status_code=201)
+@router.post("/projects/{pid}/prelabel", status_code=201, response_model=JobPublic)
 def prelabel(pid: int, body: PrelabelIn, request: Request, user: User = Depends(current_user),
-             queue: JobQueue = Depends(queue_of)) -> dict:
+             queue: JobQueue = Depends(queue_of)) -> JobPublic:
     """Admins only, like the admin tab that offers it."""
-    return job_json(queue.submit_segment_batch(store_of(request), user, pid, body.model_version_id, body.items))
+    return JobPublic.of(queue.submit_segment_batch(store_of(request), user, pid, body.model_version_id, body.items))
 
 
-@router.post("/projects/{pid}/precompute", status_code=201)
+@router.post("/projects/{pid}/precompute", status_code=201, response_model=JobPublic)
 def precompute(pid: int, request: Request, user: User = Depends(current_user), queue: JobQueue = Depends(queue_of),
-               body: PrecomputeIn | None = None) -> dict:
+               body: PrecomputeIn | None = None) -> JobPublic:
     """Admins only, like the admin tab that offers it."""
     version = body.model_version_id if body else None
-    return job_json(queue.submit_precompute(store_of(request), user, pid, version))
+    return JobPublic.of(queue.submit_precompute(store_of(request), user, pid, version))
 
 
-@router.get("/jobs/{jid}")
-def get_job(jid: int, request: Request, user: User = Depends(current_user)) -> dict:
-    """A pre-labelling, precompute or evaluation job; pre-labelled masks have ``job_id`` set (see /masks/{id})."""
-    return job_json(jobs.get_job(store_of(request), Job, jid, user))
+@router.get("/jobs/{jid}", response_model=AnyJobPublic)
+def get_job(jid: int, db: Db, user: User = Depends(current_user)) -> JobPublic:
+    """Any job: pre-labelling, precompute, evaluation or fine-tune (which has ``epoch_metrics``);
+    pre-labelled masks have ``job_id`` set (see /masks/{id})."""
+    return JobPublic.of(jobs.get_job(db, jid, user))
 
 
-@router.delete("/jobs/{jid}")
+@router.delete("/jobs/{jid}", response_model=AnyJobPublic)
 def cancel_job(jid: int, request: Request, user: User = Depends(current_user),
-               queue: JobQueue = Depends(queue_of)) -> dict:
+               queue: JobQueue = Depends(queue_of)) -> JobPublic:
     """Whoever queued the job, or an admin."""
-    return job_json(queue.cancel(store_of(request), Job, jid, user))
+    return JobPublic.of(queue.cancel(store_of(request), jid, user))

@@ -250,7 +250,7 @@ def _job_and_export_handlers(ctx: PortalContext) -> SimpleNamespace:
         if jid is None:
             return gr.skip()
         try:
-            job = jobs.get_job(store, Job, int(jid), ctx.user(request))  # members of its project only
+            job = ctx.read(jobs.get_job, int(jid), ctx.user(request))  # members of its project only
         except Exception:  # noqa: BLE001 - a timer tick never raises a toast
             return gr.skip()
         return job_text(job)

@@ -11,7 +11,7 @@ import gradio as gr
 import pandas as pd
 
 from medsam_core.training.modes import MODES
-from portal.store.models import TrainingJob
+from portal.store.models import Job, JobKind
 from portal.store.services import worklists
 from portal.web.ui.common import friendly, need_project
 from portal.web.ui.context import PortalContext
@@ -46,7 +46,7 @@ def _rounded(value) -> float | str:
     return "" if value is None else round(float(value), 4)
 
 
-def job_row(job: TrainingJob) -> list:
+def job_row(job: Job) -> list:
     p, r = job.progress or {}, job.result or {}
     epoch = f"{p.get('epoch', 0)}/{p.get('epochs', job.params.get('epochs'))}" if p.get("epoch") else ""
     note = job.error or (f"version {r['model_version_id']}" if r.get("model_version_id") else r.get("note", ""))
@@ -55,7 +55,7 @@ def job_row(job: TrainingJob) -> list:
             _rounded(p.get("val_dice")), "" if eta is None else eta, note]
 
 
-def curves(job: TrainingJob | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def curves(job: Job | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Loss and validation-Dice series per epoch; the parent's Dice as a flat "before" line."""
     loss, dice = [], []
     for m in (job.epoch_metrics if job else []) or []:
@@ -106,7 +106,7 @@ def build_train_tab(ctx: PortalContext) -> None:
         if not jid:
             raise gr.Error("Choose a job first.")
         ctx.read(worklists.training_jobs, user, need_project(pid))  # membership of the project shown
-        ctx.queue.cancel(store, TrainingJob, int(jid), user)
+        ctx.queue.cancel(store, int(jid), user, kinds={JobKind.finetune})
         return (f"Cancel requested for job {jid}.", *refresh(pid, jid, request))
 
     outs = [c.jobs, c.job, c.loss, c.dice]

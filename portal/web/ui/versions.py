@@ -86,7 +86,8 @@ def build_versions_tab(ctx: PortalContext) -> None:
     def activate(pid, vid, force, request: gr.Request):
         user = ctx.user(request)
         pid, vid = need_project(pid), _need_version(vid, "activate")
-        training.promote(store, user, pid, vid, force=bool(force))
+        with store.transaction() as db:
+            training.promote(db, user, pid, vid, force=bool(force))
         gr.Info(f"Version {vid} is now active")
         return (f"✓ Version **{vid}** is active" + (" (forced past the gate)." if force else "."),
                 refresh(pid, request))
@@ -94,7 +95,8 @@ def build_versions_tab(ctx: PortalContext) -> None:
     @friendly
     def rollback(pid, request: gr.Request):
         user = ctx.user(request)
-        project_row = model_versions.rollback(store, user, need_project(pid))
+        with store.transaction() as db:
+            project_row = model_versions.rollback(db, user, need_project(pid))
         return (f"✓ Rolled back: version **{project_row.active_model_version_id}** is active.",
                 refresh(pid, request))
 
@@ -104,7 +106,11 @@ def build_versions_tab(ctx: PortalContext) -> None:
         if not path:
             raise gr.Error("Choose a checkpoint file first.")
         pid = need_project(pid)
-        version = model_versions.register_checkpoint(store, user, pid, family, path, name or None)
+        with store.transaction() as db:  # refused before the slow load, which runs outside any transaction
+            model_versions.check_may_register(db, user, pid)
+        loaded = model_versions.load_checkpoint(family, path)
+        with store.transaction() as db:
+            version = model_versions.register_checkpoint(db, store.blobs, user, pid, loaded, path, name or None)
         done = f"✓ Registered **{version.name}** as version {version.id}"
         try:  # so the gate can compare it; registration stands even when no evaluation can run yet
             job = ctx.queue.submit_evaluation(store, user, pid, version.id)
