@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from medsam_core.checkpoints import file_sha256, load_into, module_digest, read_state_dict
+from medsam_core.checkpoints import load_into, module_digest, read_state_dict
+from medsam_core.digests import file_sha256
 from medsam_core.errors import CheckpointError, UnknownModelError
 from medsam_core.preprocess import LITE, MEDSAM_VIT, SAM_VIT, Preprocessor
 

@@ -82,7 +82,8 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """An .npy file's bytes, never pickled: what every download and export writes."""
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     return buf.getvalue()
@@ -95,7 +96,7 @@ def write_mask_files(out_dir: Path, stem: str, rgb: np.ndarray, masks: np.ndarra
     labels = label_map(masks)
     n = 1 if np.asarray(masks).ndim == 2 else len(masks)
     encoded = {
-        "mask_npy": (out_dir / f"{stem}_mask.npy", _npy_bytes(labels)),
+        "mask_npy": (out_dir / f"{stem}_mask.npy", npy_bytes(labels)),
         "mask_png": (out_dir / f"{stem}_mask.png", _png_bytes(mask_png(labels, n))),
         "overlay_png": (out_dir / f"{stem}_overlay.png", _png_bytes(Image.fromarray(overlay(rgb, labels)))),
     }

@@ -16,7 +16,6 @@ Sources understood:
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ from PIL import Image
 from medsam_core.errors import InvalidImageError, MedsamError
 from medsam_core.imageio import read_image
 from medsam_core.medical_image import MedicalImage
-from medsam_core.outputs import atomic_write
+from medsam_core.outputs import atomic_write, npy_bytes
 
 if TYPE_CHECKING:
     from nibabel.dataobj_images import DataobjImage
@@ -112,12 +111,6 @@ def _read_labels(path: Path) -> np.ndarray:
     return arr[None].astype(np.int32) if arr.ndim == 2 else arr.astype(np.int32)
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    return buf.getvalue()
-
-
 def _resize_labels(labels: np.ndarray, size: int, min_px: int) -> tuple[np.ndarray, int]:
     out = np.asarray(Image.fromarray(labels.astype(np.int32)).resize((size, size), Image.Resampling.NEAREST))
     dropped = 0
@@ -158,7 +151,7 @@ def prepare_folder(src: str | Path, out: str | Path, *, window: str | None = Non
             resized = np.asarray(Image.fromarray(rgb).resize((size, size), Image.Resampling.BICUBIC), np.float32)
             img = (resized - resized.min()) / max(float(resized.max() - resized.min()), 1e-8)
             name = f"{case}-{index:03d}" if volume else case
-            atomic_write(out / "imgs" / f"{name}.npy", _npy_bytes(img.astype(np.float32)))
-            atomic_write(out / "gts" / f"{name}.npy", _npy_bytes(gts))
+            atomic_write(out / "imgs" / f"{name}.npy", npy_bytes(img.astype(np.float32)))
+            atomic_write(out / "gts" / f"{name}.npy", npy_bytes(gts))
             report.written += 1
     return report

@@ -37,7 +37,7 @@ from portal.store.models import AnnotationStatus, User
 from portal.store.services import annotations, images
 from portal.store.services.masks import load_mask
 from portal.store.services.projects import get_project, label_names
-from portal.web.api.masks import npy_bytes, png_bytes
+from portal.web.api.masks import mask_npy_bytes, png_bytes
 from portal.web.api.uploads import sniff_suffix
 
 MAX_ZIP_ENTRIES = 20_000
@@ -90,7 +90,7 @@ def build_export(store, user: User, pid: int, fmt: str, approved_only: bool, siz
                 ann, rev, image = row["annotation"], row["revision"], by_id[row["annotation"].image_id]
                 mask = load_mask(store.blobs, rev.blob_sha)
                 path = f"masks/{_safe(ann.label)}/{_name(image)}.{fmt}"
-                zf.writestr(path, npy_bytes(mask) if fmt == "npy" else png_bytes(mask))
+                zf.writestr(path, mask_npy_bytes(mask) if fmt == "npy" else png_bytes(mask))
                 image_path = None
                 if image.num_slices == 1:
                     if image.id not in written:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -16,6 +15,7 @@ import numpy as np
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
+from medsam_core.digests import file_sha256
 from medsam_core.imageio import read_image
 from portal.store.blobs import BlobStore
 from portal.store.models import Image, Role, User
@@ -26,14 +26,6 @@ from portal.store.settings import Settings
 
 if TYPE_CHECKING:
     from pydicom import Dataset
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 MAX_STEM_CHARS = 120  # of a stored name; with its suffix well inside the 255-character column
@@ -105,7 +97,7 @@ def add_image(db: Session, blobs: BlobStore, settings: Settings, actor: User, pr
         image.display(window=window)  # an unknown window name fails here, before anything is written
     stored = _stored_copy(path, image.source_format, settings.keep_dicom_identifiers)
     try:
-        sha = _file_sha256(stored)
+        sha = file_sha256(stored)
         existing = list(db.scalars(_same_content(project_id, sha)))
         if existing:
             return existing

@@ -17,7 +17,7 @@ from portal.store.services import annotations
 from portal.store.services.images import get_image
 from portal.store.services.masks import load_mask
 from portal.web.api import PREFIX, Blobs, Db
-from portal.web.api.masks import download, npy_bytes, png_bytes
+from portal.web.api.masks import download, mask_npy_bytes, png_bytes
 from portal.web.auth import current_user
 from portal.web.schemas.annotations import (
     AnnotationIn,
@@ -89,7 +89,8 @@ def revisions(aid: int, db: Db, user: User = Depends(current_user)) -> list[Revi
 @router.get("/annotations/{aid}/revisions/{number}.npy", response_class=Response, responses={200: {"content": NPY}})
 def revision_npy(aid: int, number: int, db: Db, blobs: Blobs, user: User = Depends(current_user)) -> Response:
     blob = annotations.get_revision(db, user, aid, number).blob_sha
-    return download(npy_bytes(load_mask(blobs, blob)), "application/octet-stream", f"annotation_{aid}_r{number}.npy")
+    return download(mask_npy_bytes(load_mask(blobs, blob)), "application/octet-stream",
+                    f"annotation_{aid}_r{number}.npy")
 
 
 @router.get("/annotations/{aid}/revisions/{number}.png", response_class=Response, responses={200: {"content": PNG}})

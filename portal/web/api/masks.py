@@ -8,7 +8,7 @@ import numpy as np
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
-from medsam_core.outputs import mask_png
+from medsam_core.outputs import mask_png, npy_bytes
 from portal.store.models import User
 from portal.store.services.masks import get_mask, load_mask
 from portal.web.api import PREFIX, Blobs, Db
@@ -18,10 +18,8 @@ from portal.web.schemas.masks import NPY, PNG, MaskPublic
 router = APIRouter(prefix=PREFIX, tags=["masks"])
 
 
-def npy_bytes(labels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.asarray(labels, dtype=np.uint8), allow_pickle=False)
-    return buf.getvalue()
+def mask_npy_bytes(labels: np.ndarray) -> bytes:
+    return npy_bytes(np.asarray(labels, dtype=np.uint8))
 
 
 def png_bytes(labels: np.ndarray) -> bytes:
@@ -37,7 +35,7 @@ def download(data: bytes, media_type: str, filename: str) -> Response:
 
 @router.get("/masks/{mid}.npy", response_class=Response, responses={200: {"content": NPY}})
 def mask_npy(mid: int, db: Db, blobs: Blobs, user: User = Depends(current_user)) -> Response:
-    return download(npy_bytes(load_mask(blobs, get_mask(db, user, mid).blob_sha)), "application/octet-stream",
+    return download(mask_npy_bytes(load_mask(blobs, get_mask(db, user, mid).blob_sha)), "application/octet-stream",
                     f"mask_{mid}.npy")
 
 
