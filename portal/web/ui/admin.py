@@ -208,6 +208,7 @@ def _image_handlers(ctx: PortalContext) -> SimpleNamespace:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         skipped = "".join(f"\n- skipped: {s}" for s in report["skipped"])
+        skipped += "".join(f"\n- note: {s}" for s in report.get("notes", []))
         gr.Info(f"Imported {report['images']} images")
         return (f"✓ Imported {report['images']} images and {report['annotations']} annotations (submitted, "
                 f"waiting for review).{skipped}", _image_table(ctx, user, pid))
