@@ -30,7 +30,7 @@ from sqlalchemy import func, select
 from portal.store.db import make_engine
 from portal.store.errors import PermissionDeniedError, StoreError
 from portal.store.migrate import upgrade
-from portal.store.models import AuditEvent, Image, Role
+from portal.store.models import Annotation, AuditEvent, Image, Role
 from portal.store.services import annotations as ann
 from portal.store.services import images, projects
 from portal.web.transfer import MAX_ZIP_ENTRIES, build_export, import_zip, scratch_dir
@@ -314,6 +314,43 @@ def test_a_bad_zip_is_a_clear_store_error_and_writes_nothing(store, admin, proje
     finally:
         shutil.rmtree(folder)
     assert (report["images"], report["annotations"]) == (1, 1)
+
+
+def _import(store, admin, pid, data: bytes, tmp_path) -> dict:
+    zip_path = tmp_path / "upload.zip"
+    zip_path.write_bytes(data)
+    folder = Path(tempfile.mkdtemp(prefix="import-", dir=scratch_dir(store.settings)))
+    try:
+        return import_zip(store, admin, pid, zip_path, folder, "upload.zip")
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_a_binary_mask_in_a_two_label_project_is_the_first_label_and_the_report_says_so(store, admin, tmp_path):
+    with store.transaction() as session:
+        pid = projects.create_project(session, admin, f"p-{uuid.uuid4().hex[:6]}", "ct", ["organ", "tumour"]).id
+    report = _import(store, admin, pid, _zip([("images/b.png", _png(2)), ("masks/tumour/b.png", _mask_png())]),
+                     tmp_path)
+    assert (report["images"], report["annotations"]) == (2, 2)
+    (note,) = report["notes"]
+    assert "masks/a.png" in note and "'organ', the first label" in note and "masks/tumour/" in note
+    with store.transaction() as session:
+        got = set(session.execute(select(Image.filename, Annotation.label).join(
+            Annotation, Annotation.image_id == Image.id).where(Image.project_id == pid)).all())
+    assert got == {("a.png", "organ"), ("b.png", "tumour")}
+
+
+def test_a_mask_of_unknown_values_names_the_real_label_folders(store, admin, tmp_path):
+    with store.transaction() as session:
+        pid = projects.create_project(session, admin, f"p-{uuid.uuid4().hex[:6]}", "ct", ["organ", "tumour"]).id
+    mask = square_mask() * 7
+    mask[0, 0] = 9
+    out = io.BytesIO()
+    PILImage.fromarray(mask).save(out, format="PNG")
+    with pytest.raises(StoreError) as err:
+        _import(store, admin, pid, _zip([("images/b.png", _png(2)), ("masks/b.png", out.getvalue())]), tmp_path)
+    text = str(err.value)
+    assert "masks/organ/ or masks/tumour/" in text and "<" not in text, text
 
 
 def test_over_http_settings_names_and_bad_zips(api, sample_data, tmp_path):  # noqa: F811

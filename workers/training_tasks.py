@@ -60,7 +60,25 @@ def finetune_job(self, job_id: int) -> dict:
 
 
 def _finetune(job: Job, step: Step) -> dict:
+    """Train, register the best epoch if it beat the start, and drop the resume checkpoint if it did not.
+
+    Any exception here ends the job for good (failed or cancelled; a finished
+    job is never claimed again), so its checkpoint goes too. A worker that dies
+    raises nothing here, and its checkpoint stays for the redelivery.
+    """
     store = get_store()
+    sink = JobSink(store, job, step)
+    try:
+        result = _train_and_register(store, job, sink)
+    except Exception:
+        sink.discard()
+        raise
+    if result.get("model_version_id") is None:
+        sink.discard()
+    return result
+
+
+def _train_and_register(store, job: Job, sink: JobSink) -> dict:
     params = job.params
     check_mode(params["mode"], training_gpu(store.settings), store.settings.allow_full_finetune_without_gpu,
                remedy=" and this worker has none", error=StoreError)
@@ -72,7 +90,7 @@ def _finetune(job: Job, step: Step) -> dict:
     config = TrainConfig(mode=params["mode"], epochs=params["epochs"], batch_size=params["batch_size"],
                          lr=params["lr"], bbox_shift=params["bbox_shift"], seed=params["seed"],
                          early_stopping=params.get("early_stopping"))
-    result = finetune(model, train, val, config, JobSink(store, job, step), predictor=predictor)
+    result = finetune(model, train, val, config, sink, predictor=predictor)
     with store.transaction() as db:
         record_evaluation(db, parent.id, job.project_id, result.baseline_val_dice, None, len(val))
     summary = result.summary()

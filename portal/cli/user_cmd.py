@@ -15,8 +15,11 @@ def register(sub) -> None:
     add = usub.add_parser("add", help="create an account")
     add.add_argument("name")
     add.add_argument("--role", choices=ROLES, default="annotator")
-    add.add_argument("--password-stdin", action="store_true",
+    how = add.add_mutually_exclusive_group()
+    how.add_argument("--password-stdin", action="store_true",
                      help="read the password from standard input (for scripts) instead of prompting")
+    how.add_argument("--generate-password", action="store_true",
+                     help="generate a password and print it once (pass it on; it is stored only as a hash)")
     add.set_defaults(handler=add_user)
     pw = usub.add_parser("passwd", help="set a new password (revokes the user's API tokens)")
     pw.add_argument("name")
@@ -51,14 +54,16 @@ def _store():
 
 
 def add_user(args: argparse.Namespace) -> int:
-    from portal.store.services.users import create_user
+    from portal.store.services.users import add_account
 
-    password = _password(args.password_stdin)
+    password = None if args.generate_password else _password(args.password_stdin)
     store = _store()
     try:
         with store.transaction() as session:
-            user = create_user(session, args.name, password, args.role)
-            print(f"created user '{user.username}' ({user.role.value})")
+            made = add_account(session, None, args.name, args.role, password)  # the UI's service, as the shell
+        print(f"created user '{made.user.username}' ({made.user.role.value})")
+        if made.password:
+            print(f"password (shown once): {made.password}")
     finally:
         store.close()
     return 0

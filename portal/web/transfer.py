@@ -11,7 +11,8 @@ Export formats (each zip has a ``manifest.json``):
   classes in order (1..L).
 
 Import takes ``images/<stem>.*`` with ``masks/<stem>.*`` (0/255 or values 1..L, one per
-label class) or ``masks/<label>/<stem>.*``. Everything is read and checked before the
+label class; a one-value mask in a project of several labels is taken as the first label,
+and the report's notes say so) or ``masks/<label>/<stem>.*``. Everything is read and checked before the
 first image is stored, so a bad zip writes nothing. Imported masks become *submitted*
 annotations by the importing user: they still need a reviewer, like any other labels.
 """
@@ -247,8 +248,10 @@ def _plain(exc: Exception, path: Path, entry: str) -> str:
     return f"{_shown(entry)}: " + str(exc).replace(f"{path}: ", "").replace(str(path), "the file")
 
 
-def _plan(store, zf: zipfile.ZipFile, zip_name: str, labels: list[str], folder: Path) -> tuple[list, list]:
-    """Every image and mask read and checked; (plan, problems). Damaged or hostile zips raise StoreError."""
+def _plan(store, zf: zipfile.ZipFile, zip_name: str, labels: list[str], folder: Path,
+          notes: list[str]) -> tuple[list, list]:
+    """Every image and mask read and checked; (plan, problems), with what was inferred appended to ``notes``.
+    Damaged or hostile zips raise StoreError."""
     settings = store.settings
     limit = settings.max_upload_mb * 1024 * 1024
     found_images, found_masks = _entries(zf, limit)
@@ -274,7 +277,10 @@ def _plan(store, zf: zipfile.ZipFile, zip_name: str, labels: list[str], folder: 
                 if image.num_slices > 1 or mask.shape != (image.height, image.width):
                     raise MedsamError(f"the mask is {mask.shape}; the image is "
                                       f"{image.height}x{image.width} with {image.num_slices} slice(s)")
-                targets += _label_masks(mask, folder_label, labels, "the mask")
+                pairs, note = _label_masks(mask, folder_label, labels, "the mask")
+                targets += pairs
+                if note:
+                    notes.append(f"{_shown(minfo.filename)}: {note}")
             except MedsamError as exc:
                 errors.append(_plain(exc, mpath, minfo.filename))
         plan.append((stem, info.filename, path, targets))
@@ -295,11 +301,13 @@ def import_zip(store, user: User, pid: int, zip_path: Path, folder: Path, zip_na
     except _DAMAGED as exc:
         raise StoreError(f"'{_shown(zip_name)}' is not a readable zip: {_why(exc)}") from None
     with zf:
-        plan, errors = _plan(store, zf, zip_name, labels, folder)
+        notes: list[str] = []
+        plan, errors = _plan(store, zf, zip_name, labels, folder, notes)
     if errors:  # nothing was stored yet
         raise StoreError(f"nothing was imported; {len(errors)} problem(s): " + "; ".join(errors[:20]))
     with store.transaction() as session:
-        return _store_plan(session, store.blobs, store.settings, user, pid, plan, zip_name)
+        report = _store_plan(session, store.blobs, store.settings, user, pid, plan, zip_name)
+    return {**report, "notes": notes}
 
 
 def _store_plan(session, blobs, settings, user: User, pid: int, plan: list, zip_name: str) -> dict:
@@ -317,17 +325,32 @@ def _store_plan(session, blobs, settings, user: User, pid: int, plan: list, zip_
     return report
 
 
-def _label_masks(mask: np.ndarray, folder_label: str | None, labels: list[str], name: str) -> list:
+def _label_masks(mask: np.ndarray, folder_label: str | None, labels: list[str],
+                 name: str) -> tuple[list, str | None]:
+    """The (label, mask) pairs of one mask file, and a note when a label was inferred rather than given.
+
+    A mask with one non-zero value (the ordinary 0/255 or 0/1 file) in a
+    project with several labels and no ``masks/<label>/`` folder is taken as
+    the first label and the import report says so: refusing it would turn
+    every plain binary mask away, and the annotations still go to a reviewer.
+    """
     values = [int(v) for v in np.unique(mask) if v != 0]
     if folder_label is not None:
         if folder_label not in labels:
-            raise MedsamError(f"'{folder_label}' is not a label class of this project ({', '.join(labels)})")
-        return [(folder_label, mask > 0)] if values else []
+            raise MedsamError(f"'{folder_label}' is not a label class of this project ({', '.join(labels)}); "
+                              f"use {_folders(labels)}")
+        return ([(folder_label, mask > 0)] if values else []), None
     if values and max(values) <= len(labels):
-        return [(labels[v - 1], mask == v) for v in values]
-    if len(values) == 1 and len(labels) == 1:
-        return [(labels[0], mask > 0)]  # a 0/255 mask for a one-class project
-    raise MedsamError(f"{name} has values {values[:10]}; use 0/255 for a one-class project, or 1..{len(labels)} "
-                      f"for the classes {', '.join(labels)}, or masks/<label>/ folders")
+        return [(labels[v - 1], mask == v) for v in values], None
+    if len(values) == 1:
+        note = None if len(labels) == 1 else (
+            f"a one-value mask (0/{values[0]}) was taken as '{labels[0]}', the first label; "
+            f"put it in {_folders(labels[1:])} for another label")
+        return [(labels[0], mask > 0)], note
+    raise MedsamError(f"{name} has values {values[:10]}; use 0/255 for one label, values 1..{len(labels)} for "
+                      f"the classes {', '.join(labels)} in order, or one folder per label: {_folders(labels)}")
 
 
+def _folders(labels: list[str]) -> str:
+    """The actual folder names, never a ``<label>`` placeholder (a status line rendered as HTML eats it)."""
+    return " or ".join(f"masks/{label}/" for label in labels)

@@ -107,6 +107,14 @@ def add_member(session: Session, actor: User, project_id: int, user: User) -> No
         record(session, actor, "project.member.add", "project", project_id, project_id, user=user.username)
 
 
+def members(session: Session, actor: User, project_id: int) -> list[User]:
+    """Who works on a project, by name; an admin's view (it tells which accounts exist)."""
+    require_role(actor, Role.admin, doing="list project members")
+    get_project(session, actor, project_id)
+    return list(session.scalars(select(User).join(ProjectMember, ProjectMember.user_id == User.id)
+                                .where(ProjectMember.project_id == project_id).order_by(User.username)))
+
+
 def is_member(session: Session, user: User, project_id: int | None) -> bool:
     if user.role == Role.admin:
         return True

@@ -50,6 +50,26 @@ def create_user(session: Session, username: str, password: str, role: Role | str
     return user
 
 
+@dataclass(frozen=True)
+class NewAccount:
+    user: User
+    password: str | None  # the generated password, to be shown once; None when the creator chose it
+
+
+def add_account(session: Session, actor: User | None, username: str, role: Role | str,
+                password: str | None = None) -> NewAccount:
+    """An account created by an admin in the UI, or from the shell (``actor`` None: ``medsam user add``).
+
+    Without a password one is generated and handed back once: it is stored
+    only as a hash, so the admin passes it on and the user changes it later.
+    """
+    if actor is not None:
+        require_role(actor, Role.admin, doing="create accounts")
+    generated = None if password else secrets.token_urlsafe(12)
+    user = create_user(session, (username or "").strip(), password or cast(str, generated), role, actor=actor)
+    return NewAccount(user, generated)
+
+
 def create_first_admin(session: Session, password: str) -> User | None:
     """``admin``, when there is no account at all: nobody could ever log in otherwise. None if any exists."""
     if session.scalar(select(func.count()).select_from(User)):

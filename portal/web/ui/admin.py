@@ -1,26 +1,24 @@
-"""The Project admin tab: projects, members, uploads, zip import, pre-labelling, precompute, export, deletion.
+"""The Project admin tab: projects, members and accounts, images, pre-labelling, precompute, export, deletion.
 
 Each button calls what the REST API route calls: ``images.add_image``,
 ``portal.web.transfer.import_zip`` / ``build_export``, and the job queue on the
 context for pre-labelling and precompute. Exports are built here and handed to
 the browser as a download of this logged-in session, because the API's export
-URL needs a bearer token a browser tab does not have.
+URL needs a bearer token a browser tab does not have. A refused action tells
+why in the status line (``reported``) and leaves the lists and the project
+dropdown as they were. The images part is ``admin_images``, the members and
+accounts part ``people``.
 """
 
-import os
-import shutil
-import tempfile
-from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 
-from medsam_core.errors import MedsamError
 from portal.store.models import Job
-from portal.store.redact import scrub
-from portal.store.services import images, jobs, projects, worklists
-from portal.web.transfer import FORMATS, build_export, import_zip, scratch_dir
-from portal.web.ui.common import WINDOW_CHOICES, friendly, need_project, new_work_dir, sweep, window_value
+from portal.store.services import jobs, projects, worklists
+from portal.web.transfer import FORMATS, build_export
+from portal.web.ui import admin_images, people
+from portal.web.ui.common import need_project, new_work_dir, reported, sweep
 from portal.web.ui.context import PortalContext
 
 EXPORT_TTL_S = 30 * 60
@@ -64,19 +62,9 @@ def _project_rows(c: SimpleNamespace) -> None:
             c.modality = gr.Dropdown(MODALITIES, value="other", label="Modality", allow_custom_value=True)
             c.labels = gr.Textbox(label="Label classes (comma-separated)", value="lesion", elem_id="admin-labels")
             c.create = gr.Button("Create project", elem_id="admin-create")
-    with gr.Row():
-        c.member = gr.Textbox(label="Add member (username)", elem_id="admin-member")
-        c.member_btn = gr.Button("Add member", elem_id="admin-add-member")
-    with gr.Row():
-        c.files = gr.File(label="Upload images (several files)", file_count="multiple", elem_id="admin-upload")
-        c.window = gr.Dropdown(WINDOW_CHOICES, value=WINDOW_CHOICES[0], label="CT window")
-        c.upload = gr.Button("Add to project", elem_id="admin-upload-btn")
-    with gr.Row():
-        c.zip = gr.File(label="Import a zip: images/ + masks/ (masks become submitted annotations)",
-                        file_types=[".zip"], elem_id="admin-import")
-        c.zip_btn = gr.Button("Import zip", elem_id="admin-import-btn")
-    c.images = gr.Dataframe(headers=["image", "file", "slice", "size"], label="Images", interactive=False,
-                            elem_id="admin-images")
+    c.status = gr.Markdown(elem_id="admin-status")
+    people.layout(c)
+    admin_images.layout(c)
 
 
 def _job_rows(c: SimpleNamespace) -> None:
@@ -99,10 +87,6 @@ def _export_and_delete_rows(c: SimpleNamespace) -> None:
         c.export = gr.Button("Build export zip", elem_id="admin-export")
         c.download = gr.DownloadButton("Download the zip", visible=False, elem_id="admin-export-download")
     with gr.Row():
-        c.del_image = gr.Number(label="Image id to delete", precision=0)
-        c.del_image_ok = gr.Checkbox(label="Yes, delete it with its masks and annotations")
-        c.del_image_btn = gr.Button("Delete image", variant="stop")
-    with gr.Row():
         c.del_project_name = gr.Textbox(label="Type the project's name to delete it")
         c.del_project_btn = gr.Button("Delete project", variant="stop")
 
@@ -112,7 +96,6 @@ def _layout() -> SimpleNamespace:
     _project_rows(c)
     _job_rows(c)
     _export_and_delete_rows(c)
-    c.status = gr.Markdown(elem_id="admin-status")
     return c
 
 
@@ -120,8 +103,10 @@ def _layout() -> SimpleNamespace:
 def _project_handlers(ctx: PortalContext) -> SimpleNamespace:
     store = ctx.store
 
-    @friendly
+    @reported(2)
     def create(name, modality, labels, request: gr.Request):
+        """The dropdown gets its new choices here and its value in a second event (``select``): sent
+        together, the new id was refused as "not in the list of choices" by the tabs' change events."""
         user = ctx.user(request)
         names = [s.strip() for s in (labels or "").split(",") if s.strip()]
         with store.transaction() as session:
@@ -129,20 +114,12 @@ def _project_handlers(ctx: PortalContext) -> SimpleNamespace:
             pid, pname = created.id, created.name
         gr.Info(f"Created project {pname}")
         return (f"✓ Created project **{pname}** (#{pid}).",
-                gr.update(choices=ctx.read(worklists.project_choices, user), value=pid))
+                gr.update(choices=ctx.read(worklists.project_choices, user)), pid)
 
-    @friendly
-    def add_member(pid, username, request: gr.Request):
-        user = ctx.user(request)
-        pid = need_project(pid)
-        with store.transaction() as session:
-            target = worklists.find_user(session, user, (username or "").strip())
-            if target is None:
-                raise gr.Error(f"There is no user '{username}'.")
-            projects.add_member(session, user, pid, target)
-            return f"✓ {target.username} is a member of project #{pid}."
+    def select(pid):
+        return gr.skip() if pid is None else pid
 
-    @friendly
+    @reported(1)
     def delete_project(pid, typed, request: gr.Request):
         user = ctx.user(request)
         pid = need_project(pid)
@@ -154,82 +131,13 @@ def _project_handlers(ctx: PortalContext) -> SimpleNamespace:
         choices = ctx.read(worklists.project_choices, user)
         return f"✓ Deleted project {name}.", gr.update(choices=choices, value=choices[0][1] if choices else None)
 
-    return SimpleNamespace(create=create, add_member=add_member, delete_project=delete_project)
-
-
-def _image_table(ctx: PortalContext, user, pid) -> list[list]:
-    rows = ctx.read(worklists.project_images, user, int(pid)) if pid else []
-    return [[i.id, i.filename, i.slice_index, f"{i.width}x{i.height}"] for i in rows]
-
-
-def _upload_lines(ctx: PortalContext, user, pid: int, files, window_choice, progress) -> tuple[int, list[str]]:
-    lines, good = [], 0
-    for path in progress.tqdm(files, desc="Uploading"):
-        name = Path(path).name
-        try:
-            rows = ctx.run(images.add_image, ctx.blobs, ctx.settings, user, pid, path, filename=name,
-                           window=window_value(window_choice))
-            good += 1
-            lines.append(f"- ✓ {name}: image {rows[0].id}" + (f" ({len(rows)} slices)" if len(rows) > 1 else ""))
-        except MedsamError as exc:
-            lines.append(f"- ✗ {name}: {scrub(str(exc))}")
-    return good, lines
-
-
-def _image_handlers(ctx: PortalContext) -> SimpleNamespace:
-    store, settings = ctx.store, ctx.settings
-
-    @friendly
-    def refresh(pid, request: gr.Request):
-        return _image_table(ctx, ctx.user(request), pid)
-
-    @friendly
-    def upload(pid, files, window_choice, request: gr.Request, progress=gr.Progress()):  # noqa: B008
-        user = ctx.user(request)
-        pid = need_project(pid)
-        if not files:
-            raise gr.Error("Choose one or more files first.")
-        good, lines = _upload_lines(ctx, user, pid, files, window_choice, progress)
-        if good < len(files):
-            gr.Warning(f"{len(files) - good} of {len(files)} files were refused; see the list")
-        return f"{good} of {len(files)} files added:\n" + "\n".join(lines), _image_table(ctx, user, pid)
-
-    @friendly
-    def import_zip_file(pid, path, request: gr.Request):
-        user = ctx.user(request)
-        pid = need_project(pid)
-        if not path:
-            raise gr.Error("Choose a zip first.")
-        if os.path.getsize(path) > settings.max_upload_mb * 1024 * 1024:
-            raise gr.Error(f"The zip is larger than the upload limit ({settings.max_upload_mb} MB).")
-        folder = Path(tempfile.mkdtemp(prefix="import-", dir=scratch_dir(settings)))
-        try:
-            report = import_zip(store, user, pid, Path(path), folder, Path(path).name)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        skipped = "".join(f"\n- skipped: {s}" for s in report["skipped"])
-        gr.Info(f"Imported {report['images']} images")
-        return (f"✓ Imported {report['images']} images and {report['annotations']} annotations (submitted, "
-                f"waiting for review).{skipped}", _image_table(ctx, user, pid))
-
-    @friendly
-    def delete_image(pid, image_id, ok, request: gr.Request):
-        user = ctx.user(request)
-        if not ok:
-            raise gr.Error("Tick the confirmation box first.")
-        if not image_id:
-            raise gr.Error("Give the id of the image to delete.")
-        ctx.run(images.delete_image, user, int(image_id))
-        return f"✓ Deleted image {int(image_id)}.", _image_table(ctx, user, pid)
-
-    return SimpleNamespace(refresh=refresh, upload=upload, import_zip_file=import_zip_file,
-                           delete_image=delete_image)
+    return SimpleNamespace(create=create, select=select, delete_project=delete_project)
 
 
 def _job_and_export_handlers(ctx: PortalContext) -> SimpleNamespace:
     store = ctx.store
 
-    @friendly
+    @reported(1)
     def prelabel(pid, margin_pct, request: gr.Request):
         user = ctx.user(request)
         pid = need_project(pid)
@@ -240,7 +148,7 @@ def _job_and_export_handlers(ctx: PortalContext) -> SimpleNamespace:
         version = job.params["model_version_id"]  # None above: the active version, as the job recorded it
         return f"✓ Pre-labelling queued: job {job.id}, {len(rows)} images, model version {version}.", job.id
 
-    @friendly
+    @reported(1)
     def precompute(pid, request: gr.Request):
         user = ctx.user(request)
         job = ctx.queue.submit_precompute(store, user, need_project(pid), None)
@@ -255,7 +163,7 @@ def _job_and_export_handlers(ctx: PortalContext) -> SimpleNamespace:
             return gr.skip()
         return job_text(job)
 
-    @friendly
+    @reported(1)
     def export(pid, fmt, approved_only, request: gr.Request):
         user = ctx.user(request)
         pid = need_project(pid)
@@ -271,16 +179,15 @@ def build_admin_tab(ctx: PortalContext) -> None:
     """Components and events of the tab; call inside ``gr.Tab``."""
     c = _layout()
     project = ctx.project
-    p, i, j = _project_handlers(ctx), _image_handlers(ctx), _job_and_export_handlers(ctx)
-    project.change(i.refresh, [project], [c.images])
+    p, j = _project_handlers(ctx), _job_and_export_handlers(ctx)
+    created = gr.State(None)
     project.change(lambda: gr.DownloadButton(visible=False), None, [c.download])
-    c.create.click(p.create, [c.name, c.modality, c.labels], [c.status, project])
-    c.member_btn.click(p.add_member, [project, c.member], [c.status])
-    c.upload.click(i.upload, [project, c.files, c.window], [c.status, c.images])
-    c.zip_btn.click(i.import_zip_file, [project, c.zip], [c.status, c.images])
+    c.create.click(p.create, [c.name, c.modality, c.labels], [c.status, project, created]).then(
+        p.select, [created], [project])
+    people.wire(ctx, c)
+    admin_images.wire(ctx, c)
     c.prelabel.click(j.prelabel, [project, c.margin], [c.status, c.job_id])
     c.precompute.click(j.precompute, [project], [c.status, c.job_id])
     c.job_timer.tick(j.poll, [c.job_id], [c.job_md], show_progress="hidden")
     c.export.click(j.export, [project, c.format, c.approved], [c.status, c.download])
-    c.del_image_btn.click(i.delete_image, [project, c.del_image, c.del_image_ok], [c.status, c.images])
     c.del_project_btn.click(p.delete_project, [project, c.del_project_name], [c.status, project])

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar, cast
 
 import gradio as gr
 import numpy as np
@@ -83,6 +83,38 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
             raise gr.Error(scrub(str(exc)), print_exception=False) from None
 
     return wrapper
+
+
+def failure_text(message: str) -> str:
+    """A failure for a Markdown status line: marked, and with ``<`` escaped so no part of it is eaten as HTML."""
+    return "✗ " + message.replace("&", "&amp;").replace("<", "&lt;")
+
+
+def reported(others: int) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """For handlers whose first output is a status line and ``others`` outputs follow it.
+
+    A refusal becomes that line's text and a warning, and every other output
+    is skipped: raising would put Gradio's "Error" badge on every output (the
+    tables, the project dropdown) and leave the line telling of the last
+    success. Nothing is written when a service refuses.
+    """
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error as exc:
+                message = str(exc.message)
+            except MedsamError as exc:
+                message = scrub(str(exc))
+            gr.Warning(message)
+            text = failure_text(message)
+            return cast(R, (text, *[gr.skip()] * others) if others else text)
+
+        return wrapper
+
+    return decorate
 
 
 def need_project(pid) -> int:

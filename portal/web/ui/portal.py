@@ -8,6 +8,7 @@ messages, and nothing is written when a request is refused.
 
 import gradio as gr
 
+from portal.store.models import Role
 from portal.store.services import worklists
 from portal.web.ui.admin import build_admin_tab
 from portal.web.ui.annotate import build_annotate_tab
@@ -34,6 +35,14 @@ document.addEventListener('keydown', (e) => {
 TABS = [("Annotate", "annotate", build_annotate_tab), ("Review", "review", build_review_tab),
         ("Train", "train", build_train_tab), ("Models", "models", build_versions_tab),
         ("Project admin", "admin", build_admin_tab)]
+# Who may use each tab, as the services decide (reviewing, queueing fine-tunes and evaluations: reviewers and
+# admins; promotion and project administration: admins). A tab one may not use is not shown at all.
+TAB_ROLES = {"annotate": set(Role), "review": {Role.reviewer, Role.admin}, "train": {Role.reviewer, Role.admin},
+             "models": {Role.reviewer, Role.admin}, "admin": {Role.admin}}
+
+
+def tab_visibility(role: Role) -> list[bool]:
+    return [role in TAB_ROLES[tab_id] for _, tab_id, _ in TABS]
 
 
 def build_portal(app_state, engine) -> gr.Blocks:
@@ -47,9 +56,11 @@ def build_portal(app_state, engine) -> gr.Blocks:
         with gr.Tabs():
             with gr.Tab("Segment (demo)", id="segment"):
                 build_segment_tab(engine, ctx.settings, prefix="seg")
-            for title, tab_id, build in TABS:
-                with gr.Tab(title, id=tab_id):
+            tabs = []
+            for title, tab_id, build in TABS:  # shown by the login's role once the page has loaded
+                with gr.Tab(title, id=tab_id, visible=tab_id == "annotate", elem_id=f"tab-{tab_id}") as tab:
                     build(ctx)
+                tabs.append(tab)
 
         def refresh_project_list(pid, request: gr.Request):
             user = ctx.user(request)
@@ -57,8 +68,8 @@ def build_portal(app_state, engine) -> gr.Blocks:
             ids = [v for _, v in choices]
             value = pid if pid in ids else (ids[0] if ids else None)
             return (f"**{user.username}** ({user.role.value}) · [log out](logout)",
-                    gr.update(choices=choices, value=value))
+                    gr.update(choices=choices, value=value), *[gr.Tab(visible=v) for v in tab_visibility(user.role)])
 
-        demo.load(refresh_project_list, [project], [who, project])
-        refresh_projects.click(refresh_project_list, [project], [who, project])
+        demo.load(refresh_project_list, [project], [who, project, *tabs])
+        refresh_projects.click(refresh_project_list, [project], [who, project, *tabs])
     return demo

@@ -55,20 +55,30 @@ def job_row(job: Job) -> list:
             _rounded(p.get("val_dice")), "" if eta is None else eta, note]
 
 
-def curves(job: Job | None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Loss and validation-Dice series per epoch; the parent's Dice as a flat "before" line."""
+def curves(job: Job | None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Loss and validation-Dice series per epoch, and the epochs in order.
+
+    Epochs are category labels ("0", "1", ...), so the axis never shows a
+    fractional epoch. The Dice series starts at epoch 0 with the starting
+    weights' score (the parent's, which the trainer measured first): a line
+    needs two points, and a one-epoch job would otherwise draw nothing. The
+    parent's score is also drawn flat, as the "before" to beat.
+    """
     loss, dice = [], []
     for m in (job.epoch_metrics if job else []) or []:
+        epoch = str(m["epoch"])
         if m.get("train_loss") is not None:
-            loss.append({"epoch": m["epoch"], "value": m["train_loss"], "series": "train loss"})
+            loss.append({"epoch": epoch, "value": m["train_loss"], "series": "train loss"})
         if m.get("val_loss") is not None:
-            loss.append({"epoch": m["epoch"], "value": m["val_loss"], "series": "val loss"})
+            loss.append({"epoch": epoch, "value": m["val_loss"], "series": "val loss"})
         if m.get("val_dice") is not None:
-            dice.append({"epoch": m["epoch"], "value": m["val_dice"], "series": "val Dice"})
+            dice.append({"epoch": epoch, "value": m["val_dice"], "series": "val Dice"})
     base = (job.progress or {}).get("baseline_val_dice") if job else None
     if base is not None and dice:
+        dice.insert(0, {"epoch": "0", "value": base, "series": "val Dice"})
         dice += [{"epoch": d["epoch"], "value": base, "series": "before (parent)"} for d in list(dice)]
-    return pd.DataFrame(loss, columns=CURVE_COLUMNS), pd.DataFrame(dice, columns=CURVE_COLUMNS)
+    order = sorted({row["epoch"] for row in loss + dice}, key=int)
+    return pd.DataFrame(loss, columns=CURVE_COLUMNS), pd.DataFrame(dice, columns=CURVE_COLUMNS), order
 
 
 def build_train_tab(ctx: PortalContext) -> None:
@@ -84,9 +94,9 @@ def build_train_tab(ctx: PortalContext) -> None:
             return gr.update(), gr.update(), gr.update(), gr.update()
         ids = [j.id for j in rows]
         chosen = selected if selected in ids else (ids[0] if ids else None)
-        loss, dice = curves(next((j for j in rows if j.id == chosen), None))
+        loss, dice, order = curves(next((j for j in rows if j.id == chosen), None))
         return ([job_row(j) for j in rows], gr.update(choices=[(f"job {i}", i) for i in ids], value=chosen),
-                loss, dice)
+                gr.LinePlot(value=loss, sort=order), gr.LinePlot(value=dice, sort=order))
 
     @friendly
     def submit(pid, mode, epochs, lr, request: gr.Request):
