@@ -79,7 +79,10 @@ def portal(tmp_path_factory, data_dir):
 
 
 def _context(portal):
-    return portal["browser"].new_context(viewport={"width": 1400, "height": 1000})
+    """A fresh browser profile; the editor's canvas is slow on a loaded 2-core machine, so waits are long."""
+    context = portal["browser"].new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(120_000)
+    return context
 
 
 def choose(page, selector: str, option_text: str) -> None:
@@ -193,10 +196,10 @@ def test_ctrl_z_undoes_the_last_brush_stroke(portal):
     editor.get_by_role("button", name="Brush").first.click(no_wait_after=True)
     paint = image_frame(page, "#ann-editor", 512, 512)  # the editor's fixed canvas; the image sits top-left
     drag(page, paint(200, 300), paint(320, 300), steps=12)  # mid-canvas, clear of the toolbar
-    expect(undo).to_be_enabled(timeout=30_000)
+    expect(undo).to_be_enabled(timeout=120_000)
     page.mouse.click(5, 5)  # focus leaves the canvas, as after any click elsewhere on the page
     page.keyboard.press("Control+z")
-    expect(redo).to_be_enabled(timeout=30_000)  # the stroke went back into the editor's redo history
+    expect(redo).to_be_enabled(timeout=120_000)  # the stroke went back into the editor's redo history
     expect(undo).to_be_disabled()
     context.close()
 
