@@ -91,7 +91,7 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], family: str, 
             parts.append(f"{len(mismatched)} shape mismatches (first: {'; '.join(mismatched[:3])})")
         raise CheckpointError(
             f"{source} does not fit model family '{family}': {'; '.join(parts)}. "
-            "Check that --model names the family this checkpoint was trained as."
+            "Check that the model family given for it is the one this checkpoint was trained as."
         )
     model.load_state_dict(state, strict=True)
 

@@ -90,12 +90,15 @@ def test_add_image_dedupes_and_a_rejected_file_writes_nothing(store, admin, proj
     first = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, path)
     again = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, path)
     assert [r.id for r in first] == [r.id for r in again] and first[0].width == 64 and first[0].height == 48
+    found = tx(store, images.add_or_find_image, store.blobs, store.settings, admin, project.id, path, "renamed.png")
+    assert not found.new and [r.id for r in found.rows] == [r.id for r in first]  # a screen can say so
     blobs_before = len(list(store.blobs.iter_blobs()))
     rows_before = count(store, Image)
     bad = tmp_path / "trunc.png"
     bad.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(InvalidImageError):
-        tx(store, images.add_image, store.blobs, store.settings, admin, project.id, bad)
+    with pytest.raises(InvalidImageError) as refused:
+        tx(store, images.add_image, store.blobs, store.settings, admin, project.id, bad, "(1) scan.png")
+    assert str(refused.value).startswith("(1) scan.png: ") and str(tmp_path) not in str(refused.value)
     assert count(store, Image) == rows_before and len(list(store.blobs.iter_blobs())) == blobs_before
 
 

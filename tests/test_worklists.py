@@ -66,6 +66,7 @@ def test_outside_ones_projects_every_listing_is_not_found_like_a_missing_id(stor
         "annotation of image": (lambda i: read(store, worklists.current_annotation, outsider, i, "liver"), iid),
         "pre-label mask": (lambda i: read(store, worklists.prelabel_mask, outsider, i), iid),
         "history": (lambda i: read(store, worklists.revision_history, outsider, i), aid),
+        "reviews": (lambda i: read(store, worklists.review_history, outsider, i), aid),
         "review item": (lambda i: read(store, worklists.review_item, outsider, i), aid),
     }
     for name, (look, real_id) in lookups.items():
@@ -103,6 +104,44 @@ def test_members_get_the_queue_history_and_review_rows(store, world):
     assert (image.id, revision.number, revision.blob_sha) == (first, 2, submitted.blob_sha)
     counts = {row[0]: row[1:] for row in read(store, worklists.status_counts, w["reviewer"])}
     assert counts[w["a"].name] == [2, 1, 0, 1, 0, 0]  # images, unlabelled, draft, submitted, approved, rejected
+
+
+def test_a_rejection_reaches_the_annotator_in_the_fix_queue_and_the_history(store, world):
+    w, annotator, reviewer = world, world["annotator"], world["reviewer"]
+    rev = tx(store, ann.save_revision, store.blobs, annotator, w["first"].id, "liver", square_mask(), 0, submit=True)
+    assert read(store, worklists.review_history, annotator, rev.annotation_id) == []
+    tx(store, ann.reject, reviewer, rev.annotation_id, "the edge misses the left lobe")
+
+    (row,) = read(store, worklists.image_queue, annotator, w["a"].id, "liver", "fix")
+    why = row["rejection"]
+    assert (row["image_id"], row["status"]) == (w["first"].id, "rejected")
+    assert (why.reviewer, why.comment, why.revision, why.decision) == \
+        (reviewer.username, "the edge misses the left lobe", 1, "rejected")
+    assert why.created_at is not None
+    unlabelled = read(store, worklists.image_queue, annotator, w["a"].id, "liver", "unlabelled")
+    assert [r["rejection"] for r in unlabelled if r["status"] == "unlabelled"] == [None]
+
+    # Fixed and submitted again, then approved: the history keeps both decisions, newest first.
+    tx(store, ann.save_revision, store.blobs, annotator, w["first"].id, "liver", square_mask(x0=4), 1, submit=True)
+    tx(store, ann.approve, reviewer, rev.annotation_id, "good now")
+    history = read(store, worklists.review_history, annotator, rev.annotation_id)
+    assert [(h.revision, h.decision, h.reviewer, h.comment) for h in history] == [
+        (2, "approved", reviewer.username, "good now"),
+        (1, "rejected", reviewer.username, "the edge misses the left lobe")]
+    assert read(store, worklists.image_queue, annotator, w["a"].id, "liver", "fix") == []
+
+
+def test_queue_steps_keep_the_listed_order_and_never_wrap():
+    order = [5, 3, 8]
+    assert [worklists.step(order, 3, 1), worklists.step(order, 3, -1)] == [8, 5]
+    assert [worklists.step(order, 8, 1), worklists.step(order, 5, -1)] == [None, None]  # no wrapping
+    assert worklists.step(order, 99, 1) == 5 and worklists.step([], 5, 1) is None
+    statuses = {5: "submitted", 3: "unlabelled", 8: "draft", 9: "unlabelled"}
+    assert worklists.next_to_do([5, 3, 8, 9], statuses, 5, "unlabelled") == 3
+    assert worklists.next_to_do([5, 3, 8, 9], statuses, 3, "unlabelled") == 9  # unlabelled before drafts
+    assert worklists.next_to_do([3, 8, 9], {**statuses, 9: "submitted"}, 9, "unlabelled") == 3  # a skipped one
+    assert worklists.next_to_do([3, 8], {3: "submitted", 8: "approved"}, 3, "unlabelled") is None
+    assert worklists.next_to_do([3, 8], {3: "submitted", 8: "draft"}, 3, "fix") is None
 
 
 def test_prelabel_proposals_and_the_admin_only_user_lookup(store, world):

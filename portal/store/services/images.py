@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import unicodedata
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from medsam_core.digests import file_sha256
+from medsam_core.errors import InvalidImageError
 from medsam_core.imageio import read_image
 from portal.store.blobs import BlobStore
 from portal.store.models import Image, Role, User
@@ -75,9 +77,24 @@ def _same_content(project_id: int, sha: str) -> Select[Image]:
     return select(Image).where(Image.project_id == project_id, Image.sha256 == sha).order_by(Image.slice_index)
 
 
+@dataclass(frozen=True)
+class Added:
+    """What an upload did: its rows, and whether they are new or the project held the same content already."""
+
+    rows: list[Image]
+    new: bool
+
+
 def add_image(db: Session, blobs: BlobStore, settings: Settings, actor: User, project_id: int,
               path: str | os.PathLike[str], filename: str | None = None, window: str | None = None) -> list[Image]:
-    """Store an upload and return its rows: one for a 2-D image, one per slice for a volume.
+    """Store an upload and return its rows (``add_or_find_image``, for callers that need only the rows)."""
+    return add_or_find_image(db, blobs, settings, actor, project_id, path, filename, window).rows
+
+
+def add_or_find_image(db: Session, blobs: BlobStore, settings: Settings, actor: User, project_id: int,
+                      path: str | os.PathLike[str], filename: str | None = None, window: str | None = None) -> Added:
+    """Store an upload: one row for a 2-D image, one per slice for a volume; ``new`` False when the project
+    already held the same content (those rows come back and nothing is added), so a screen can say so.
 
     Order matters for never losing or half-writing anything: the file is read
     and validated first (a rejected file writes nothing), then the blob is
@@ -92,7 +109,10 @@ def add_image(db: Session, blobs: BlobStore, settings: Settings, actor: User, pr
     """
     path = Path(path)
     project = get_project(db, actor, project_id)
-    image = read_image(path, max_pixels=settings.max_image_pixels)  # raises InvalidImageError
+    try:
+        image = read_image(path, max_pixels=settings.max_image_pixels)
+    except InvalidImageError as exc:  # named by the upload's name: the server's folder means nothing to anyone
+        raise InvalidImageError(str(exc).replace(str(path), safe_filename(filename or path.name))) from None
     if window is not None:
         image.display(window=window)  # an unknown window name fails here, before anything is written
     stored = _stored_copy(path, image.source_format, settings.keep_dicom_identifiers)
@@ -100,7 +120,7 @@ def add_image(db: Session, blobs: BlobStore, settings: Settings, actor: User, pr
         sha = file_sha256(stored)
         existing = list(db.scalars(_same_content(project_id, sha)))
         if existing:
-            return existing
+            return Added(existing, new=False)
         if image.source_format == "dicom" and not project.keep_original_names:
             filename = dicom_name(stored, sha)
         else:
@@ -111,7 +131,7 @@ def add_image(db: Session, blobs: BlobStore, settings: Settings, actor: User, pr
             stored.unlink(missing_ok=True)
     again = list(db.scalars(_same_content(project_id, sha)))
     if again:  # someone uploaded the same file while the blob was written (visible under READ COMMITTED)
-        return again
+        return Added(again, new=False)
     rows = [
         Image(project_id=project_id, filename=filename, sha256=sha, blob_sha=blob_sha, width=image.width,
               height=image.height, modality=project.modality, window=window, slice_index=index,
@@ -122,7 +142,7 @@ def add_image(db: Session, blobs: BlobStore, settings: Settings, actor: User, pr
     db.flush()
     record(db, actor, "image.upload", "image", rows[0].id, project_id, filename=filename, sha256=sha,
            slices=image.num_slices, format=image.source_format)
-    return rows
+    return Added(rows, new=True)
 
 
 def _stored_copy(path: Path, source_format: str, keep_identifiers: bool) -> Path:

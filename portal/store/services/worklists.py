@@ -27,6 +27,7 @@ from portal.store.models import (
     Mask,
     ModelEvaluation,
     ModelVersion,
+    Review,
     Role,
     User,
 )
@@ -35,6 +36,9 @@ from portal.store.services.users import require_role
 
 QUEUE_ORDER = {"unlabelled": 0, "rejected": 1, "draft": 2, "submitted": 3, "approved": 4}
 COUNTED = (AnnotationStatus.draft, AnnotationStatus.submitted, AnnotationStatus.approved, AnnotationStatus.rejected)
+# What is still to do in each queue mode, most wanted first: after a submit the annotator moves on to the
+# next image of the first tier that has one ("unlabelled first": new images, then rework and drafts).
+TO_DO = {"unlabelled": ({"unlabelled"}, {"rejected", "draft"}), "fix": ({"rejected"},)}
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,17 @@ class RevisionRow:
     created_at: datetime
     model_version_id: int | None
     prompt: dict[str, Any] | None
+    comment: str | None
+
+
+@dataclass(frozen=True)
+class ReviewRow:
+    """A reviewer's decision on one revision: the annotator reads why it came back, from whom and when."""
+
+    revision: int
+    decision: str  # "approved" or "rejected"
+    reviewer: str | None  # None: the account was deleted
+    created_at: datetime
     comment: str | None
 
 
@@ -123,6 +138,8 @@ def image_queue(session: Session, actor: User, project_id: int, label: str, mode
 
     ``unlabelled``: nothing saved first, then rejected, drafts, the rest.
     ``fix``: rejected annotations this user worked on (created or authored a revision).
+    A rejected row carries its ``rejection`` (a ``ReviewRow``: who, when, the comment), so the annotator
+    sees what to fix without opening the Review tab, which is not theirs.
     """
     get_project(session, actor, project_id)
     rows = session.execute(
@@ -131,6 +148,8 @@ def image_queue(session: Session, actor: User, project_id: int, label: str, mode
         .where(Image.project_id == project_id).order_by(Image.id)).all()
     mine = set(session.scalars(
         select(AnnotationRevision.annotation_id).where(AnnotationRevision.author_id == actor.id)))
+    rejected = [ann.id for _, ann in rows if ann is not None and ann.status == AnnotationStatus.rejected]
+    rejections = _rejections(session, rejected)
     out: list[dict[str, Any]] = []
     for image, ann in rows:
         status = "unlabelled" if ann is None or ann.current_revision == 0 else ann.status.value
@@ -138,9 +157,60 @@ def image_queue(session: Session, actor: User, project_id: int, label: str, mode
             continue
         out.append({"image_id": image.id, "filename": image.filename, "slice": image.slice_index,
                     "status": status, "revision": 0 if ann is None else ann.current_revision,
-                    "annotation_id": None if ann is None else ann.id})
+                    "annotation_id": None if ann is None else ann.id,
+                    "rejection": rejections.get(ann.id) if status == "rejected" else None})
     out.sort(key=lambda r: (QUEUE_ORDER.get(r["status"], 9), r["image_id"]))
     return out
+
+
+def _review_rows(session: Session, where: Any) -> list[tuple[int, ReviewRow]]:
+    """(annotation id, row) for the reviews matching ``where``, newest first."""
+    found = session.execute(
+        select(Review, User.username).outerjoin(User, User.id == Review.reviewer_id).where(where)
+        .order_by(Review.created_at.desc(), Review.id.desc())).all()
+    return [(r.annotation_id, ReviewRow(r.revision_number, r.decision.value, name, r.created_at, r.comment))
+            for r, name in found]
+
+
+def _rejections(session: Session, annotation_ids: list[int]) -> dict[int, ReviewRow]:
+    """The newest rejection of each annotation: the one that sent it back."""
+    if not annotation_ids:
+        return {}
+    out: dict[int, ReviewRow] = {}
+    for aid, row in _review_rows(session, Review.annotation_id.in_(annotation_ids)
+                                 & (Review.decision == AnnotationStatus.rejected)):
+        out.setdefault(aid, row)
+    return out
+
+
+def step(order: list[int], current: int | None, delta: int) -> int | None:
+    """The image ``delta`` places from ``current`` in a queue's order; None past either end (no wrapping).
+
+    ``order`` is the queue as it was listed, not as it sorts now: a submit moves an image to the
+    back of a fresh listing, and Next must still mean the image that followed it on screen.
+    An image not in the order starts at the first one.
+    """
+    if not order:
+        return None
+    if current not in order:
+        return order[0]
+    index = order.index(current) + delta
+    return order[index] if 0 <= index < len(order) else None
+
+
+def next_to_do(order: list[int], statuses: dict[int, str], current: int | None, mode: str) -> int | None:
+    """Where an annotator goes after a submit: the next image still to do, in the listed order.
+
+    Tier by tier (``TO_DO``), it looks after ``current`` first, then at images skipped before it; None
+    when the queue has nothing left to do.
+    """
+    start = order.index(current) + 1 if current in order else 0
+    around = order[start:] + order[:start]
+    for wanted in TO_DO.get(mode, TO_DO["unlabelled"]):
+        for image_id in around:
+            if image_id != current and statuses.get(image_id) in wanted:
+                return image_id
+    return None
 
 
 def _annotation(session: Session, actor: User, annotation_id: int) -> tuple[Annotation, Image]:
@@ -172,6 +242,12 @@ def revision_history(session: Session, actor: User, annotation_id: int) -> list[
         select(AnnotationRevision, User.username).outerjoin(User, User.id == AnnotationRevision.author_id)
         .where(AnnotationRevision.annotation_id == annotation_id).order_by(AnnotationRevision.number.desc())).all()
     return [RevisionRow(r.number, name, r.created_at, r.model_version_id, r.prompt, r.comment) for r, name in rows]
+
+
+def review_history(session: Session, actor: User, annotation_id: int) -> list[ReviewRow]:
+    """Every approval and rejection of an annotation, newest first: the history shows them with the revisions."""
+    _annotation(session, actor, annotation_id)
+    return [row for _, row in _review_rows(session, Review.annotation_id == annotation_id)]
 
 
 def prelabel_mask(session: Session, actor: User, image_id: int) -> Mask | None:

@@ -79,8 +79,13 @@ def _upload_lines(ctx: PortalContext, user, pid: int, files, window_choice, prog
     for path in progress.tqdm(files, desc="Uploading"):
         name = Path(path).name
         try:
-            rows = ctx.run(images.add_image, ctx.blobs, ctx.settings, user, pid, path, filename=name,
-                           window=window_value(window_choice))
+            added = ctx.run(images.add_or_find_image, ctx.blobs, ctx.settings, user, pid, path, filename=name,
+                            window=window_value(window_choice))
+            rows = added.rows
+            if not added.new:
+                lines.append(f"- = {name}: already in the project as image {rows[0].id} ({rows[0].filename}); "
+                             "nothing was added")
+                continue
             good += 1
             lines.append(f"- ✓ {name}: image {rows[0].id}" + (f" ({len(rows)} slices)" if len(rows) > 1 else ""))
         except MedsamError as exc:
@@ -104,8 +109,9 @@ def handlers(ctx: PortalContext) -> SimpleNamespace:
         if not files:
             raise gr.Error("Choose one or more files first.")
         good, lines = _upload_lines(ctx, user, pid, files, window_choice, progress)
-        if good < len(files):
-            gr.Warning(f"{len(files) - good} of {len(files)} files were refused; see the list")
+        refused = sum(line.startswith("- ✗") for line in lines)
+        if refused:
+            gr.Warning(f"{refused} of {len(files)} files were refused; see the list")
         return f"{good} of {len(files)} files added:\n" + "\n".join(lines), *gallery(ctx, user, pid)
 
     @reported(2)

@@ -25,7 +25,7 @@ from portal.store.errors import ConflictError
 from portal.store.services import annotations, images, worklists
 from portal.store.services.images import display_pixels
 from portal.store.services.masks import get_mask, load_mask
-from portal.store.services.worklists import RevisionRow
+from portal.web.ui.annotate_queue import HISTORY_HEADERS, history, queue_handlers, rejection_note
 from portal.web.ui.common import EDITOR_MAX_SIDE, corrected_mask, editor_value, friendly, overlay_value
 from portal.web.ui.context import PortalContext
 from portal.web.ui.segment import boxes_of
@@ -33,20 +33,6 @@ from portal.web.ui.segment import boxes_of
 AUTOSAVE_S = 5.0
 SAVE_GROUP = "annotate-save"
 QUEUE_MODES = [("Unlabelled first", "unlabelled"), ("Needs my fix (rejected)", "fix")]
-HISTORY_HEADERS = ["revision", "author", "time (UTC)", "model version", "prompt", "comment"]
-
-
-def _prompt_text(prompt) -> str:
-    if not prompt:
-        return ""
-    parts = ["box " + " ".join(f"{v:.0f}" for v in box) for box in prompt.get("boxes") or []]
-    parts += [f"{'+' if p[2] else '-'}pt {p[0]:.0f},{p[1]:.0f}" for p in prompt.get("points") or []]
-    return "; ".join(parts)
-
-
-def history_rows(rows: list[RevisionRow]) -> list[list]:
-    return [[r.number, r.author or "(deleted)", r.created_at.strftime("%Y-%m-%d %H:%M:%S"), r.model_version_id,
-             _prompt_text(r.prompt), r.comment or ""] for r in rows]
 
 
 def _editors(c: SimpleNamespace) -> None:
@@ -66,7 +52,7 @@ def _editors(c: SimpleNamespace) -> None:
 
 
 def _layout() -> SimpleNamespace:
-    c = SimpleNamespace(state=gr.State({}))
+    c = SimpleNamespace(state=gr.State({}), order=gr.State([]))
     with gr.Row():
         c.label = gr.Dropdown(label="Label class", choices=[], elem_id="ann-label")
         c.mode = gr.Radio(QUEUE_MODES, value="unlabelled", label="Queue", elem_id="ann-mode")
@@ -116,34 +102,16 @@ def _loaded(ctx: PortalContext, user, lbl: str, image_id: int) -> tuple:
             st.update(mask=mask, shown=mask, mask_id=pre.id, model_version_id=pre.model_version_id,
                       prompt=pre.prompt)
             note = f" · pre-labelled by job {pre.job_id}: correct it, then save or submit"
-    rows = history_rows(ctx.read(worklists.revision_history, user, found.id)) if found else []
+    rows = history(ctx, user, found.id if found else None)
+    if status == "rejected":
+        note += rejection_note(ctx.read(worklists.review_history, user, found.id))
     base = st["base_revision"]
     text = (f"Image #{image.id} **{image.filename}** ({image.width}x{image.height}) · label **{lbl}** · "
             f"{status}" + (f", revision {base}" if base else "") + note)
     return st, {"image": rgb, "boxes": []}, editor_value(rgb, st["mask"]), text, rows
 
 
-def _queue_handlers(ctx: PortalContext) -> SimpleNamespace:
-    def choices(user, pid, lbl, qmode):
-        rows = ctx.read(worklists.image_queue, user, int(pid), lbl, qmode) if pid and lbl else []
-        return [(f"#{r['image_id']} {r['filename']}" + (f" [slice {r['slice']}]" if r["slice"] else "")
-                 + f" · {r['status']}" + (f" r{r['revision']}" if r["revision"] else ""), r["image_id"])
-                for r in rows]
-
-    @friendly
-    def on_project(pid, request: gr.Request):
-        user = ctx.user(request)
-        if not pid:
-            return gr.update(choices=[], value=None)
-        labels = ctx.read(worklists.project_labels, user, int(pid))
-        return gr.update(choices=labels, value=labels[0] if labels else None)
-
-    @friendly
-    def on_queue(pid, lbl, qmode, current, request: gr.Request):
-        found = choices(ctx.user(request), pid, lbl, qmode)
-        ids = [v for _, v in found]
-        return gr.update(choices=found, value=current if current in ids else (ids[0] if ids else None))
-
+def _load_handler(ctx: PortalContext):
     @friendly
     def load(pid, lbl, image_id, request: gr.Request):
         user = ctx.user(request)
@@ -151,15 +119,7 @@ def _queue_handlers(ctx: PortalContext) -> SimpleNamespace:
             return {}, None, None, "Choose an image.", [], gr.update(visible=False)
         return (*_loaded(ctx, user, lbl, image_id), gr.update(visible=False))
 
-    @friendly
-    def move(pid, lbl, qmode, current, delta, request: gr.Request):
-        ids = [v for _, v in choices(ctx.user(request), pid, lbl, qmode)]
-        if not ids:
-            raise gr.Error("The queue is empty.")
-        index = ids.index(current) + delta if current in ids else 0
-        return gr.update(value=ids[max(0, min(len(ids) - 1, index))])
-
-    return SimpleNamespace(on_project=on_project, on_queue=on_queue, load=load, move=move)
+    return load
 
 
 def _propose_handlers(ctx: PortalContext) -> SimpleNamespace:
@@ -196,7 +156,7 @@ def _conflict_outputs(ctx: PortalContext, user, st, mask, exc: ConflictError, au
     theirs = load_mask(ctx.blobs, latest.blob_sha) if latest is not None else None
     message = ("**Not saved: conflict.** " + ("(automatic draft) " if auto else "") + str(exc) +
                (f" (revision {exc.current_revision} by {exc.author})" if exc.current_revision else ""))
-    return ({**st, "pending": None}, f"⚠ {message}", gr.update(), gr.update(visible=True), message,
+    return ({**st, "pending": None, "saved_as": None}, f"⚠ {message}", gr.update(), gr.update(visible=True), message,
             overlay_value(st["rgb"], [(mask, "yours")]),
             overlay_value(st["rgb"], [(theirs if theirs is not None else np.zeros_like(mask),
                                        f"revision {exc.current_revision}")]))
@@ -211,12 +171,12 @@ def _saved(ctx: PortalContext, user, st, mask, submit: bool, auto: bool) -> tupl
     except ConflictError as exc:
         return _conflict_outputs(ctx, user, st, mask, exc, auto)
     st = {**st, "base_revision": rev.number, "mask": mask, "shown": mask, "unsaved": False, "pending": None,
-          "annotation_id": rev.annotation_id}
+          "annotation_id": rev.annotation_id, "saved_as": "submitted" if submit else "draft"}
     what = "Submitted for review" if submit else ("Draft saved automatically" if auto else "Draft saved")
     if not auto:
         gr.Info(f"{what}: revision {rev.number}")
     return (st, f"✓ {what}: revision **{rev.number}** of '{st['label']}' on image #{st['image_id']}.",
-            history_rows(ctx.read(worklists.revision_history, user, rev.annotation_id)), gr.update(visible=False),
+            history(ctx, user, rev.annotation_id), gr.update(visible=False),
             "", None, None)
 
 
@@ -272,23 +232,25 @@ def build_annotate_tab(ctx: PortalContext) -> None:
     """Components and events of the tab; call inside ``gr.Tab``."""
     c = _layout()
     project = ctx.project
-    q, p = _queue_handlers(ctx), _propose_handlers(ctx)
+    q, p, load = queue_handlers(ctx), _propose_handlers(ctx), _load_handler(ctx)
     save_outs = [c.state, c.status, c.history, c.conflict_box, c.conflict_md, c.mine_view, c.theirs_view]
     s = _save_handlers(ctx, len(save_outs))
     group = {"concurrency_id": SAVE_GROUP, "concurrency_limit": 1}
     project.change(q.on_project, [project], [c.label])
     for trigger in (c.label.change, c.mode.change, project.change):
-        trigger(q.on_queue, [project, c.label, c.mode, c.pick], [c.pick])
+        trigger(q.on_queue, [project, c.label, c.mode, c.pick], [c.pick, c.order])
     load_outs = [c.state, c.boxes, c.editor, c.status, c.history, c.conflict_box]
     for trigger in (c.pick.change, c.reload.click, c.take_newer.click):
-        trigger(q.load, [project, c.label, c.pick], load_outs)
+        trigger(load, [project, c.label, c.pick], load_outs)
     delta_prev, delta_next = gr.State(-1), gr.State(1)
-    c.prev.click(q.move, [project, c.label, c.mode, c.pick, delta_prev], [c.pick])
-    c.next.click(q.move, [project, c.label, c.mode, c.pick, delta_next], [c.pick])
+    c.prev.click(q.move, [project, c.label, c.mode, c.pick, c.order, delta_prev], [c.pick])
+    c.next.click(q.move, [project, c.label, c.mode, c.pick, c.order, delta_next], [c.pick])
     c.propose.click(p.propose, [c.state, c.boxes], [c.state, c.editor, c.status])
     c.boxes.change(p.auto_propose, [c.state, c.boxes], [c.state, c.editor, c.status], trigger_mode="always_last")
-    c.save.click(s.save_draft, [c.state, c.editor], save_outs, **group)
-    c.submit.click(s.save_submit, [c.state, c.editor], save_outs, **group)
+    listed = [project, c.label, c.mode, c.pick, c.order, c.state]
+    c.save.click(s.save_draft, [c.state, c.editor], save_outs, **group).success(q.after_save, listed, [c.pick, c.order])
+    c.submit.click(s.save_submit, [c.state, c.editor], save_outs, **group).success(
+        q.after_save, listed, [c.pick, c.order])
     c.editor.change(s.remember_edit, [c.state, c.editor], [c.state], trigger_mode="always_last",
                     show_progress="hidden", **group)
     c.timer.tick(s.autosave, [c.state], save_outs, show_progress="hidden", **group)

@@ -2,6 +2,7 @@
 
 import functools
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -22,6 +23,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 UI_TMP = Path(os.environ.get("MEDSAM_UI_TMP", Path(tempfile.gettempdir()) / "medsam-ui"))
+# Gradio's upload cache (where a file lands before a handler sees it), as gradio.utils finds it.
+GRADIO_TMP = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
 EDITOR_MAX_SIDE = 512
 WINDOW_CHOICES = ["auto (percentile)", "abdomen", "lung", "brain", "bone"]
 
@@ -70,6 +73,24 @@ def user_of(store, request: gr.Request) -> User:
     return user
 
 
+def _upload_folders() -> re.Pattern[str]:
+    roots = "|".join(re.escape(str(p)) for p in {UI_TMP, GRADIO_TMP, UI_TMP.resolve(), GRADIO_TMP.resolve()})
+    return re.compile(rf"(?:{roots})(?:/[^/\n]*)*/")
+
+
+_UPLOAD_FOLDERS = _upload_folders()
+
+
+def plain(text: str) -> str:
+    """A message as a user may read it: no server folder, only the file's own name.
+
+    The folders of the UI's and Gradio's uploads go first, up to the last
+    slash, because an upload's name may hold blanks, quotes or brackets that
+    end ``scrub``'s match early and leave the folder half in the message.
+    """
+    return scrub(_UPLOAD_FOLDERS.sub("", text))
+
+
 def friendly(fn: Callable[P, R]) -> Callable[P, R]:
     """Every input error becomes a readable gr.Error; nothing is written when one is raised."""
 
@@ -80,7 +101,7 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
         except gr.Error:
             raise
         except MedsamError as exc:
-            raise gr.Error(scrub(str(exc)), print_exception=False) from None
+            raise gr.Error(plain(str(exc)), print_exception=False) from None
 
     return wrapper
 

@@ -14,9 +14,10 @@ import numpy as np
 from gradio_image_annotation import image_annotator
 from PIL import Image as PILImage
 
-from medsam_core.errors import PromptError
+from medsam_core.errors import InvalidImageError, MedsamError, PromptError
 from medsam_core.imageio import read_image
 from medsam_core.outputs import label_map, mask_png, overlay
+from portal.store.services.images import safe_filename
 from portal.store.settings import Settings
 from portal.web.ui.common import (
     WINDOW_CHOICES,
@@ -108,7 +109,7 @@ def _loader(max_pixels: int, ttl_s: float) -> Callable[..., tuple]:
             return ({}, None, None, "", None, "", *_hidden())
         src = Path(file)
         work = new_work_dir(KIND)
-        name = Path(getattr(file, "orig_name", None) or src.name).name
+        name = safe_filename(getattr(file, "orig_name", None) or src.name)
         kept = work / name
         shutil.copyfile(src, kept)
         try:
@@ -116,8 +117,11 @@ def _loader(max_pixels: int, ttl_s: float) -> Callable[..., tuple]:
             index = None if slice_index in (None, "") or int(slice_index) < 0 else int(slice_index)
             rgb = medical.display(slice_index=index if medical.num_slices > 1 else None,
                                   window=window_value(window_choice))
-        except Exception:
+        except MedsamError as exc:
             shutil.rmtree(work, ignore_errors=True)  # a rejected file is not kept
+            raise InvalidImageError(str(exc).replace(str(kept), name)) from None  # its name, not our folder
+        except Exception:
+            shutil.rmtree(work, ignore_errors=True)
             raise
         note = _describe(medical, name, index, window_choice)
         new_state = {"rgb": rgb, "dir": str(work), "stem": _stem(name), "points": []}
