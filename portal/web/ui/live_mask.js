@@ -4,7 +4,8 @@
 // "exclude" toggle): an exclude point. Mouse-up sends the final prompt to the Annotate tab
 // (trigger('submit')), which records the proposal server-side.
 const S = {cfg: null, img: null, mask: null, box: null, points: [], drag: null,
-           inflight: null, pending: null, finalKey: null, drawnKey: null, upAt: 0, last: null};
+           moving: null, pending: null, finalKey: null, drawnKey: null, upAt: 0, last: null, log: [],
+           seq: 0, drawnSeq: 0};
 window.__medsamLive = S;  // read by the benchmark and the browser test
 const q = (sel) => element.querySelector(sel);
 const keyOf = (p) => JSON.stringify(p);
@@ -60,31 +61,35 @@ function finished(p, out) {
   trigger('submit', {image_id: S.cfg.image_id, boxes: p.boxes, points: p.points, mask: out.bits});
 }
 
-async function send(p) {
-  const k = keyOf(p), imageId = S.cfg.image_id;
-  S.inflight = k;
+async function send(p, final) {
+  const k = keyOf(p), imageId = S.cfg.image_id, seq = ++S.seq;
+  if (!final) S.moving = k;
   let out;
+  const sent = performance.now();
   try { out = await server.decode({image_id: imageId, boxes: p.boxes, points: p.points}); }
   catch (e) { out = {error: String(e)}; }
-  S.inflight = null;
-  if (S.cfg && S.cfg.image_id === imageId) {
+  if (!final) S.moving = null;
+  S.log.push({sent, round_trip: performance.now() - sent, server: out.decode_ms, final});  // for the benchmark
+  if (S.log.length > 100) S.log.shift();
+  if (S.cfg && S.cfg.image_id === imageId && seq > S.drawnSeq) {  // an older answer never paints over a newer one
     if (out.error) q('.live-note').textContent = out.error;
-    else { paintMask(out); S.drawnKey = k; S.drawnOut = out; if (k === S.finalKey) finished(p, out); }
+    else { S.drawnSeq = seq; paintMask(out); S.drawnKey = k; S.drawnOut = out; if (k === S.finalKey) finished(p, out); }
   }
   const next = S.pending; S.pending = null;
-  if (next && S.cfg && S.cfg.image_id === imageId) request(next, false);
+  if (next && !final && S.finalKey === null && S.cfg && S.cfg.image_id === imageId) request(next, false);
 }
 
 function request(p, final) {
-  // One decode in flight; newer prompts replace the pending one, so the mask follows the mouse
-  // without a queue building up behind it.
+  // While the mouse moves: one decode in flight, newer prompts replace the pending one, so the
+  // mask follows the mouse without a queue building up. The final prompt (mouse-up, click) does
+  // not wait behind a move's decode: it goes at once, unless that decode is for the same prompt.
   const k = keyOf(p);
-  if (final) { S.finalKey = k; S.upAt = performance.now(); }
+  if (final) { S.finalKey = k; S.upAt = performance.now(); S.pending = null; }
   if (!p.boxes.length && !p.points.length) return;
-  if (S.inflight === k) return;  // its answer is on the way
-  if (final && S.drawnKey === k && !S.inflight) { finished(p, S.drawnOut); return; }  // already on screen
-  if (S.inflight) { S.pending = p; return; }
-  send(p);
+  if (S.moving === k) return;  // its answer is on the way
+  if (final && S.drawnKey === k) { finished(p, S.drawnOut); return; }  // already on screen
+  if (!final && S.moving) { S.pending = p; return; }
+  send(p, final);
 }
 
 function toImage(ev) {
@@ -132,7 +137,8 @@ function load() {
   bind();
   const cfg = props.value && typeof props.value === 'object' && props.value.image_id ? props.value : null;
   if (S.cfg && cfg && S.cfg.image_id === cfg.image_id && S.cfg.src === cfg.src) return;
-  Object.assign(S, {cfg, img: null, mask: null, box: null, points: [], pending: null, finalKey: null, drawnKey: null});
+  Object.assign(S, {cfg, img: null, mask: null, box: null, points: [], pending: null, finalKey: null,
+                   drawnKey: null, drawnSeq: S.seq});
   q('.live-note').textContent = cfg ? 'Preparing the image…' : 'Choose an image.';
   draw();
   if (!cfg) return;
