@@ -28,6 +28,8 @@ def _latest_mask(portal):
     try:
         with store.transaction() as session:
             row = session.query(Mask).filter_by(image_id=portal["demo_image"]).order_by(Mask.id.desc()).first()
+            if row is None:
+                return None, None, None
             found = (row.blob_sha, row.model_version_id, row.prompt)
         return load_mask(store, found[0]) > 0, found[1], found[2]
     finally:
@@ -119,7 +121,7 @@ def test_a_tampered_client_mask_is_reported_and_never_stored(portal):
     assert unpack(last["bits"], last["height"], last["width"]).all()  # the browser shows the forged mask
     page.locator("#ann-status").get_by_text("Proposed mask").wait_for(timeout=60_000)
     stored, version, _ = _latest_mask(portal)
-    assert version is not None and not stored.all() and stored.sum() < 0.2 * stored.size
+    assert stored is not None and version is not None and not stored.all() and stored.sum() < 0.2 * stored.size
     status = page.locator("#ann-status").inner_text()
     assert "Dice 1.000" not in status and "Browser mask vs server: Dice 0." in status, status
     context.close()

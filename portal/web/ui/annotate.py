@@ -163,12 +163,14 @@ def _proposed(ctx: PortalContext, user, st, payload) -> tuple:
     if not st or "image_id" not in st:
         raise gr.Error("Choose an image first.")
     image_id, boxes, points = prompt_of(payload)
-    if image_id != st["image_id"]:
-        return gr.skip(), gr.skip(), gr.skip()  # a late answer for the previous image
+    seq = int(payload.get("seq") or 0)
+    if image_id != st["image_id"] or seq < st.get("live_seq", 0):
+        return gr.skip(), gr.skip(), gr.skip()  # a late event: the previous image, or an older prompt
     out = ctx.segmentation.segment(user, image_id, boxes=boxes, points=points)
     mask = load_mask(ctx.store, get_mask(ctx.store, user, out["mask_id"]).blob_sha)
     st = {**st, "mask": mask, "shown": mask, "unsaved": True, "pending": None, "mask_id": out["mask_id"],
-          "model_version_id": out["model_version_id"], "prompt": {"boxes": boxes, "points": points}}
+          "model_version_id": out["model_version_id"], "prompt": {"boxes": boxes, "points": points},
+          "live_seq": seq}
     agreement = client_dice(payload, mask)
     check = "" if agreement is None else f" Browser mask vs server: Dice {agreement:.3f}."
     if agreement is not None and agreement < PARITY_DICE:
@@ -284,7 +286,8 @@ def build_annotate_tab(ctx: PortalContext) -> None:
     delta_prev, delta_next = gr.State(-1), gr.State(1)
     c.prev.click(q.move, [project, c.label, c.mode, c.pick, delta_prev], [c.pick])
     c.next.click(q.move, [project, c.label, c.mode, c.pick, delta_next], [c.pick])
-    c.boxes.submit(p.propose, [c.state], [c.state, c.editor, c.status], trigger_mode="always_last")
+    # "multiple": a deferred ("always_last") re-run would arrive without the widget's event data, the prompt.
+    c.boxes.submit(p.propose, [c.state], [c.state, c.editor, c.status], trigger_mode="multiple")
     c.save.click(s.save_draft, [c.state, c.editor], save_outs, **group)
     c.submit.click(s.save_submit, [c.state, c.editor], save_outs, **group)
     c.editor.change(s.remember_edit, [c.state, c.editor], [c.state], trigger_mode="always_last",

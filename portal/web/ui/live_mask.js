@@ -5,7 +5,7 @@
 // (trigger('submit')), which records the proposal server-side.
 const S = {cfg: null, img: null, mask: null, box: null, points: [], drag: null,
            moving: null, pending: null, finalKey: null, drawnKey: null, upAt: 0, last: null, log: [],
-           seq: 0, drawnSeq: 0};
+           seq: 0, drawnSeq: 0, finals: 0};
 window.__medsamLive = S;  // read by the benchmark and the browser test
 const q = (sel) => element.querySelector(sel);
 const keyOf = (p) => JSON.stringify(p);
@@ -58,7 +58,7 @@ function finished(p, out) {
   S.last = {prompt: p, bits: out.bits, width: out.width, height: out.height, iou: out.iou, drawnAt: performance.now()};
   element.dispatchEvent(new CustomEvent('medsam-mask', {bubbles: true, detail: {ms: S.last.drawnAt - S.upAt}}));
   q('.live-note').textContent = `IoU ${out.iou.toFixed(3)} · decoded in ${out.decode_ms.toFixed(0)} ms on the server`;
-  trigger('submit', {image_id: S.cfg.image_id, boxes: p.boxes, points: p.points, mask: out.bits});
+  trigger('submit', {image_id: S.cfg.image_id, boxes: p.boxes, points: p.points, mask: out.bits, seq: ++S.finals});
 }
 
 async function send(p, final) {
