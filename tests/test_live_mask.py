@@ -6,7 +6,6 @@ are asserted here; ``bench/portal_browser.py`` measures them.
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -17,6 +16,19 @@ from tests.conftest import DEMO_BOX
 from tests.test_browser import PASSWORD, _context, _open_annotation, _store, portal  # noqa: F401
 
 LAST = "() => window.__medsamLive && window.__medsamLive.last"
+# A tampered client: every decode answer it receives claims every pixel, and it sends that mask back.
+FORGE_JS = """(() => {
+  const real = window.fetch;
+  window.fetch = async (...args) => {
+    const response = await real(...args);
+    const url = String((args[0] && args[0].url) || args[0]);
+    if (!url.includes('component_server')) return response;
+    const body = await response.clone().json().catch(() => null);
+    if (!body || typeof body.bits !== 'string') return response;
+    body.bits = btoa(String.fromCharCode(255).repeat(Math.ceil(body.width * body.height / 8)));
+    return new Response(JSON.stringify(body), {status: 200, headers: {'content-type': 'application/json'}});
+  };
+})();"""
 
 
 def _latest_mask(portal):
@@ -102,17 +114,9 @@ def test_a_tampered_client_mask_is_reported_and_never_stored(portal):
     context = _context(portal)
     page = login(context, portal["url"], "anna", PASSWORD)
 
-    def tamper(route):
-        response = route.fetch()
-        body = response.json()
-        if isinstance(body, dict) and "bits" in body:  # the decode answer: claim every pixel
-            ones = np.ones((body["height"], body["width"]), bool)
-            import base64
-
-            body["bits"] = base64.b64encode(np.packbits(ones.ravel()).tobytes()).decode()
-        route.fulfill(response=response, body=json.dumps(body))
-
-    page.route("**/component_server*", tamper)
+    page.add_init_script(FORGE_JS)  # for every page load from now on, the login page's reload included
+    page.reload(wait_until="load")
+    page.wait_for_selector("#who", timeout=60_000)
     _open_annotation(page, "Abdomen CT")
     at = _ready(page)
     x0, y0, x1, y1 = DEMO_BOX
