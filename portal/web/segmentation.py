@@ -17,13 +17,14 @@ import time
 from collections import OrderedDict
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from medsam_core.cache import pixel_sha256
 from medsam_core.outputs import label_map
-from medsam_core.prompts import check_prompt_size, validate_prompts
+from medsam_core.prompts import Prompts, check_prompt_size, validate_prompts
 from portal.store.errors import NotFoundError
 from portal.store.models import Image, User
 from portal.store.runtime import ModelPool
@@ -39,6 +40,19 @@ from workers.queue import EncodeUnavailableError, JobQueue, encode_timeout_messa
 __all__ = ["EncodeUnavailableError", "SegmentationService"]
 DEFAULT_ENCODE_TIMEOUT_S = 120.0
 PIXEL_CACHE_BYTES = 512 * 1024 * 1024  # decoded display images, so a re-prompt never re-reads the file
+
+
+@dataclass
+class _Embedded:
+    """What a decode needs, looked up and checked once."""
+
+    image: Image
+    prompts: Prompts | None
+    version_id: int
+    predictor: Any
+    embedding: Any
+    wait_ms: float
+    hit: bool
 
 
 class SegmentationService:
@@ -73,24 +87,44 @@ class SegmentationService:
         self._inflight: dict[Any, Future] = {}
         self._pixels: OrderedDict[tuple, tuple[np.ndarray, str]] = OrderedDict()
 
-    def segment(self, actor: User | None, image_id: int, boxes=None, points=None,
-                model_version_id: int | None = None) -> SegmentPublic:
-        started = time.perf_counter()
+    def _embedded(self, actor: User | None, image_id: int, model_version_id: int | None, boxes, points,
+                  prompted: bool = True) -> _Embedded:
+        """Everything up to the decode: access, prompt checks, the version and its cached embedding."""
         settings = self.store.settings
         # Counted before anything else: an oversized prompt costs neither a lookup nor a decode.
         check_prompt_size(boxes, points, settings.max_boxes_per_prompt, settings.max_points_per_prompt)
         image = self._image(actor, image_id)
-        size = (image.height, image.width)
         # Prompts are checked here, once, before any waiting: a bad box must not cost an encode.
-        prompts = validate_prompts(boxes, points, size)
+        prompts = validate_prompts(boxes, points, (image.height, image.width)) if prompted else None
         version_id = self._version(image.project_id, model_version_id, actor)
         predictor = self.predictor(version_id)
         rgb, digest = self._display(image)
         wait_ms, hit = self._ensure_embedding(predictor, rgb, digest, image.id, version_id)
         embedding = predictor.encode(rgb, digest)  # served from the cache now
+        return _Embedded(image, prompts, version_id, predictor, embedding, wait_ms, hit)
+
+    def prepare(self, actor: User | None, image_id: int) -> tuple[float, bool]:
+        """(ms waited, was it cached): the image's embedding made ready before the first prompt."""
+        ready = self._embedded(actor, image_id, None, None, None, prompted=False)
+        return ready.wait_ms, ready.hit
+
+    def preview(self, actor: User | None, image_id: int, boxes=None, points=None) -> tuple[np.ndarray, float, int]:
+        """(mask, predicted IoU, version) without recording it: a drag must not add a mask row per mouse move."""
+        ready = self._embedded(actor, image_id, None, boxes, points)
+        assert ready.prompts is not None
+        with self._decode_slots:
+            prediction = ready.predictor.decode_prompts(ready.embedding, ready.prompts)
+        return label_map(prediction.masks) > 0, float(np.mean(prediction.iou)), ready.version_id
+
+    def segment(self, actor: User | None, image_id: int, boxes=None, points=None,
+                model_version_id: int | None = None) -> SegmentPublic:
+        started = time.perf_counter()
+        ready = self._embedded(actor, image_id, model_version_id, boxes, points)
+        assert ready.prompts is not None
+        image, version_id, wait_ms, hit = ready.image, ready.version_id, ready.wait_ms, ready.hit
         with self._decode_slots:  # more decodes at once than cores only add memory and latency
             decode_start = time.perf_counter()
-            prediction = predictor.decode_prompts(embedding, prompts)
+            prediction = ready.predictor.decode_prompts(ready.embedding, ready.prompts)
             labels = label_map(prediction.masks)
             decode_ms = (time.perf_counter() - decode_start) * 1000
         ious = [round(float(v), 4) for v in prediction.iou]

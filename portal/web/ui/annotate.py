@@ -19,7 +19,6 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
-from gradio_image_annotation import image_annotator
 
 from portal.store.errors import ConflictError
 from portal.store.services import annotations, images, worklists
@@ -28,20 +27,17 @@ from portal.store.services.masks import get_mask, load_mask
 from portal.web.ui.annotate_queue import HISTORY_HEADERS, history, queue_handlers, rejection_note
 from portal.web.ui.common import EDITOR_MAX_SIDE, corrected_mask, editor_value, friendly, overlay_value
 from portal.web.ui.context import PortalContext
-from portal.web.ui.segment import boxes_of
+from portal.web.ui.live_mask import PARITY_DICE, client_dice, live_widget, prompt_of, widget_value
 
 AUTOSAVE_S = 5.0
 SAVE_GROUP = "annotate-save"
 QUEUE_MODES = [("Unlabelled first", "unlabelled"), ("Needs my fix (rejected)", "fix")]
 
 
-def _editors(c: SimpleNamespace) -> None:
+def _editors(c: SimpleNamespace, ctx: PortalContext) -> None:
     with gr.Row():
         with gr.Column():
-            c.boxes = image_annotator(label="1. Drag a box", image_type="numpy", disable_edit_boxes=True,
-                                      sources=[], show_clear_button=False, elem_id="ann-annotator",
-                                      label_list=["object"], label_colors=[(255, 200, 0)])
-            c.propose = gr.Button("Propose mask", elem_id="ann-propose")
+            c.boxes = live_widget(ctx, "ann-annotator")  # decodes as the mouse moves; mouse-up proposes
         with gr.Column():
             c.editor = gr.ImageEditor(
                 label="2. Correct with the brush / eraser (undo in the toolbar)", type="numpy",
@@ -51,7 +47,7 @@ def _editors(c: SimpleNamespace) -> None:
                 canvas_size=(EDITOR_MAX_SIDE, EDITOR_MAX_SIDE), fixed_canvas=True)
 
 
-def _layout() -> SimpleNamespace:
+def _layout(ctx: PortalContext) -> SimpleNamespace:
     c = SimpleNamespace(state=gr.State({}), order=gr.State([]))
     with gr.Row():
         c.label = gr.Dropdown(label="Label class", choices=[], elem_id="ann-label")
@@ -61,7 +57,7 @@ def _layout() -> SimpleNamespace:
         c.prev = gr.Button("◀ Previous (Alt+P)", size="sm", elem_id="ann-prev")
         c.next = gr.Button("Next (Alt+N) ▶", size="sm", elem_id="ann-next")
         c.reload = gr.Button("Reload", size="sm", elem_id="ann-reload")
-    _editors(c)
+    _editors(c, ctx)
     c.status = gr.Markdown(elem_id="ann-status")
     gr.Markdown(f"Drafts are saved automatically (at most every {AUTOSAVE_S:g} s after a proposal or a stroke).",
                 elem_id="ann-autosave-note")
@@ -108,7 +104,7 @@ def _loaded(ctx: PortalContext, user, lbl: str, image_id: int) -> tuple:
     base = st["base_revision"]
     text = (f"Image #{image.id} **{image.filename}** ({image.width}x{image.height}) · label **{lbl}** · "
             f"{status}" + (f", revision {base}" if base else "") + note)
-    return st, {"image": rgb, "boxes": []}, editor_value(rgb, st["mask"]), text, rows
+    return st, widget_value(image.id, rgb), editor_value(rgb, st["mask"]), text, rows
 
 
 def _load_handler(ctx: PortalContext):
@@ -122,31 +118,36 @@ def _load_handler(ctx: PortalContext):
     return load
 
 
+def _proposed(ctx: PortalContext, user, st, payload) -> tuple:
+    """Record the widget's prompt as a proposal, recomputed here: the client's mask is only compared."""
+    if not st or "image_id" not in st:
+        raise gr.Error("Choose an image first.")
+    image_id, boxes, points = prompt_of(payload)
+    seq = int(payload.get("seq") or 0)
+    if image_id != st["image_id"] or seq < st.get("live_seq", 0):
+        return gr.skip(), gr.skip(), gr.skip()  # a late event: the previous image, or an older prompt
+    out = ctx.segmentation.segment(user, image_id, boxes=boxes, points=points)
+    mask = load_mask(ctx.blobs, ctx.run(get_mask, user, out.mask_id).blob_sha)
+    st = {**st, "mask": mask, "shown": mask, "unsaved": True, "pending": None, "mask_id": out.mask_id,
+          "model_version_id": out.model_version_id, "prompt": {"boxes": boxes, "points": points},
+          "live_seq": seq}
+    agreement = client_dice(payload, mask)
+    check = "" if agreement is None else f" Browser mask vs server: Dice {agreement:.3f}."
+    if agreement is not None and agreement < PARITY_DICE:
+        gr.Warning(f"The mask your browser showed differs from the server's (Dice {agreement:.3f}); the "
+                   "server's mask is the proposal.")
+    text = (f"Proposed mask: predicted IoU **{out.predicted_iou:.3f}**, area {out.area} px, model "
+            f"version {out.model_version_id}, {out.timing_ms.total:.0f} ms.{check} Correct it, "
+            f"then save or submit (base revision {st['base_revision']}).")
+    return st, editor_value(st["rgb"], mask), text
+
+
 def _propose_handlers(ctx: PortalContext) -> SimpleNamespace:
     @friendly
-    def propose(st, annotated, request: gr.Request, drop_tiny: bool = False):
-        user = ctx.user(request)
-        if not st or "image_id" not in st:
-            raise gr.Error("Choose an image first.")
-        boxes = boxes_of(annotated, drop_tiny=drop_tiny)
-        if not boxes:
-            raise gr.Error("Drag a box around the object first.")
-        out = ctx.segmentation.segment(user, st["image_id"], boxes=boxes)
-        mask = load_mask(ctx.blobs, ctx.run(get_mask, user, out.mask_id).blob_sha)
-        st = {**st, "mask": mask, "shown": mask, "unsaved": True, "pending": None, "mask_id": out.mask_id,
-              "model_version_id": out.model_version_id, "prompt": {"boxes": boxes}}
-        text = (f"Proposed mask: predicted IoU **{out.predicted_iou:.3f}**, area {out.area} px, model "
-                f"version {out.model_version_id}, {out.timing_ms.total:.0f} ms. Correct it, "
-                f"then save or submit (base revision {st['base_revision']}).")
-        return st, editor_value(st["rgb"], mask), text
+    def propose(st, evt: gr.EventData, request: gr.Request):
+        return _proposed(ctx, ctx.user(request), st, getattr(evt, "_data", None))
 
-    @friendly
-    def auto_propose(st, annotated, request: gr.Request):
-        if not st or "image_id" not in st or not boxes_of(annotated, drop_tiny=True):
-            return gr.update(), gr.update(), gr.update()
-        return propose(st, annotated, request, drop_tiny=True)
-
-    return SimpleNamespace(propose=propose, auto_propose=auto_propose)
+    return SimpleNamespace(propose=propose)
 
 
 def _conflict_outputs(ctx: PortalContext, user, st, mask, exc: ConflictError, auto: bool) -> tuple:
@@ -230,7 +231,7 @@ def _save_handlers(ctx: PortalContext, n_outs: int) -> SimpleNamespace:
 
 def build_annotate_tab(ctx: PortalContext) -> None:
     """Components and events of the tab; call inside ``gr.Tab``."""
-    c = _layout()
+    c = _layout(ctx)
     project = ctx.project
     q, p, load = queue_handlers(ctx), _propose_handlers(ctx), _load_handler(ctx)
     save_outs = [c.state, c.status, c.history, c.conflict_box, c.conflict_md, c.mine_view, c.theirs_view]
@@ -245,8 +246,8 @@ def build_annotate_tab(ctx: PortalContext) -> None:
     delta_prev, delta_next = gr.State(-1), gr.State(1)
     c.prev.click(q.move, [project, c.label, c.mode, c.pick, c.order, delta_prev], [c.pick])
     c.next.click(q.move, [project, c.label, c.mode, c.pick, c.order, delta_next], [c.pick])
-    c.propose.click(p.propose, [c.state, c.boxes], [c.state, c.editor, c.status])
-    c.boxes.change(p.auto_propose, [c.state, c.boxes], [c.state, c.editor, c.status], trigger_mode="always_last")
+    # "multiple": a deferred ("always_last") re-run would arrive without the widget's event data, the prompt.
+    c.boxes.submit(p.propose, [c.state], [c.state, c.editor, c.status], trigger_mode="multiple")
     listed = [project, c.label, c.mode, c.pick, c.order, c.state]
     c.save.click(s.save_draft, [c.state, c.editor], save_outs, **group).success(q.after_save, listed, [c.pick, c.order])
     c.submit.click(s.save_submit, [c.state, c.editor], save_outs, **group).success(
