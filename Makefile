@@ -37,6 +37,7 @@ test: $(VENV)/.installed-dev
 # Style and import checks everywhere; strict typing for the engine and the store (settings in pyproject.toml).
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 bench: $(VENV)/.installed

@@ -47,27 +47,39 @@ def main() -> None:
     model = load_model("lite", device="cpu")
     cache = EmbeddingCache(DirectoryEmbeddingStore(work / "embeddings", 10**10), memory_items=128)
     predictor = Predictor(model, cache, backend="auto", onnx_dir=work / "onnx")
-    print(f"machine: {os.cpu_count()} cores; {len(train)} train / {len(val)} validation images; "
-          f"{args.epochs} epochs, lr {args.lr}, batch {args.batch_size}, bbox shift 20 px at 1024")
+    print(
+        f"machine: {os.cpu_count()} cores; {len(train)} train / {len(val)} validation images; "
+        f"{args.epochs} epochs, lr {args.lr}, batch {args.batch_size}, bbox shift 20 px at 1024"
+    )
     start = time.perf_counter()
     for s in samples:
         predictor.encode(s.load_rgb())
     encode_s = time.perf_counter() - start
-    print(f"one-time encode of {len(samples)} images ({predictor.backend.name}): {encode_s:.1f} s "
-          f"({encode_s / len(samples) * 1000:.0f} ms per image)")
+    print(
+        f"one-time encode of {len(samples)} images ({predictor.backend.name}): {encode_s:.1f} s "
+        f"({encode_s / len(samples) * 1000:.0f} ms per image)"
+    )
     before_jitter = jittered_dice(predictor, val_pairs, args.jitter)
     trainer = Trainer(model, TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size), predictor)
-    result = trainer.fit(train, val, on_epoch=lambda r, _c: print(
-        f"epoch {r['epoch']}: {r['seconds']:.1f} s, train loss {r['train_loss']:.4f}, "
-        f"val Dice {r['val_dice']:.4f}, val NSD {r['val_nsd']:.4f}", flush=True))
+    result = trainer.fit(
+        train,
+        val,
+        on_epoch=lambda r, _c: print(
+            f"epoch {r['epoch']}: {r['seconds']:.1f} s, train loss {r['train_loss']:.4f}, "
+            f"val Dice {r['val_dice']:.4f}, val NSD {r['val_nsd']:.4f}",
+            flush=True,
+        ),
+    )
     trained = from_module("lite", model.module, device="cpu")
     model.module.load_state_dict(result.best_state)
     after = Predictor(trained, cache, backend="torch")
     after_jitter = jittered_dice(after, val_pairs, args.jitter)
     seconds = [h["seconds"] for h in result.history]
     print(f"seconds per epoch: median {statistics.median(seconds):.1f}, max {max(seconds):.1f}")
-    print(f"validation Dice, tight boxes: {result.baseline_val_dice:.4f} before -> {result.best_val_dice:.4f} "
-          f"after (best epoch {result.best_epoch})")
+    print(
+        f"validation Dice, tight boxes: {result.baseline_val_dice:.4f} before -> {result.best_val_dice:.4f} "
+        f"after (best epoch {result.best_epoch})"
+    )
     print(f"validation Dice, boxes jittered {args.jitter} px: {before_jitter:.4f} before -> {after_jitter:.4f} after")
 
 

@@ -54,19 +54,30 @@ def setup(admin: Api, name: str) -> dict:
     """The demo slice in a project, with its embedding cached so the load measures decodes only."""
     found = next((p for p in admin.ok("GET", "/projects") if p["name"] == name), None)
     project = found or admin.ok("POST", "/projects", json={"name": name, "modality": "CT", "labels": ["lesion"]})
-    image = admin.ok("POST", f"/projects/{project['id']}/images",
-                     files={"file": ("ct_abdomen.png", DEMO.read_bytes(), "image/png")})
+    image = admin.ok(
+        "POST", f"/projects/{project['id']}/images", files={"file": ("ct_abdomen.png", DEMO.read_bytes(), "image/png")}
+    )
     t = time.perf_counter()
     first = admin.ok("POST", f"/images/{image['id']}/segment", json={"boxes": [BOX]})
-    print(f"setup: project '{name}' (id {project['id']}{', reused' if found else ''}), image {image['id']} "
-          f"{image['width']}x{image['height']}; first prompt {(time.perf_counter() - t) * 1000:.0f} ms "
-          f"(encode wait {first['timing_ms']['encode_wait']:.0f} ms)", flush=True)
-    return {"pid": project["id"], "iid": image["id"], "width": image["width"], "height": image["height"],
-            "label": project["labels"][0], "created": found is None}
+    print(
+        f"setup: project '{name}' (id {project['id']}{', reused' if found else ''}), image {image['id']} "
+        f"{image['width']}x{image['height']}; first prompt {(time.perf_counter() - t) * 1000:.0f} ms "
+        f"(encode wait {first['timing_ms']['encode_wait']:.0f} ms)",
+        flush=True,
+    )
+    return {
+        "pid": project["id"],
+        "iid": image["id"],
+        "width": image["width"],
+        "height": image["height"],
+        "label": project["labels"][0],
+        "created": found is None,
+    }
 
 
 def run_clients(admin: Api, clients: int, body) -> None:
     """`clients` threads, each its own connection, calling `body(api, n)` until it returns."""
+
     def one(n: int) -> None:
         api = admin.twin()
         try:
@@ -96,15 +107,16 @@ def load_level(admin: Api, ctx: dict, clients: int, seconds: float, web_pid: int
         tally.stop()
     mem.settle(settle)
     s = tally.summary()
-    print(f"{clients} clients x {seconds:.0f} s: {s['requests']} prompts, {s['per_s']} prompts/s; latency "
-          f"p50 {s['p50_ms']:.0f} ms, p95 {s['p95_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms; errors {errors_text(s)}")
+    print(
+        f"{clients} clients x {seconds:.0f} s: {s['requests']} prompts, {s['per_s']} prompts/s; latency "
+        f"p50 {s['p50_ms']:.0f} ms, p95 {s['p95_ms']:.0f} ms, p99 {s['p99_ms']:.0f} ms; errors {errors_text(s)}"
+    )
     print("  " + health.line())
     print("  " + mem.line(), flush=True)
     return {"clients": clients, **s, "healthz": health.tally.summary(), "rss": mem.as_dict()}
 
 
-def burst(admin: Api, ctx: dict, prompts: int, boxes: int, clients: int, web_pid: int | None,
-          settle: float) -> dict:
+def burst(admin: Api, ctx: dict, prompts: int, boxes: int, clients: int, web_pid: int | None, settle: float) -> dict:
     """Large prompts back to back: what grew the web process by gigabytes before the caps."""
     tiles = tile_boxes(ctx["width"], ctx["height"], boxes)
     path, left, lock = f"/images/{ctx['iid']}/segment", [prompts], threading.Lock()
@@ -125,11 +137,19 @@ def burst(admin: Api, ctx: dict, prompts: int, boxes: int, clients: int, web_pid
     s, m = tally.summary(), mem.as_dict()
     delta = m.get("after_minus_before_mb")
     verdict = "" if delta is None else f"; target after within 200 MB of before: {'met' if delta <= 200 else 'NOT met'}"
-    print(f"burst: {prompts} prompts of {len(tiles)} boxes from {clients} clients in {s['seconds']} s: "
-          f"p50 {s['p50_ms']:.0f} ms, p95 {s['p95_ms']:.0f} ms; errors {errors_text(s)}")
+    print(
+        f"burst: {prompts} prompts of {len(tiles)} boxes from {clients} clients in {s['seconds']} s: "
+        f"p50 {s['p50_ms']:.0f} ms, p95 {s['p95_ms']:.0f} ms; errors {errors_text(s)}"
+    )
     print(f"  {mem.line()} after {settle:.0f} s{verdict}", flush=True)
-    return {"prompts": prompts, "boxes": len(tiles), "clients": clients, **s, "rss": m,
-            "within_200_mb": None if delta is None else delta <= 200}
+    return {
+        "prompts": prompts,
+        "boxes": len(tiles),
+        "clients": clients,
+        **s,
+        "rss": m,
+        "within_200_mb": None if delta is None else delta <= 200,
+    }
 
 
 def parse_args() -> argparse.Namespace:
@@ -137,8 +157,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--start", action="store_true", help="start a portal in a temporary data folder and stop it after")
     p.add_argument("--url", help="a running portal, e.g. http://127.0.0.1:7860")
     p.add_argument("--user", default="bench", help="an admin account (with --start: created as 'bench')")
-    p.add_argument("--password", default=os.environ.get("MEDSAM_BENCH_PASSWORD"),
-                   help="its password (or MEDSAM_BENCH_PASSWORD; asked for when missing)")
+    p.add_argument(
+        "--password",
+        default=os.environ.get("MEDSAM_BENCH_PASSWORD"),
+        help="its password (or MEDSAM_BENCH_PASSWORD; asked for when missing)",
+    )
     p.add_argument("--pid", type=int, help="the web process (`medsam serve`) to watch, with --url")
     p.add_argument("--project", default="bench-load", help="project name, created or reused")
     p.add_argument("--clients", type=int, nargs="+", default=[10], help="client levels, run in turn")
@@ -153,9 +176,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--upload-every", type=float, default=2.0, help="seconds between soak uploads")
     p.add_argument("--annotator", help="with --url: an annotator for the soak's saves (nobody approves their own)")
     p.add_argument("--annotator-password")
-    p.add_argument("--train-images", type=int, help="images labelled and approved for the fine-tune: the "
-                                                    "server's minimum plus one for the frozen validation set "
-                                                    "(default 3 with --start, where the minimum is set to 2; else 5)")
+    p.add_argument(
+        "--train-images",
+        type=int,
+        help="images labelled and approved for the fine-tune: the "
+        "server's minimum plus one for the frozen validation set "
+        "(default 3 with --start, where the minimum is set to 2; else 5)",
+    )
     p.add_argument("--job-wait", type=float, default=600, help="seconds to wait for the fine-tune after the soak")
     p.add_argument("--storage-url", help="with --url: the blob store to verify (a folder or s3://...)")
     p.add_argument("--keep", action="store_true", help="with --url: keep the project this run created")
@@ -170,8 +197,14 @@ def start(folder: Path, password: str) -> tuple[str, subprocess.Popen, str]:
     os.environ.setdefault("MEDSAM_MIN_TRAINING_IMAGES", "2")
     url, proc = start_server(folder, password)  # bench/portal_latency.py: admin 'bench', serve.log
     env = {**os.environ, "MEDSAM_DATA_DIR": str(folder)}
-    subprocess.run([sys.executable, "-m", "portal.cli", "user", "add", ANNOTATOR, "--role", "annotator",
-                    "--password-stdin"], input=password + "\n", text=True, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "portal.cli", "user", "add", ANNOTATOR, "--role", "annotator", "--password-stdin"],
+        input=password + "\n",
+        text=True,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     print(f"started medsam serve (web pid {proc.pid}) in {folder}; {os.cpu_count()} cores", flush=True)
     return url, proc, str(folder / "blobs")
 
@@ -209,8 +242,9 @@ def main() -> int:
             report["levels"].append(level)
             failed |= level["errors"] > 0
         if args.burst:
-            report["burst"] = burst(admin, ctx, args.burst_prompts, args.burst_boxes, args.burst_clients,
-                                    web_pid, args.settle)
+            report["burst"] = burst(
+                admin, ctx, args.burst_prompts, args.burst_boxes, args.burst_clients, web_pid, args.settle
+            )
             failed |= report["burst"]["errors"] > 0
         if args.minutes > 0:
             from load_soak import soak  # bench/load_soak.py

@@ -25,8 +25,9 @@ FINETUNE = {"mode": "decoder", "epochs": 1}
 class Soak:
     def __init__(self, admin: Api, annotator: Api, ctx: dict, seconds: float):
         self.admin, self.annotator, self.ctx, self.label = admin, annotator, ctx, ctx["label"]
-        self.tallies = {kind: Tally() for kind in ("prompt", "first prompt", "save", "read", "upload", "review",
-                                                   "finetune")}
+        self.tallies = {
+            kind: Tally() for kind in ("prompt", "first prompt", "save", "read", "upload", "review", "finetune")
+        }
         self.saved: list[tuple[int, int, int, int, int]] = []  # annotation, revision, area, height, width
         self.revision: dict[int, int] = {}  # image id -> the revision our next save builds on
         self.pool = [(ctx["iid"], ctx["width"], ctx["height"], BOX)]  # images the saver cycles through
@@ -46,20 +47,27 @@ class Soak:
 
     def upload(self, api: Api) -> tuple | None:
         seed = self.next_seed()
-        r = self.tallies["upload"].timed(api, "POST", f"/projects/{self.ctx['pid']}/images", "upload",
-                                         files={"file": (f"soak-{seed}.png", small_png(seed), "image/png")})
+        r = self.tallies["upload"].timed(
+            api,
+            "POST",
+            f"/projects/{self.ctx['pid']}/images",
+            "upload",
+            files={"file": (f"soak-{seed}.png", small_png(seed), "image/png")},
+        )
         if r is None:
             return None
         image = r.json()
         return image["id"], image["width"], image["height"], SMALL_BOX
 
-    def save(self, api: Api, image: tuple, rng: np.random.Generator, submit: bool = False,
-             fresh: bool = False) -> int | None:
+    def save(
+        self, api: Api, image: tuple, rng: np.random.Generator, submit: bool = False, fresh: bool = False
+    ) -> int | None:
         """Prompt (on a `fresh` upload that waits for its encode), then save that mask on top of the
         revision we last saw; returns the annotation id."""
         iid, w, h, box = image
         r = self.tallies["first prompt" if fresh else "prompt"].timed(
-            api, "POST", f"/images/{iid}/segment", "segment", json={"boxes": [jitter(box, rng, w, h)]})
+            api, "POST", f"/images/{iid}/segment", "segment", json={"boxes": [jitter(box, rng, w, h)]}
+        )
         if r is None:
             return None
         proposal = r.json()
@@ -68,9 +76,17 @@ class Soak:
             if r is None:
                 return None
             self.revision[iid] = r.json()["annotations"].get(self.label, {}).get("revision", 0)
-        r = self.tallies["save"].timed(api, "PUT", f"/images/{iid}/annotations/{self.label}", "save", json={
-            "mask_id": proposal["mask_id"], "base_revision": self.revision[iid],
-            "status": "submitted" if submit else "draft"})
+        r = self.tallies["save"].timed(
+            api,
+            "PUT",
+            f"/images/{iid}/annotations/{self.label}",
+            "save",
+            json={
+                "mask_id": proposal["mask_id"],
+                "base_revision": self.revision[iid],
+                "status": "submitted" if submit else "draft",
+            },
+        )
         if r is None:
             self.revision.pop(iid, None)  # re-read it before the next try
             return None
@@ -104,8 +120,13 @@ class Soak:
         while self.running():
             image = self.upload(api)
             if image is not None:  # a first prompt: the worker's encode, as when someone opens it
-                r = self.tallies["first prompt"].timed(api, "POST", f"/images/{image[0]}/segment", "segment",
-                                                       json={"boxes": [jitter(image[3], rng, image[1], image[2])]})
+                r = self.tallies["first prompt"].timed(
+                    api,
+                    "POST",
+                    f"/images/{image[0]}/segment",
+                    "segment",
+                    json={"boxes": [jitter(image[3], rng, image[1], image[2])]},
+                )
                 if r is not None:
                     with self.lock:
                         self.pool.append(image)
@@ -122,14 +143,19 @@ class Soak:
                 if aid is None:
                     self.note = "fine-tune not started: an image for it could not be uploaded or labelled"
                     return
-                if self.tallies["review"].timed(self.admin, "POST", f"/annotations/{aid}/review", "approve",
-                                                json={"decision": "approve"}) is None:
+                if (
+                    self.tallies["review"].timed(
+                        self.admin, "POST", f"/annotations/{aid}/review", "approve", json={"decision": "approve"}
+                    )
+                    is None
+                ):
                     self.note = "fine-tune not started: the approval was refused"
                     return
         finally:
             api.close()
-        r = self.tallies["finetune"].timed(self.admin, "POST", f"/projects/{self.ctx['pid']}/training-jobs",
-                                           "start", json=FINETUNE)
+        r = self.tallies["finetune"].timed(
+            self.admin, "POST", f"/projects/{self.ctx['pid']}/training-jobs", "start", json=FINETUNE
+        )
         if r is None:
             self.note = "fine-tune refused (see errors)"
             return
@@ -159,13 +185,22 @@ class Soak:
                 continue
             mask = np.load(io.BytesIO(r.content), allow_pickle=False)
             if mask.shape != (h, w) or int(np.count_nonzero(mask)) != area:
-                lost.append(f"annotation {aid} revision {number}: {mask.shape}, {np.count_nonzero(mask)} pixels "
-                            f"set; saved {(h, w)}, {area}")
+                lost.append(
+                    f"annotation {aid} revision {number}: {mask.shape}, {np.count_nonzero(mask)} pixels "
+                    f"set; saved {(h, w)}, {area}"
+                )
         return lost
 
 
-def soak(admin: Api, annotator_login: tuple[str, str] | None, ctx: dict, args, web_pid: int | None,
-         storage_url: str | None, train_images: int) -> dict:
+def soak(
+    admin: Api,
+    annotator_login: tuple[str, str] | None,
+    ctx: dict,
+    args,
+    web_pid: int | None,
+    storage_url: str | None,
+    train_images: int,
+) -> dict:
     annotator = Api(admin.url, *annotator_login) if annotator_login else admin
     if annotator is not admin:
         admin.ok("POST", f"/projects/{ctx['pid']}/members", json={"username": annotator_login[0]})
@@ -196,11 +231,13 @@ def report(run: Soak, minutes: float, mem: Memory, lost: list[str], blobs: int |
     for s in sums.values():
         errors.update(s["errors_by_kind"])
     p, f, s = sums["prompt"], sums["first prompt"], sums["save"]
-    print(f"soak {minutes:g} min: {p['requests']} cached prompts (p50 {p['p50_ms']:.0f} ms, p95 {p['p95_ms']:.0f} ms), "
-          f"{f['requests']} first prompts on new uploads (encode included; p50 {f['p50_ms']:.0f} ms), "
-          f"{s['requests']} saves (p50 {s['p50_ms']:.0f} ms, p95 {s['p95_ms']:.0f} ms), "
-          f"{sums['upload']['requests']} uploads, {sums['review']['requests']} approvals; errors "
-          + (", ".join(f"{k} x{n}" for k, n in errors.items()) or "0"))
+    print(
+        f"soak {minutes:g} min: {p['requests']} cached prompts (p50 {p['p50_ms']:.0f} ms, p95 {p['p95_ms']:.0f} ms), "
+        f"{f['requests']} first prompts on new uploads (encode included; p50 {f['p50_ms']:.0f} ms), "
+        f"{s['requests']} saves (p50 {s['p50_ms']:.0f} ms, p95 {s['p95_ms']:.0f} ms), "
+        f"{sums['upload']['requests']} uploads, {sums['review']['requests']} approvals; errors "
+        + (", ".join(f"{k} x{n}" for k, n in errors.items()) or "0")
+    )
     for kind, summary in sums.items():
         if summary["errors"]:
             print(f"  {kind} errors: {errors_text(summary)}")
@@ -208,11 +245,15 @@ def report(run: Soak, minutes: float, mem: Memory, lost: list[str], blobs: int |
     if job is None:
         print(f"  {run.note}")
     else:
-        print(f"  fine-tune job {job['id']} ({FINETUNE}): {job['state']} after {job['waited_s']} s"
-              + (f": {job['error']}" if job.get("error") else "")
-              + (f"; {job['result'].get('note') or job['result']}" if job.get("result") else ""))
-    print(f"  revisions saved during the soak: {len(run.saved)}; downloadable with the same mask: "
-          f"{len(run.saved) - len(lost)}; lost: {len(lost)}")
+        print(
+            f"  fine-tune job {job['id']} ({FINETUNE}): {job['state']} after {job['waited_s']} s"
+            + (f": {job['error']}" if job.get("error") else "")
+            + (f"; {job['result'].get('note') or job['result']}" if job.get("result") else "")
+        )
+    print(
+        f"  revisions saved during the soak: {len(run.saved)}; downloadable with the same mask: "
+        f"{len(run.saved) - len(lost)}; lost: {len(lost)}"
+    )
     for line in lost[:10]:
         print(f"    {line}")
     if blobs is None:
@@ -223,6 +264,16 @@ def report(run: Soak, minutes: float, mem: Memory, lost: list[str], blobs: int |
             print(f"    {line}")
     print("  " + mem.line(), flush=True)
     job_ok = job is None or job["state"] != "failed"
-    return {"minutes": minutes, "calls": sums, "errors": dict(errors), "finetune": job, "note": run.note,
-            "revisions_saved": len(run.saved), "revisions_lost": lost, "blobs": blobs, "bad_blobs": bad,
-            "rss": mem.as_dict(), "ok": not errors and not lost and not bad and job_ok}
+    return {
+        "minutes": minutes,
+        "calls": sums,
+        "errors": dict(errors),
+        "finetune": job,
+        "note": run.note,
+        "revisions_saved": len(run.saved),
+        "revisions_lost": lost,
+        "blobs": blobs,
+        "bad_blobs": bad,
+        "rss": mem.as_dict(),
+        "ok": not errors and not lost and not bad and job_ok,
+    }

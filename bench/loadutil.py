@@ -36,8 +36,9 @@ class Api:
         """Another connection for the same account, without logging in again."""
         other = object.__new__(Api)
         other.url = self.url
-        other.client = httpx.Client(base_url=self.client.base_url, headers=self.client.headers,
-                                    timeout=self.client.timeout)
+        other.client = httpx.Client(
+            base_url=self.client.base_url, headers=self.client.headers, timeout=self.client.timeout
+        )
         return other
 
     def ok(self, method: str, path: str, **kwargs) -> dict:
@@ -88,10 +89,17 @@ class Tally:
 
     def summary(self) -> dict:
         n = len(self.ms)
-        return {"requests": n, "seconds": round(self.wall, 1), "per_s": round(n / self.wall, 1) if self.wall else None,
-                "p50_ms": round(pct(self.ms, 50), 1), "p95_ms": round(pct(self.ms, 95), 1),
-                "p99_ms": round(pct(self.ms, 99), 1), "errors": sum(self.errors.values()),
-                "errors_by_kind": dict(self.errors), "error_examples": self.examples}
+        return {
+            "requests": n,
+            "seconds": round(self.wall, 1),
+            "per_s": round(n / self.wall, 1) if self.wall else None,
+            "p50_ms": round(pct(self.ms, 50), 1),
+            "p95_ms": round(pct(self.ms, 95), 1),
+            "p99_ms": round(pct(self.ms, 99), 1),
+            "errors": sum(self.errors.values()),
+            "errors_by_kind": dict(self.errors),
+            "error_examples": self.examples,
+        }
 
 
 def errors_text(summary: dict) -> str:
@@ -144,8 +152,10 @@ class HealthProbe:
 
     def line(self) -> str:
         s = self.tally.summary()
-        return (f"/healthz during load: {s['requests']} samples, p50 {s['p50_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms, "
-                f"max {max(self.tally.ms, default=float('nan')):.1f} ms, errors {errors_text(s)}")
+        return (
+            f"/healthz during load: {s['requests']} samples, p50 {s['p50_ms']:.1f} ms, p95 {s['p95_ms']:.1f} ms, "
+            f"max {max(self.tally.ms, default=float('nan')):.1f} ms, errors {errors_text(s)}"
+        )
 
 
 def rss_mb(pid: int | None, field: str = "VmRSS") -> float | None:
@@ -214,8 +224,10 @@ class Memory:
         d = self.as_dict()
         if None in (d["before_mb"], d["peak_mb"], d["after_mb"]):
             return f"web RSS (pid {self.pid}): could not be read from /proc ({d})"
-        return (f"web RSS (pid {self.pid}): before {d['before_mb']:.0f} MB, peak {d['peak_mb']:.0f} MB, "
-                f"after {d['after_mb']:.0f} MB ({d['after_minus_before_mb']:+.0f} MB)")
+        return (
+            f"web RSS (pid {self.pid}): before {d['before_mb']:.0f} MB, peak {d['peak_mb']:.0f} MB, "
+            f"after {d['after_mb']:.0f} MB ({d['after_minus_before_mb']:+.0f} MB)"
+        )
 
 
 def jitter(box: list[int], rng: np.random.Generator, width: int, height: int, by: int = 4) -> list[int]:
@@ -228,8 +240,11 @@ def tile_boxes(width: int, height: int, n: int = 32, cols: int = 8) -> list[list
     """n distinct boxes tiling the image (cols across), each a few pixels inside its cell."""
     rows = -(-n // cols)
     cw, ch = width / cols, height / rows
-    return [[int(c * cw) + 2, int(r * ch) + 2, int((c + 1) * cw) - 3, int((r + 1) * ch) - 3]
-            for r in range(rows) for c in range(cols)][:n]
+    return [
+        [int(c * cw) + 2, int(r * ch) + 2, int((c + 1) * cw) - 3, int((r + 1) * ch) - 3]
+        for r in range(rows)
+        for c in range(cols)
+    ][:n]
 
 
 SMALL = 160  # side of the generated uploads
@@ -241,7 +256,7 @@ def small_png(seed: int) -> bytes:
     rng = np.random.default_rng(seed)
     demo = np.asarray(Image.open(DEMO).convert("L"), dtype=np.int16)
     y, x = rng.integers(0, demo.shape[0] - SMALL), rng.integers(0, demo.shape[1] - SMALL)
-    crop = demo[y:y + SMALL, x:x + SMALL] + rng.integers(-3, 4, (SMALL, SMALL))
+    crop = demo[y : y + SMALL, x : x + SMALL] + rng.integers(-3, 4, (SMALL, SMALL))
     buf = io.BytesIO()
     Image.fromarray(np.clip(crop, 0, 255).astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()

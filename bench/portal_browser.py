@@ -94,9 +94,11 @@ def browser_latency(url: str, user: str, password: str, prompts: int = 10) -> li
                 times.append(ms)
         context.close()
         browser.close()
-    print(f"browser, mouse-up to overlay drawn over {len(times)} box drags (chromium, demo page): "
-          f"p50 {np.percentile(times, 50):.0f} ms, p95 {np.percentile(times, 95):.0f} ms, "
-          f"max {max(times):.0f} ms")
+    print(
+        f"browser, mouse-up to overlay drawn over {len(times)} box drags (chromium, demo page): "
+        f"p50 {np.percentile(times, 50):.0f} ms, p95 {np.percentile(times, 95):.0f} ms, "
+        f"max {max(times):.0f} ms"
+    )
     return times
 
 
@@ -113,8 +115,11 @@ def live_prompts(k: int) -> dict[str, dict]:
     """The three prompts of repetition k, in original pixels; k shifts them so no two are alike."""
     (a0, a1, a2, a3), (b0, b1, b2, b3) = LIVE_BOXES
     box_a, box_b = [a0 + k % 5, a1, a2, a3 - k % 3], [b0, b1 + k % 4, b2 - k % 5, b3]
-    return {"first box": {"boxes": [box_a]}, "re-prompt": {"boxes": [box_b]},
-            "point": {"boxes": [box_b], "points": [[LIVE_POINT[0] + k % 3, LIVE_POINT[1], 1]]}}
+    return {
+        "first box": {"boxes": [box_a]},
+        "re-prompt": {"boxes": [box_b]},
+        "point": {"boxes": [box_b], "points": [[LIVE_POINT[0] + k % 3, LIVE_POINT[1], 1]]},
+    }
 
 
 def _timed(page, act) -> float:
@@ -125,8 +130,7 @@ def _timed(page, act) -> float:
     ms = page.evaluate("() => window.__t1 - window.__t0")
     # The proposal is recorded (and the brush editor redrawn) after the painting; a user's next prompt comes
     # after that too, so the next measurement does not share the CPU with it.
-    page.wait_for_function("s => document.querySelector('#ann-status').innerText !== s", arg=status,
-                           timeout=60_000)
+    page.wait_for_function("s => document.querySelector('#ann-status').innerText !== s", arg=status, timeout=60_000)
     time.sleep(1.0)
     return ms
 
@@ -199,20 +203,26 @@ def live_main(url: str, user: str, password: str, reps: int) -> int:
         browser = live_browser(url, user, password, name, reps)
     finally:
         client.delete(f"/projects/{pid}")
-    print(f"\nAnnotate live widget, {reps} repetitions, chromium on {os.cpu_count()} cores; "
-          "browser = mouse-up to mask painted, API = POST /segment")
+    print(
+        f"\nAnnotate live widget, {reps} repetitions, chromium on {os.cpu_count()} cores; "
+        "browser = mouse-up to mask painted, API = POST /segment"
+    )
     print(f"{'case':<10} {'browser p50':>12} {'browser p95':>12} {'API p50':>9} {'API p95':>9}")
     worst = 0.0
     extra = {k: browser.pop(k) for k in ("_round_trip", "_server")}
     for case in browser:
         b, a = browser[case], api[case]
         worst = max(worst, np.percentile(b, 50) - np.percentile(a, 50))
-        print(f"{case:<10} {np.percentile(b, 50):>9.0f} ms {np.percentile(b, 95):>9.0f} ms "
-              f"{np.percentile(a, 50):>6.0f} ms {np.percentile(a, 95):>6.0f} ms")
-    print(f"largest browser p50 - API p50: {worst:.0f} ms; final prompts sent by the widget (all cases, "
-          f"{len(extra['_round_trip'])} of them): round trip p50 {np.percentile(extra['_round_trip'], 50):.0f} ms, "
-          f"of which the server function p50 {np.percentile(extra['_server'], 50):.0f} ms (a prompt already "
-          "painted by a move decode needs no final request)")
+        print(
+            f"{case:<10} {np.percentile(b, 50):>9.0f} ms {np.percentile(b, 95):>9.0f} ms "
+            f"{np.percentile(a, 50):>6.0f} ms {np.percentile(a, 95):>6.0f} ms"
+        )
+    print(
+        f"largest browser p50 - API p50: {worst:.0f} ms; final prompts sent by the widget (all cases, "
+        f"{len(extra['_round_trip'])} of them): round trip p50 {np.percentile(extra['_round_trip'], 50):.0f} ms, "
+        f"of which the server function p50 {np.percentile(extra['_server'], 50):.0f} ms (a prompt already "
+        "painted by a move decode needs no final request)"
+    )
     print(f"load average during the run: {os.getloadavg()[0]:.1f} (1 min)")
     return 0
 

@@ -47,10 +47,21 @@ def start_server(folder: Path, password: str) -> tuple[str, subprocess.Popen]:
         port = s.getsockname()[1]
     env = {**os.environ, "MEDSAM_DATA_DIR": str(folder), "MEDSAM_PORT": str(port)}
     medsam = [sys.executable, "-m", "portal.cli"]
-    subprocess.run([*medsam, "user", "add", "bench", "--role", "admin", "--password-stdin"], input=password + "\n",
-                   text=True, env=env, check=True, capture_output=True)
-    proc = subprocess.Popen([*medsam, "serve"], env=env, stdout=open(folder / "serve.log", "wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    subprocess.run(
+        [*medsam, "user", "add", "bench", "--role", "admin", "--password-stdin"],
+        input=password + "\n",
+        text=True,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    proc = subprocess.Popen(
+        [*medsam, "serve"],
+        env=env,
+        stdout=open(folder / "serve.log", "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -107,8 +118,11 @@ def run(url: str, args, password: str) -> int:
     client = httpx.Client(base_url=url + "/api/v1", timeout=300)
     token = client.post("/auth/token", data={"username": args.user, "password": password}).raise_for_status()
     client.headers["Authorization"] = "Bearer " + token.json()["access_token"]
-    pid = client.post("/projects", json={"name": f"bench-{int(time.time())}", "modality": "CT",
-                                         "labels": ["lesion"]}).raise_for_status().json()["id"]
+    pid = (
+        client.post("/projects", json={"name": f"bench-{int(time.time())}", "modality": "CT", "labels": ["lesion"]})
+        .raise_for_status()
+        .json()["id"]
+    )
 
     def upload(seed: int) -> int:
         r = client.post(f"/projects/{pid}/images", files={"file": (f"b{seed}.png", new_image(seed), "image/png")})
@@ -123,8 +137,10 @@ def run(url: str, args, password: str) -> int:
 
     iid = upload(0)
     first_ms, first = prompt(client, iid, 0)
-    print(f"first prompt on a new image: {first_ms:.0f} ms (encode wait {first['timing_ms']['encode_wait']:.0f} ms, "
-          f"decode {first['timing_ms']['decode']:.0f} ms)")
+    print(
+        f"first prompt on a new image: {first_ms:.0f} ms (encode wait {first['timing_ms']['encode_wait']:.0f} ms, "
+        f"decode {first['timing_ms']['decode']:.0f} ms)"
+    )
     for k in range(3):  # warm the connection and the server's pixel cache
         prompt(client, iid, k)
     api, decode = [], []
@@ -132,11 +148,15 @@ def run(url: str, args, password: str) -> int:
         ms, body = prompt(client, iid, k)
         api.append(ms)
         decode.append(body["timing_ms"]["decode"])
-    print(f"cached re-prompt over {args.prompts}: p50 {pct(api, 50):.1f} ms, p95 {pct(api, 95):.1f} ms through the "
-          f"API; server decode p50 {pct(decode, 50):.1f} ms, p95 {pct(decode, 95):.1f} ms")
+    print(
+        f"cached re-prompt over {args.prompts}: p50 {pct(api, 50):.1f} ms, p95 {pct(api, 95):.1f} ms through the "
+        f"API; server decode p50 {pct(decode, 50):.1f} ms, p95 {pct(decode, 95):.1f} ms"
+    )
     second_ms, second = prompt(client, upload(1), 0)
-    print(f"first prompt on another new image: {second_ms:.0f} ms (encode wait "
-          f"{second['timing_ms']['encode_wait']:.0f} ms)")
+    print(
+        f"first prompt on another new image: {second_ms:.0f} ms (encode wait "
+        f"{second['timing_ms']['encode_wait']:.0f} ms)"
+    )
 
     lat: list[float] = []
     errors: list[str] = []
@@ -163,9 +183,11 @@ def run(url: str, args, password: str) -> int:
     for t in threads:
         t.join()
     wall = time.monotonic() - started
-    print(f"{args.clients} clients for {args.seconds:.0f} s: {len(lat)} prompts, {len(lat) / wall:.1f} prompts/s, "
-          f"p50 {pct(lat, 50):.0f} ms, p95 {pct(lat, 95):.0f} ms, errors {len(errors)}"
-          + (f" (first: {errors[0]})" if errors else ""))
+    print(
+        f"{args.clients} clients for {args.seconds:.0f} s: {len(lat)} prompts, {len(lat) / wall:.1f} prompts/s, "
+        f"p50 {pct(lat, 50):.0f} ms, p95 {pct(lat, 95):.0f} ms, errors {len(errors)}"
+        + (f" (first: {errors[0]})" if errors else "")
+    )
     client.delete(f"/projects/{pid}")
     return 0 if not errors else 1
 

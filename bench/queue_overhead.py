@@ -69,9 +69,13 @@ def run_broker(name: str, calls: int, redis_url: str) -> list[tuple[str, list[fl
         version = model_versions.base_version(db).id
     app = make_app(get_settings())
     log = open(folder / "worker.log", "wb")
-    worker = subprocess.Popen([sys.executable, "-m", "portal.cli", "worker", "--queues", "inference"],
-                              env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "portal.cli", "worker", "--queues", "inference"],
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         app.send_task(TASK_NOOP, args=[0]).get(timeout=120, interval=0.005)
         app.send_task(TASK_ENCODE, args=[image.id, version]).get(timeout=300, interval=0.01)
@@ -80,15 +84,25 @@ def run_broker(name: str, calls: int, redis_url: str) -> list[tuple[str, list[fl
 
         get_pool().predictor(version)  # load the model here too, for the direct calls
         rows = [
-            (f"{name}: noop round trip", timed(
-                lambda: app.send_task(TASK_NOOP, args=[1]).get(timeout=60, interval=0.001),
-                calls, f"{name} noop")),
+            (
+                f"{name}: noop round trip",
+                timed(
+                    lambda: app.send_task(TASK_NOOP, args=[1]).get(timeout=60, interval=0.001), calls, f"{name} noop"
+                ),
+            ),
             ("direct: noop call", timed(lambda: tasks.noop.run(1), calls, "direct noop")),
-            (f"{name}: encode_image (cache hit) round trip", timed(
-                lambda: app.send_task(TASK_ENCODE, args=[image.id, version])
-                .get(timeout=60, interval=0.001), calls, f"{name} encode")),
-            ("direct: encode_image (cache hit) call", timed(
-                lambda: tasks.encode_image.run(image.id, version), calls, "direct encode")),
+            (
+                f"{name}: encode_image (cache hit) round trip",
+                timed(
+                    lambda: app.send_task(TASK_ENCODE, args=[image.id, version]).get(timeout=60, interval=0.001),
+                    calls,
+                    f"{name} encode",
+                ),
+            ),
+            (
+                "direct: encode_image (cache hit) call",
+                timed(lambda: tasks.encode_image.run(image.id, version), calls, "direct encode"),
+            ),
         ]
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
@@ -111,8 +125,19 @@ def main() -> None:
     for name in brokers:
         # One broker per process: the Celery app and settings are process-wide.
         if len(brokers) > 1:
-            subprocess.run([sys.executable, __file__, "--calls", str(args.calls), "--brokers", name,
-                            "--redis-url", args.redis_url], check=True)
+            subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--calls",
+                    str(args.calls),
+                    "--brokers",
+                    name,
+                    "--redis-url",
+                    args.redis_url,
+                ],
+                check=True,
+            )
             continue
         rows = run_broker(name, args.calls, args.redis_url)
         for label, values in rows:
@@ -120,8 +145,10 @@ def main() -> None:
         for kind in ("noop", "encode_image (cache hit)"):
             trip = next(v for lbl, v in rows if lbl.startswith(name) and kind in lbl)
             direct = next(v for lbl, v in rows if lbl.startswith("direct") and kind in lbl)
-            print(f"{name + ': overhead of ' + kind:50s} {statistics.median(trip) - statistics.median(direct):9.1f}"
-                  f" {pct(trip, 95) - pct(direct, 95):9.1f}")
+            print(
+                f"{name + ': overhead of ' + kind:50s} {statistics.median(trip) - statistics.median(direct):9.1f}"
+                f" {pct(trip, 95) - pct(direct, 95):9.1f}"
+            )
 
 
 if __name__ == "__main__":

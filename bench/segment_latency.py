@@ -51,9 +51,14 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def tight_box(mask_path: Path) -> list[int]:
@@ -69,11 +74,15 @@ def datasets() -> dict[str, list[tuple[np.ndarray, list[int]]]]:
     data = Path(os.environ.get("MEDSAM_SAMPLE_DATA") or REPO.parent / "shared" / "data")
     images = sorted((data / "kvasir" / "images").glob("*.png"))[:KVASIR_IMAGES]
     if len(images) < KVASIR_IMAGES:
-        raise SystemExit(f"need {KVASIR_IMAGES} Kvasir images under {data / 'kvasir' / 'images'}; "
-                         "set MEDSAM_SAMPLE_DATA to the sample-data folder")
+        raise SystemExit(
+            f"need {KVASIR_IMAGES} Kvasir images under {data / 'kvasir' / 'images'}; "
+            "set MEDSAM_SAMPLE_DATA to the sample-data folder"
+        )
     kvasir = [(read_image(p).display(), tight_box(data / "kvasir" / "masks" / p.name)) for p in images]
-    return {"demo": [(read_image(REPO / "demo" / "ct_abdomen.png").display(), DEMO_BOX)],
-            f"kvasir x{KVASIR_IMAGES}": kvasir}
+    return {
+        "demo": [(read_image(REPO / "demo" / "ct_abdomen.png").display(), DEMO_BOX)],
+        f"kvasir x{KVASIR_IMAGES}": kvasir,
+    }
 
 
 def timed(fn, items, runs: int, bar: tqdm, before=None) -> list[float]:
@@ -97,9 +106,10 @@ def bench_backend(model, backend: str, items, runs: int, tmp: Path, bar: tqdm) -
     never = Predictor(model, EmbeddingCache(store=None, memory_items=0), backend=backend, onnx_dir=onnx_dir)
 
     embeddings = {id(rgb): never.encode(rgb) for rgb, _ in items}
-    out = {"encode": timed(lambda it: never.encode(it[0]), items, runs, bar),
-           "decode (cached emb)": timed(lambda it: never.decode(embeddings[id(it[0])], boxes=[it[1]]),
-                                        items, runs, bar)}
+    out = {
+        "encode": timed(lambda it: never.encode(it[0]), items, runs, bar),
+        "decode (cached emb)": timed(lambda it: never.decode(embeddings[id(it[0])], boxes=[it[1]]), items, runs, bar),
+    }
 
     # The miss path writes to a real store, as the service does, so a miss and a
     # hit differ only in whether the entry was there; the entry is removed
@@ -121,12 +131,20 @@ def bench_backend(model, backend: str, items, runs: int, tmp: Path, bar: tqdm) -
     # through a fresh one with no memory tier: the state after a restart, where
     # the entry has to come back from disk (usually from the OS page cache).
     hit_dir = tmp / f"hit-{backend}"
-    writer = Predictor(model, EmbeddingCache(DirectoryEmbeddingStore(hit_dir, CACHE_BUDGET), memory_items=16),
-                       backend=backend, onnx_dir=onnx_dir)
+    writer = Predictor(
+        model,
+        EmbeddingCache(DirectoryEmbeddingStore(hit_dir, CACHE_BUDGET), memory_items=16),
+        backend=backend,
+        onnx_dir=onnx_dir,
+    )
     for rgb, _ in items:
         writer.encode(rgb)
-    reader = Predictor(model, EmbeddingCache(DirectoryEmbeddingStore(hit_dir, CACHE_BUDGET), memory_items=0),
-                       backend=backend, onnx_dir=onnx_dir)
+    reader = Predictor(
+        model,
+        EmbeddingCache(DirectoryEmbeddingStore(hit_dir, CACHE_BUDGET), memory_items=0),
+        backend=backend,
+        onnx_dir=onnx_dir,
+    )
 
     def hit_e2e(item):
         emb = reader.encode(item[0])
@@ -139,8 +157,12 @@ def bench_backend(model, backend: str, items, runs: int, tmp: Path, bar: tqdm) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=("onnx", "torch"), action="append",
-                        help="measure only this backend (repeatable; default: onnx and torch)")
+    parser.add_argument(
+        "--backend",
+        choices=("onnx", "torch"),
+        action="append",
+        help="measure only this backend (repeatable; default: onnx and torch)",
+    )
     parser.add_argument("--runs", type=int, default=20, help="timed runs per measurement (default 20)")
     parser.add_argument("--quick", action="store_true", help="3 runs: a smoke test, not a measurement")
     parser.add_argument("--json", action="store_true", help="one JSON object per measured row")
@@ -155,37 +177,53 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model("lite")
     rows = []
     total = len(backends) * len(data) * len(METRICS) * (runs + 1)
-    with tempfile.TemporaryDirectory(prefix="medsam-bench-") as tmp, \
-            tqdm(total=total, file=sys.stderr, unit="run", desc="benchmark") as bar:
+    with (
+        tempfile.TemporaryDirectory(prefix="medsam-bench-") as tmp,
+        tqdm(total=total, file=sys.stderr, unit="run", desc="benchmark") as bar,
+    ):
         for backend in backends:
             for name, items in data.items():
                 bar.set_postfix_str(f"{backend} / {name}")
                 for metric, times in bench_backend(model, backend, items, runs, Path(tmp), bar).items():
-                    rows.append({"model": "lite", "backend": backend, "images": name, "metric": metric,
-                                 "runs": len(times), "median_ms": round(float(np.median(times)), 2),
-                                 "p95_ms": round(float(np.percentile(times, 95)), 2)})
+                    rows.append(
+                        {
+                            "model": "lite",
+                            "backend": backend,
+                            "images": name,
+                            "metric": metric,
+                            "runs": len(times),
+                            "median_ms": round(float(np.median(times)), 2),
+                            "p95_ms": round(float(np.percentile(times, 95)), 2),
+                        }
+                    )
 
     if args.json:
         for row in rows:
             print(json.dumps({**row, "machine": info}))
         return 0
-    print(f"machine: {info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}, "
-          f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, python {info['python']}")
+    print(
+        f"machine: {info['cpu']}, {info['cores']} cores, torch threads {info['torch_threads']}, "
+        f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, python {info['python']}"
+    )
     print(f"model: lite; {runs} timed runs per row after 1 warm-up; p95 is numpy's linear-interpolated percentile")
     print()
     header = f"{'backend':<8} {'images':<10} {'metric':<24} {'runs':>4} {'median ms':>10} {'p95 ms':>10}"
     print(header)
     print("-" * len(header))
     for row in rows:
-        print(f"{row['backend']:<8} {row['images']:<10} {row['metric']:<24} {row['runs']:>4} "
-              f"{row['median_ms']:>10.1f} {row['p95_ms']:>10.1f}")
+        print(
+            f"{row['backend']:<8} {row['images']:<10} {row['metric']:<24} {row['runs']:>4} "
+            f"{row['median_ms']:>10.1f} {row['p95_ms']:>10.1f}"
+        )
     print()
     for backend in backends:
         for name in data:
             med = {r["metric"]: r["median_ms"] for r in rows if r["backend"] == backend and r["images"] == name}
             miss, hit = med["e2e miss (empty cache)"], med["e2e hit (disk cache)"]
-            print(f"{backend} / {name}: a cache hit saves {miss - hit:.1f} ms median "
-                  f"({miss / hit:.1f}x faster end to end)")
+            print(
+                f"{backend} / {name}: a cache hit saves {miss - hit:.1f} ms median "
+                f"({miss / hit:.1f}x faster end to end)"
+            )
     return 0
 
 

@@ -37,12 +37,21 @@ class TorchBackend:
         return out[0].float().cpu().numpy()
 
     @torch.inference_mode()
-    def decode(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray,
-               has_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def decode(
+        self,
+        embedding: np.ndarray,
+        coords: np.ndarray,
+        labels: np.ndarray,
+        mask_input: np.ndarray,
+        has_mask: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
         dev = self.model.device
         masks, iou = self.decoder(
-            torch.from_numpy(embedding).to(dev), torch.from_numpy(coords).to(dev), torch.from_numpy(labels).to(dev),
-            torch.from_numpy(mask_input).to(dev), torch.from_numpy(has_mask).to(dev),
+            torch.from_numpy(embedding).to(dev),
+            torch.from_numpy(coords).to(dev),
+            torch.from_numpy(labels).to(dev),
+            torch.from_numpy(mask_input).to(dev),
+            torch.from_numpy(has_mask).to(dev),
         )
         return masks.float().cpu().numpy(), iou.float().cpu().numpy()
 
@@ -79,12 +88,24 @@ class OnnxBackend:
         embedding: np.ndarray = out[0]
         return embedding
 
-    def decode(self, embedding: np.ndarray, coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray,
-               has_mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        masks, iou = self.decoder.run(None, {
-            "image_embeddings": embedding, "point_coords": coords, "point_labels": labels,
-            "mask_input": mask_input, "has_mask_input": has_mask,
-        })
+    def decode(
+        self,
+        embedding: np.ndarray,
+        coords: np.ndarray,
+        labels: np.ndarray,
+        mask_input: np.ndarray,
+        has_mask: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        masks, iou = self.decoder.run(
+            None,
+            {
+                "image_embeddings": embedding,
+                "point_coords": coords,
+                "point_labels": labels,
+                "mask_input": mask_input,
+                "has_mask_input": has_mask,
+            },
+        )
         return masks, iou
 
 
@@ -96,24 +117,44 @@ def _export(model: LoadedModel, folder: Path) -> None:
     size = model.family.preprocessor.input_size
     decoder = PromptDecoder(module.prompt_encoder, module.mask_decoder).eval()
     dummy_decoder = (
-        torch.zeros(1, 256, 64, 64), torch.zeros(2, 3, 2), torch.tensor([[1.0, 2.0, 3.0]] * 2),
-        torch.zeros(2, 1, 256, 256), torch.zeros(1),
+        torch.zeros(1, 256, 64, 64),
+        torch.zeros(2, 3, 2),
+        torch.tensor([[1.0, 2.0, 3.0]] * 2),
+        torch.zeros(2, 1, 256, 256),
+        torch.zeros(1),
     )
     jobs = [
         ("encoder.onnx", module.image_encoder, (torch.zeros(1, 3, size, size),), ["image"], ["embeddings"], None),
-        ("decoder.onnx", decoder, dummy_decoder,
-         ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
-         ["masks", "iou_predictions"],
-         {"point_coords": {0: "prompts", 1: "tokens"}, "point_labels": {0: "prompts", 1: "tokens"},
-          "mask_input": {0: "prompts"}, "masks": {0: "prompts"}, "iou_predictions": {0: "prompts"}}),
+        (
+            "decoder.onnx",
+            decoder,
+            dummy_decoder,
+            ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
+            ["masks", "iou_predictions"],
+            {
+                "point_coords": {0: "prompts", 1: "tokens"},
+                "point_labels": {0: "prompts", 1: "tokens"},
+                "mask_input": {0: "prompts"},
+                "masks": {0: "prompts"},
+                "iou_predictions": {0: "prompts"},
+            },
+        ),
     ]
     for filename, net, args, inputs, outputs, axes in jobs:
         tmp = folder / f".{filename}.{uuid.uuid4().hex}.tmp"
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(net, args, str(tmp), input_names=inputs, output_names=outputs,
-                                  dynamic_axes=axes, opset_version=17, dynamo=False)
+                torch.onnx.export(
+                    net,
+                    args,
+                    str(tmp),
+                    input_names=inputs,
+                    output_names=outputs,
+                    dynamic_axes=axes,
+                    opset_version=17,
+                    dynamo=False,
+                )
             os.replace(tmp, folder / filename)
         finally:
             tmp.unlink(missing_ok=True)
@@ -129,9 +170,10 @@ def onnx_available() -> bool:
     return True
 
 
-def make_backend(model: LoadedModel, backend: str = "auto",
-                 onnx_dir: str | Path | None = None) -> TorchBackend | OnnxBackend:
-    """"auto": ONNX Runtime for the small CPU model when an export folder is given, else PyTorch.
+def make_backend(
+    model: LoadedModel, backend: str = "auto", onnx_dir: str | Path | None = None
+) -> TorchBackend | OnnxBackend:
+    """ "auto": ONNX Runtime for the small CPU model when an export folder is given, else PyTorch.
 
     ViT families stay on PyTorch: their graphs exceed protobuf's 2 GB limit (ViT-H)
     and they belong on a GPU anyway.
@@ -139,8 +181,9 @@ def make_backend(model: LoadedModel, backend: str = "auto",
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        use_onnx = (model.device.type == "cpu" and model.family.name == "lite" and onnx_dir is not None
-                    and onnx_available())
+        use_onnx = (
+            model.device.type == "cpu" and model.family.name == "lite" and onnx_dir is not None and onnx_available()
+        )
         backend = "onnx" if use_onnx else "torch"
     if backend == "onnx":
         if onnx_dir is None:

@@ -29,8 +29,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(
-            f"checkpoint {path} does not exist; give the path of a local .pth file "
-            "(nothing is ever downloaded)"
+            f"checkpoint {path} does not exist; give the path of a local .pth file (nothing is ever downloaded)"
         )
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file")
@@ -67,7 +66,7 @@ def unwrap_state_dict(raw: object, source: str = "checkpoint") -> dict[str, torc
     if not tensors:
         raise CheckpointError(f"{source} holds no tensors")
     if all(k.startswith("module.") for k in tensors):
-        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
     return tensors
 
 
@@ -109,4 +108,3 @@ def module_digest(module: nn.Module) -> str:
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
-

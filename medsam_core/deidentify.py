@@ -44,39 +44,95 @@ if TYPE_CHECKING:
 
 IDENTIFYING_TAGS: tuple[str, ...] = (
     # Patient
-    "PatientName", "PatientID", "IssuerOfPatientID", "OtherPatientIDs", "OtherPatientIDsSequence",
-    "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName", "PatientBirthDate",
-    "PatientBirthTime", "PatientSex", "PatientAge", "PatientSize", "PatientWeight", "PatientAddress",
-    "PatientTelephoneNumbers", "CountryOfResidence", "RegionOfResidence", "MilitaryRank",
-    "BranchOfService", "EthnicGroup", "Occupation", "PatientReligiousPreference",
-    "MedicalRecordLocator", "PatientInsurancePlanCodeSequence", "ResponsiblePerson",
-    "ResponsibleOrganization", "PatientComments", "AdditionalPatientHistory", "MedicalAlerts",
-    "Allergies", "ReferencedPatientSequence",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "OtherPatientIDs",
+    "OtherPatientIDsSequence",
+    "OtherPatientNames",
+    "PatientBirthName",
+    "PatientMotherBirthName",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "PatientSex",
+    "PatientAge",
+    "PatientSize",
+    "PatientWeight",
+    "PatientAddress",
+    "PatientTelephoneNumbers",
+    "CountryOfResidence",
+    "RegionOfResidence",
+    "MilitaryRank",
+    "BranchOfService",
+    "EthnicGroup",
+    "Occupation",
+    "PatientReligiousPreference",
+    "MedicalRecordLocator",
+    "PatientInsurancePlanCodeSequence",
+    "ResponsiblePerson",
+    "ResponsibleOrganization",
+    "PatientComments",
+    "AdditionalPatientHistory",
+    "MedicalAlerts",
+    "Allergies",
+    "ReferencedPatientSequence",
     # Visit, request and study
-    "AccessionNumber", "StudyID", "AdmissionID", "AdmittingDiagnosesDescription",
-    "StudyDescription", "SeriesDescription", "ProtocolName", "StudyComments", "ImageComments",
-    "RequestAttributesSequence", "RequestedProcedureDescription", "PerformedProcedureStepID",
-    "PerformedProcedureStepDescription", "ReferencedStudySequence",
+    "AccessionNumber",
+    "StudyID",
+    "AdmissionID",
+    "AdmittingDiagnosesDescription",
+    "StudyDescription",
+    "SeriesDescription",
+    "ProtocolName",
+    "StudyComments",
+    "ImageComments",
+    "RequestAttributesSequence",
+    "RequestedProcedureDescription",
+    "PerformedProcedureStepID",
+    "PerformedProcedureStepDescription",
+    "ReferencedStudySequence",
     "ReferencedPerformedProcedureStepSequence",
     # People
-    "ReferringPhysicianName", "ReferringPhysicianAddress", "ReferringPhysicianTelephoneNumbers",
-    "RequestingPhysician", "PerformingPhysicianName", "PhysiciansOfRecord",
-    "NameOfPhysiciansReadingStudy", "OperatorsName", "ContentCreatorName",
+    "ReferringPhysicianName",
+    "ReferringPhysicianAddress",
+    "ReferringPhysicianTelephoneNumbers",
+    "RequestingPhysician",
+    "PerformingPhysicianName",
+    "PhysiciansOfRecord",
+    "NameOfPhysiciansReadingStudy",
+    "OperatorsName",
+    "ContentCreatorName",
     # Institution and equipment
-    "InstitutionName", "InstitutionAddress", "InstitutionalDepartmentName",
-    "InstitutionCodeSequence", "StationName", "DeviceSerialNumber", "DetectorID", "PlateID",
-    "CassetteID", "GantryID",
+    "InstitutionName",
+    "InstitutionAddress",
+    "InstitutionalDepartmentName",
+    "InstitutionCodeSequence",
+    "StationName",
+    "DeviceSerialNumber",
+    "DetectorID",
+    "PlateID",
+    "CassetteID",
+    "GantryID",
     # File meta: the sending system's AE title names a site
-    "SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
-    "ReceivingApplicationEntityTitle", "PrivateInformation",
+    "SourceApplicationEntityTitle",
+    "SendingApplicationEntityTitle",
+    "ReceivingApplicationEntityTitle",
+    "PrivateInformation",
 )
 
 # Type 2 in the patient/study modules: an image without them is not valid, so
 # they stay present with an empty value instead of being deleted.
-_KEEP_EMPTY = frozenset({
-    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "ReferringPhysicianName",
-    "StudyID", "AccessionNumber",
-})
+_KEEP_EMPTY = frozenset(
+    {
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "ReferringPhysicianName",
+        "StudyID",
+        "AccessionNumber",
+    }
+)
 _REMOVE = frozenset(IDENTIFYING_TAGS) - _KEEP_EMPTY
 _BLANK_VRS = frozenset({"PN", "DA", "DT", "TM"})
 _DICOM_ROOT = "1.2.840.10008."  # standard UIDs (SOP classes, transfer syntaxes) identify nothing
@@ -129,14 +185,18 @@ def _parse(data: bytes) -> FileDataset:
         for _ in ds.iterall():  # values decode lazily: surface corruption now, on every path
             pass
     except InvalidDicomError:
-        raise InvalidImageError("Not a DICOM file (the 'DICM' marker is missing). Export it again from "
-                                "the PACS or viewer as a standard DICOM file.") from None
+        raise InvalidImageError(
+            "Not a DICOM file (the 'DICM' marker is missing). Export it again from "
+            "the PACS or viewer as a standard DICOM file."
+        ) from None
     except Exception as exc:
-        raise InvalidImageError(f"The DICOM file could not be parsed ({exc}); it is probably truncated "
-                                "or corrupt.") from None
+        raise InvalidImageError(
+            f"The DICOM file could not be parsed ({exc}); it is probably truncated or corrupt."
+        ) from None
     if len(ds) == 0:
-        raise InvalidImageError("The DICOM file holds no data elements after its header; it is "
-                                "truncated or corrupt. Export it again.")
+        raise InvalidImageError(
+            "The DICOM file holds no data elements after its header; it is truncated or corrupt. Export it again."
+        )
     return ds
 
 
@@ -167,13 +227,16 @@ def deidentify_dicom_bytes(data: bytes, *, keep_identifiers: bool = False, uid_s
     except InvalidImageError:
         raise
     except Exception as exc:  # values are decoded lazily, so corrupt elements surface here
-        raise InvalidImageError(f"The DICOM file could not be de-identified ({type(exc).__name__}: "
-                                f"{exc}); it is probably corrupt. Export it again.") from None
+        raise InvalidImageError(
+            f"The DICOM file could not be de-identified ({type(exc).__name__}: "
+            f"{exc}); it is probably corrupt. Export it again."
+        ) from None
     return out.getvalue()
 
 
-def deidentify_dicom_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
-                          keep_identifiers: bool = False, uid_salt: str = "") -> None:
+def deidentify_dicom_file(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], *, keep_identifiers: bool = False, uid_salt: str = ""
+) -> None:
     """Write the de-identified copy atomically, so a crash never leaves a half
     written file, or the identified original under the destination name."""
     try:

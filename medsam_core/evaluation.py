@@ -81,8 +81,10 @@ def read_labels(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
                 _check_mask_size(path, im.size, max_pixels)
                 arr = np.asarray(im.convert("L") if im.mode in ("RGB", "RGBA", "P", "LA") else im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InvalidImageError(f"{path}: the mask declares far more pixels than the limit of {max_pixels:,} "
-                                "(possible decompression bomb); masks must be the size of their image") from None
+        raise InvalidImageError(
+            f"{path}: the mask declares far more pixels than the limit of {max_pixels:,} "
+            "(possible decompression bomb); masks must be the size of their image"
+        ) from None
     except InvalidImageError:
         raise
     except (OSError, ValueError) as exc:
@@ -96,8 +98,10 @@ def read_labels(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
 def _check_mask_size(path: Path, shape: tuple[int, ...], max_pixels: int) -> None:
     pixels = int(np.prod(shape, dtype=np.float64)) if shape else 1
     if pixels > max_pixels:
-        raise InvalidImageError(f"{path}: the mask is {' x '.join(str(n) for n in shape)} = {pixels:,} pixels, "
-                                f"above the limit of {max_pixels:,}; masks must be the size of their image")
+        raise InvalidImageError(
+            f"{path}: the mask is {' x '.join(str(n) for n in shape)} = {pixels:,} pixels, "
+            f"above the limit of {max_pixels:,}; masks must be the size of their image"
+        )
 
 
 def boxes_from_labels(labels: np.ndarray, jitter: int, rng: np.random.Generator) -> tuple[list[int], np.ndarray]:
@@ -115,8 +119,15 @@ def boxes_from_labels(labels: np.ndarray, jitter: int, rng: np.random.Generator)
     return values, np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
 
-def evaluate(predictor: Predictor, pairs: list[Pair], *, box_jitter: int = 0, seed: int = 0,
-             nsd_tolerance: float = 2.0, max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[ImageScore]:
+def evaluate(
+    predictor: Predictor,
+    pairs: list[Pair],
+    *,
+    box_jitter: int = 0,
+    seed: int = 0,
+    nsd_tolerance: float = 2.0,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[ImageScore]:
     """Yield one score per image that has at least one object; images with empty masks are skipped."""
     rng = np.random.default_rng(seed)
     for pair in pairs:
@@ -133,12 +144,19 @@ def evaluate(predictor: Predictor, pairs: list[Pair], *, box_jitter: int = 0, se
         embedding = predictor.encode(rgb)
         prediction = predictor.decode(embedding, boxes=boxes)
         dices = [dice(m, labels == v) for m, v in zip(prediction.masks, values, strict=True)]
-        nsds = [normalized_surface_dice(m, labels == v, nsd_tolerance)
-                for m, v in zip(prediction.masks, values, strict=True)]
+        nsds = [
+            normalized_surface_dice(m, labels == v, nsd_tolerance)
+            for m, v in zip(prediction.masks, values, strict=True)
+        ]
         yield ImageScore(
-            stem=pair.stem, objects=len(values), dice=float(np.mean(dices)), nsd=float(np.mean(nsds)),
-            predicted_iou=float(np.mean(prediction.iou)), encode_ms=round(embedding.encode_ms, 1),
-            decode_ms=round(prediction.decode_ms, 1), cache_hit=embedding.cache_hit,
+            stem=pair.stem,
+            objects=len(values),
+            dice=float(np.mean(dices)),
+            nsd=float(np.mean(nsds)),
+            predicted_iou=float(np.mean(prediction.iou)),
+            encode_ms=round(embedding.encode_ms, 1),
+            decode_ms=round(prediction.decode_ms, 1),
+            cache_hit=embedding.cache_hit,
         )
 
 
@@ -148,7 +166,10 @@ def summarize(scores: list[ImageScore]) -> dict[str, Any]:
     d = [s.dice for s in scores]
     n = [s.nsd for s in scores]
     return {
-        "images": len(scores), "objects": sum(s.objects for s in scores),
-        "mean_dice": round(statistics.fmean(d), 4), "median_dice": round(statistics.median(d), 4),
-        "mean_nsd": round(statistics.fmean(n), 4), "median_nsd": round(statistics.median(n), 4),
+        "images": len(scores),
+        "objects": sum(s.objects for s in scores),
+        "mean_dice": round(statistics.fmean(d), 4),
+        "median_dice": round(statistics.median(d), 4),
+        "mean_nsd": round(statistics.fmean(n), 4),
+        "median_nsd": round(statistics.median(n), 4),
     }

@@ -24,21 +24,36 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (
-    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".dcm", ".nii", ".nii.gz",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".npy",
+    ".dcm",
+    ".nii",
+    ".nii.gz",
 )
 DEFAULT_MAX_PIXELS = 100_000_000
 _VOLUME_FACTOR = 4
 
 _SUFFIX_FORMATS = {
-    ".png": "pillow", ".jpg": "pillow", ".jpeg": "pillow", ".bmp": "pillow",
-    ".tif": "tiff", ".tiff": "tiff", ".npy": "npy", ".dcm": "dicom",
-    ".nii": "nifti", ".nii.gz": "nifti",
+    ".png": "pillow",
+    ".jpg": "pillow",
+    ".jpeg": "pillow",
+    ".bmp": "pillow",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".npy": "npy",
+    ".dcm": "dicom",
+    ".nii": "nifti",
+    ".nii.gz": "nifti",
 }
 _PILLOW_FORMATS = {"PNG": "png", "JPEG": "jpeg", "BMP": "bmp"}
 _EIGHT_BIT_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 _SUPPORTED_TEXT = (
-    "Supported formats: " + ", ".join(SUPPORTED_SUFFIXES)
-    + " (files without a suffix are recognised by their content)."
+    "Supported formats: " + ", ".join(SUPPORTED_SUFFIXES) + " (files without a suffix are recognised by their content)."
 )
 
 
@@ -49,12 +64,18 @@ def _fail(path: str, problem: str) -> InvalidImageError:
 def _check_plane_size(path: str, height: int, width: int, slices: int, max_pixels: int) -> None:
     """Refuse oversize images from header numbers, before decoding allocates anything."""
     if height * width > max_pixels:
-        raise _fail(path, f"the image is {width} x {height} = {height * width:,} pixels per slice, "
-                          f"above the limit of {max_pixels:,}. Downsample it before uploading.")
+        raise _fail(
+            path,
+            f"the image is {width} x {height} = {height * width:,} pixels per slice, "
+            f"above the limit of {max_pixels:,}. Downsample it before uploading.",
+        )
     total = height * width * slices
     if total > _VOLUME_FACTOR * max_pixels:
-        raise _fail(path, f"the volume has {slices} slices and {total:,} voxels in total, above the "
-                          f"limit of {_VOLUME_FACTOR * max_pixels:,}. Crop or downsample it.")
+        raise _fail(
+            path,
+            f"the volume has {slices} slices and {total:,} voxels in total, above the "
+            f"limit of {_VOLUME_FACTOR * max_pixels:,}. Crop or downsample it.",
+        )
 
 
 def _finish(path: str, arr: np.ndarray, raw: bool, fmt: str, max_pixels: int) -> MedicalImage:
@@ -66,15 +87,19 @@ def _finish(path: str, arr: np.ndarray, raw: bool, fmt: str, max_pixels: int) ->
     if arr.ndim == 2:
         arr = arr[None]
     if not (arr.ndim == 3 or (arr.ndim == 4 and arr.shape[-1] == 3)):
-        raise _fail(path, f"unexpected pixel array shape {arr.shape}; need a 2-D image, an RGB image "
-                          "or a stack of 2-D slices.")
+        raise _fail(
+            path, f"unexpected pixel array shape {arr.shape}; need a 2-D image, an RGB image or a stack of 2-D slices."
+        )
     slices, height, width = arr.shape[:3]
     if height < 2 or width < 2 or slices < 1:
         raise _fail(path, f"the image is only {width} x {height} pixels; at least 2 x 2 is needed.")
     _check_plane_size(path, height, width, slices, max_pixels)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise _fail(path, "the image contains NaN or infinite values. Replace them with real numbers "
-                          "(for example with numpy.nan_to_num) and save it again.")
+        raise _fail(
+            path,
+            "the image contains NaN or infinite values. Replace them with real numbers "
+            "(for example with numpy.nan_to_num) and save it again.",
+        )
     if not raw and arr.dtype != np.uint8:
         raw = True
     return MedicalImage(pixels=np.ascontiguousarray(arr), raw=raw, source_format=fmt)
@@ -95,17 +120,23 @@ def _read_pillow(path: str, max_pixels: int, sniffed: bool) -> MedicalImage:
                 # I;16*, I and F modes keep their native depth for windowing.
                 arr, raw = np.array(im), True
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise _fail(path, f"the image header declares far more pixels than the limit of "
-                          f"{max_pixels:,} per slice (possible decompression bomb). "
-                          "Downsample it before uploading.") from None
+        raise _fail(
+            path,
+            f"the image header declares far more pixels than the limit of "
+            f"{max_pixels:,} per slice (possible decompression bomb). "
+            "Downsample it before uploading.",
+        ) from None
     except InvalidImageError:
         raise
     except Exception as exc:  # Pillow signals corruption with many exception types
         if sniffed:
             raise _fail(path, f"the file type was not recognised. {_SUPPORTED_TEXT}") from None
-        raise _fail(path, f"the image could not be decoded ({type(exc).__name__}: {exc}). The file is "
-                          "probably truncated or corrupt, or not really the type its name suggests; "
-                          "export it again.") from None
+        raise _fail(
+            path,
+            f"the image could not be decoded ({type(exc).__name__}: {exc}). The file is "
+            "probably truncated or corrupt, or not really the type its name suggests; "
+            "export it again.",
+        ) from None
     return _finish(path, arr[None] if arr.ndim == 3 else arr, raw, fmt, max_pixels)
 
 
@@ -121,7 +152,7 @@ def _read_tiff(path: str, max_pixels: int) -> MedicalImage:
             if "Y" in axes and "X" in axes:
                 height, width = shape[axes.index("Y")], shape[axes.index("X")]
             else:
-                height, width = (shape[-2:] if len(shape) >= 2 else (1, 1))
+                height, width = shape[-2:] if len(shape) >= 2 else (1, 1)
             samples = shape[axes.index("S")] if "S" in axes else 1
             slices = int(np.prod(shape)) // max(1, height * width * samples)
             _check_plane_size(path, height, width, max(1, slices), max_pixels)
@@ -129,9 +160,12 @@ def _read_tiff(path: str, max_pixels: int) -> MedicalImage:
     except InvalidImageError:
         raise
     except Exception as exc:
-        raise _fail(path, f"the TIFF could not be decoded ({type(exc).__name__}: {exc}). It may be "
-                          "truncated, corrupt or use a compression that needs the 'imagecodecs' "
-                          "package; save it uncompressed and try again.") from None
+        raise _fail(
+            path,
+            f"the TIFF could not be decoded ({type(exc).__name__}: {exc}). It may be "
+            "truncated, corrupt or use a compression that needs the 'imagecodecs' "
+            "package; save it uncompressed and try again.",
+        ) from None
     rgb = False
     if "S" in axes:
         arr = np.moveaxis(arr, axes.index("S"), -1)  # planar RGB -> channels-last
@@ -147,7 +181,7 @@ def _read_tiff(path: str, max_pixels: int) -> MedicalImage:
         raise _fail(path, f"TIFF pixel array has unexpected shape {arr.shape}.")
     # Pages, channels of a hyperstack, time points...: all become slices.
     lead = arr.shape[: arr.ndim - spatial]
-    arr = arr.reshape((int(np.prod(lead)),) + arr.shape[arr.ndim - spatial:])
+    arr = arr.reshape((int(np.prod(lead)),) + arr.shape[arr.ndim - spatial :])
     return _finish(path, arr, arr.dtype not in (np.uint8, np.bool_), "tiff", max_pixels)
 
 
@@ -161,19 +195,24 @@ def _read_npy(path: str, max_pixels: int) -> MedicalImage:
     except Exception as exc:
         raise _fail(path, f"not a valid NumPy .npy file ({exc}). Save arrays with numpy.save.") from None
     if dtype.hasobject:
-        raise _fail(path, "the array holds Python objects (pickled data), which are never loaded for "
-                          "safety. Save a plain numeric array, e.g. numpy.save(path, arr.astype('float32')).")
+        raise _fail(
+            path,
+            "the array holds Python objects (pickled data), which are never loaded for "
+            "safety. Save a plain numeric array, e.g. numpy.save(path, arr.astype('float32')).",
+        )
     if dtype.kind not in "uifb":
         raise _fail(path, f"array type {dtype} is not a numeric image; use an integer or float array.")
     if len(shape) == 3 and shape[-1] == 1:
         shape = shape[:2]
     if len(shape) == 3 and shape[-1] != 3:
-        hint = (" It looks channels-first; move the channel axis last with numpy.moveaxis(arr, 0, -1)."
-                if shape[0] in (1, 3) else " For a 3-D volume, use NIfTI or DICOM.")
+        hint = (
+            " It looks channels-first; move the channel axis last with numpy.moveaxis(arr, 0, -1)."
+            if shape[0] in (1, 3)
+            else " For a 3-D volume, use NIfTI or DICOM."
+        )
         raise _fail(path, f"array shape {shape} is not an image; expected H x W, H x W x 1 or H x W x 3.{hint}")
     if len(shape) not in (2, 3):
-        raise _fail(path, f"array has {len(shape)} dimension(s) {shape}; expected H x W, H x W x 1 or "
-                          "H x W x 3.")
+        raise _fail(path, f"array has {len(shape)} dimension(s) {shape}; expected H x W, H x W x 1 or H x W x 3.")
     _check_plane_size(path, int(shape[0]), int(shape[1]), 1, max_pixels)
     try:
         arr = np.load(path, allow_pickle=False)
@@ -204,14 +243,18 @@ def _read_dicom(path: str, max_pixels: int) -> MedicalImage:
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError:
-        raise _fail(path, "not a DICOM file (the 'DICM' marker is missing). Export it again from the "
-                          "PACS or viewer as a standard DICOM file.") from None
+        raise _fail(
+            path,
+            "not a DICOM file (the 'DICM' marker is missing). Export it again from the "
+            "PACS or viewer as a standard DICOM file.",
+        ) from None
     except Exception as exc:
-        raise _fail(path, f"the DICOM file could not be parsed ({exc}); it is probably truncated or "
-                          "corrupt.") from None
+        raise _fail(path, f"the DICOM file could not be parsed ({exc}); it is probably truncated or corrupt.") from None
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise _fail(path, "this DICOM file holds no image (for example a report or structure set). "
-                          "Choose an image series instead.")
+        raise _fail(
+            path,
+            "this DICOM file holds no image (for example a report or structure set). Choose an image series instead.",
+        )
     rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     frames = int(ds.get("NumberOfFrames") or 1)
     _check_plane_size(path, rows, cols, frames, max_pixels)
@@ -221,11 +264,15 @@ def _read_dicom(path: str, max_pixels: int) -> MedicalImage:
         arr = ds.pixel_array
     except Exception as exc:
         if syntax is not None and syntax.is_compressed:
-            raise _fail(path, f"its pixel data is compressed as '{syntax.name}', which cannot be decoded "
-                              f"here ({exc}). Convert it to uncompressed DICOM (e.g. 'gdcmconv --raw') or "
-                              "install a decoder such as pylibjpeg.") from None
-        raise _fail(path, f"the DICOM pixel data could not be decoded ({exc}); the file is probably "
-                          "truncated or corrupt.") from None
+            raise _fail(
+                path,
+                f"its pixel data is compressed as '{syntax.name}', which cannot be decoded "
+                f"here ({exc}). Convert it to uncompressed DICOM (e.g. 'gdcmconv --raw') or "
+                "install a decoder such as pylibjpeg.",
+            ) from None
+        raise _fail(
+            path, f"the DICOM pixel data could not be decoded ({exc}); the file is probably truncated or corrupt."
+        ) from None
     samples = int(ds.get("SamplesPerPixel") or 1)
     if frames == 1:
         arr = arr[None]
@@ -247,8 +294,11 @@ def _nifti_to_slices(path: str, img: DataobjImage, max_pixels: int) -> MedicalIm
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) not in (2, 3):
-        raise _fail(path, f"NIfTI image has shape {tuple(img.shape)}; only 2-D images and 3-D volumes are "
-                          "supported. Split 4-D series into one volume per time point or channel.")
+        raise _fail(
+            path,
+            f"NIfTI image has shape {tuple(img.shape)}; only 2-D images and 3-D volumes are "
+            "supported. Split 4-D series into one volume per time point or channel.",
+        )
     x, y = shape[0], shape[1]
     _check_plane_size(path, y, x, shape[2] if len(shape) == 3 else 1, max_pixels)
     arr = np.asarray(img.dataobj).reshape(shape)
@@ -271,8 +321,10 @@ def _read_nifti(path: str, max_pixels: int, stream_kind: str | None = None) -> M
     except InvalidImageError:
         raise
     except Exception as exc:
-        raise _fail(path, f"the NIfTI file could not be read ({type(exc).__name__}: {exc}); it is "
-                          "probably truncated or corrupt.") from None
+        raise _fail(
+            path,
+            f"the NIfTI file could not be read ({type(exc).__name__}: {exc}); it is probably truncated or corrupt.",
+        ) from None
 
 
 def _nifti_magic(head: bytes) -> str | None:
@@ -315,8 +367,9 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
     if not p.exists():
         raise InvalidImageError(f"Image file not found: {shown}. Check the path and try again.")
     if p.is_dir():
-        raise _fail(shown, "this is a folder, not an image file. Choose one image file (for a DICOM "
-                           "series, one .dcm file).")
+        raise _fail(
+            shown, "this is a folder, not an image file. Choose one image file (for a DICOM series, one .dcm file)."
+        )
     if p.stat().st_size == 0:
         raise _fail(shown, "the file is empty (0 bytes); the upload or export probably failed.")
     name = p.name.lower()

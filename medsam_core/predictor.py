@@ -53,8 +53,14 @@ def _check_rgb(rgb: np.ndarray) -> np.ndarray:
 
 
 class Predictor:
-    def __init__(self, model: LoadedModel, cache: EmbeddingCache | None = None, backend: str = "auto",
-                 onnx_dir: str | Path | None = None, chunk_boxes: int = DECODE_CHUNK_BOXES):
+    def __init__(
+        self,
+        model: LoadedModel,
+        cache: EmbeddingCache | None = None,
+        backend: str = "auto",
+        onnx_dir: str | Path | None = None,
+        chunk_boxes: int = DECODE_CHUNK_BOXES,
+    ):
         if chunk_boxes < 1:
             raise ValueError("chunk_boxes must be at least 1")
         self.chunk_boxes = int(chunk_boxes)
@@ -86,13 +92,24 @@ class Predictor:
             features = self.cache.put(key, self.backend.encode(tensor))
             self.encoder_runs += 1
         return Embedding(
-            features=features, family=self.family, encoder_digest=self.model.encoder_digest,
-            original_size=(int(rgb.shape[0]), int(rgb.shape[1])), input_size=self.preprocessor.input_size,
-            key=key, cache_hit=hit, encode_ms=(time.perf_counter() - start) * 1000,
+            features=features,
+            family=self.family,
+            encoder_digest=self.model.encoder_digest,
+            original_size=(int(rgb.shape[0]), int(rgb.shape[1])),
+            input_size=self.preprocessor.input_size,
+            key=key,
+            cache_hit=hit,
+            encode_ms=(time.perf_counter() - start) * 1000,
         )
 
-    def decode(self, embedding: Embedding, boxes: Any = None, points: Any = None, mask_input: Any = None,
-               multimask: bool | None = None) -> Prediction:
+    def decode(
+        self,
+        embedding: Embedding,
+        boxes: Any = None,
+        points: Any = None,
+        mask_input: Any = None,
+        multimask: bool | None = None,
+    ) -> Prediction:
         """Boxes ``[x0, y0, x1, y1]`` and points ``(x, y, label)`` in original pixels.
 
         Several boxes decode in batches of ``chunk_boxes``: the decoder copies the
@@ -102,16 +119,23 @@ class Predictor:
         no box (ambiguous), off otherwise.
         """
         self._check_model(embedding)
-        return self.decode_prompts(embedding, validate_prompts(boxes, points, embedding.original_size),
-                                   mask_input=mask_input, multimask=multimask)
+        return self.decode_prompts(
+            embedding,
+            validate_prompts(boxes, points, embedding.original_size),
+            mask_input=mask_input,
+            multimask=multimask,
+        )
 
-    def decode_prompts(self, embedding: Embedding, prompts: Prompts, mask_input: Any = None,
-                       multimask: bool | None = None) -> Prediction:
+    def decode_prompts(
+        self, embedding: Embedding, prompts: Prompts, mask_input: Any = None, multimask: bool | None = None
+    ) -> Prediction:
         """``decode`` for prompts a caller already checked (``validate_prompts``), so they are checked once."""
         self._check_model(embedding)
         if prompts.size != embedding.original_size:
-            raise PromptError(f"the prompts were checked against a {prompts.size[1]}x{prompts.size[0]} image, but "
-                              f"this embedding is of a {embedding.original_size[1]}x{embedding.original_size[0]} one")
+            raise PromptError(
+                f"the prompts were checked against a {prompts.size[1]}x{prompts.size[0]} image, but "
+                f"this embedding is of a {embedding.original_size[1]}x{embedding.original_size[0]} one"
+            )
         start = time.perf_counter()
         size = embedding.original_size
         box_arr, pts, pt_labels = prompts.boxes, prompts.points, prompts.point_labels
@@ -127,22 +151,33 @@ class Predictor:
             hi = min(lo + self.chunk_boxes, n_prompts)
             chunk = None if box_arr is None else box_arr[lo:hi]
             masks[lo:hi], low_res[lo:hi], iou[lo:hi] = self._decode_rows(
-                features, chunk, pts, pt_labels, masks_in[lo:hi], has_mask, size, multimask)
-        return Prediction(masks=masks, low_res_logits=low_res, iou=iou,
-                          decode_ms=(time.perf_counter() - start) * 1000, boxes=box_arr)
+                features, chunk, pts, pt_labels, masks_in[lo:hi], has_mask, size, multimask
+            )
+        return Prediction(
+            masks=masks, low_res_logits=low_res, iou=iou, decode_ms=(time.perf_counter() - start) * 1000, boxes=box_arr
+        )
 
     def _check_model(self, embedding: Embedding) -> None:
         if embedding.family != self.family or embedding.encoder_digest != self.model.encoder_digest:
             raise ValueError("this embedding was made by another model; encode the image with this predictor")
 
-    def _decode_rows(self, features: np.ndarray, boxes: np.ndarray | None, pts: np.ndarray | None,
-                     pt_labels: np.ndarray | None, masks_in: np.ndarray, has_mask: np.ndarray, size: tuple[int, int],
-                     multimask: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _decode_rows(
+        self,
+        features: np.ndarray,
+        boxes: np.ndarray | None,
+        pts: np.ndarray | None,
+        pt_labels: np.ndarray | None,
+        masks_in: np.ndarray,
+        has_mask: np.ndarray,
+        size: tuple[int, int],
+        multimask: bool,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One decoder call for a chunk of boxes (or one points-only prompt): masks, low-res logits, IoU."""
         scale = self.preprocessor.scale_coords
         coords, labels = build_prompt_arrays(
             None if boxes is None else scale(boxes.reshape(-1, 2, 2), size).reshape(-1, 4),
-            None if pts is None else scale(pts, size), pt_labels,
+            None if pts is None else scale(pts, size),
+            pt_labels,
         )
         all_logits, all_iou = self.backend.decode(features, coords, labels, masks_in, has_mask)
         rows = np.arange(len(all_iou))
@@ -154,4 +189,3 @@ class Predictor:
     def segment(self, rgb: np.ndarray, boxes: Any = None, points: Any = None) -> tuple[Embedding, Prediction]:
         embedding = self.encode(rgb)
         return embedding, self.decode(embedding, boxes=boxes, points=points)
-

@@ -65,8 +65,10 @@ def _pairs(src: Path) -> Iterator[tuple[str, Path, Path]]:
                 yield case, image, labels[case]
         if found:
             return
-    raise MedsamError(f"{src}: found no image/label pairs; expected images/ + masks/, images/ + labels/ "
-                      "or imagesTr/ + labelsTr/ with matching names")
+    raise MedsamError(
+        f"{src}: found no image/label pairs; expected images/ + masks/, images/ + labels/ "
+        "or imagesTr/ + labelsTr/ with matching names"
+    )
 
 
 def _read_series(folder: Path, max_pixels: int) -> MedicalImage:
@@ -121,8 +123,15 @@ def _resize_labels(labels: np.ndarray, size: int, min_px: int) -> tuple[np.ndarr
     return out.astype(np.uint8), dropped
 
 
-def prepare_folder(src: str | Path, out: str | Path, *, window: str | None = None, size: int = 1024,
-                   min_object_px: int = 100, max_pixels: int = 100_000_000) -> PrepareReport:
+def prepare_folder(
+    src: str | Path,
+    out: str | Path,
+    *,
+    window: str | None = None,
+    size: int = 1024,
+    min_object_px: int = 100,
+    max_pixels: int = 100_000_000,
+) -> PrepareReport:
     src, out = Path(src), Path(out)
     if size < 64:
         raise MedsamError("--size must be at least 64 pixels")
@@ -130,12 +139,17 @@ def prepare_folder(src: str | Path, out: str | Path, *, window: str | None = Non
     (out / "gts").mkdir(parents=True, exist_ok=True)
     report = PrepareReport()
     for case, image_path, label_path in _pairs(src):
-        image = _read_series(image_path, max_pixels) if image_path.is_dir() else read_image(image_path,
-                                                                                            max_pixels=max_pixels)
+        image = (
+            _read_series(image_path, max_pixels)
+            if image_path.is_dir()
+            else read_image(image_path, max_pixels=max_pixels)
+        )
         labels = _read_labels(label_path)
         if labels.shape != (image.num_slices, image.height, image.width):
-            raise InvalidImageError(f"{label_path}: labels are {labels.shape} (slices, H, W) but the image is "
-                                    f"{(image.num_slices, image.height, image.width)}")
+            raise InvalidImageError(
+                f"{label_path}: labels are {labels.shape} (slices, H, W) but the image is "
+                f"{(image.num_slices, image.height, image.width)}"
+            )
         report.cases += 1
         volume = image.num_slices > 1
         for index in range(image.num_slices):

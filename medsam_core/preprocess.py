@@ -59,8 +59,9 @@ class Preprocessor:
         """(B, 1, h, w) low-res logits -> (B, 1, H, W) logits at the original resolution."""
         new_h, new_w = self.resized_size(*original_size)
         if low_res.shape[-1] != self.input_size:
-            low_res = F.interpolate(low_res, size=(self.input_size, self.input_size), mode="bilinear",
-                                    align_corners=False)
+            low_res = F.interpolate(
+                low_res, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False
+            )
         cropped = low_res[..., :new_h, :new_w]
         return F.interpolate(cropped, size=original_size, mode="bilinear", align_corners=False)
 

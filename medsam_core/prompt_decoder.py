@@ -36,8 +36,14 @@ class PromptDecoder(nn.Module):
             embedding = embedding + pe.point_embeddings[index].weight * (labels == index).to(embedding.dtype)
         return embedding
 
-    def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
-                mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Coordinates are in the model's input frame. Returns all 4 mask logits and their IoU scores."""
         pe = self.prompt_encoder
         batch = point_coords.shape[0]
@@ -54,13 +60,14 @@ class PromptDecoder(nn.Module):
         return _run_decoder(decoder, image + dense, image_pe, tokens)
 
 
-def _run_decoder(decoder: Any, src: torch.Tensor, pos_src: torch.Tensor,
-                 tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _run_decoder(
+    decoder: Any, src: torch.Tensor, pos_src: torch.Tensor, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``MaskDecoder.predict_masks`` minus its batch expansion (upstream SAM always repeats)."""
     b, c, h, w = src.shape
     hs, src = decoder.transformer(src, pos_src, tokens)
     iou_token_out = hs[:, 0, :]
-    mask_tokens_out = hs[:, 1:(1 + decoder.num_mask_tokens), :]
+    mask_tokens_out = hs[:, 1 : (1 + decoder.num_mask_tokens), :]
     upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
     hyper = torch.stack(
         [decoder.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in range(decoder.num_mask_tokens)],
@@ -71,8 +78,9 @@ def _run_decoder(decoder: Any, src: torch.Tensor, pos_src: torch.Tensor,
     return masks, decoder.iou_prediction_head(iou_token_out)
 
 
-def build_prompt_arrays(boxes: np.ndarray | None, points: np.ndarray | None,
-                        point_labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def build_prompt_arrays(
+    boxes: np.ndarray | None, points: np.ndarray | None, point_labels: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """(B, 4) boxes and (N, 2) points, in the model frame -> (B, T, 2) coords and (B, T) labels.
 
     Every box gets the same points; with no box, one prompt of the points plus padding.

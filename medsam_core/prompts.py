@@ -26,8 +26,10 @@ def check_prompt_size(boxes: Any, points: Any, max_boxes: int, max_points: int) 
 
     Work per request must be bounded: each box costs a decoder pass and a full-size mask.
     """
-    for values, limit, what, setting in ((boxes, max_boxes, "boxes", "MEDSAM_MAX_BOXES_PER_PROMPT"),
-                                         (points, max_points, "points", "MEDSAM_MAX_POINTS_PER_PROMPT")):
+    for values, limit, what, setting in (
+        (boxes, max_boxes, "boxes", "MEDSAM_MAX_BOXES_PER_PROMPT"),
+        (points, max_points, "points", "MEDSAM_MAX_POINTS_PER_PROMPT"),
+    ):
         if values is None:
             continue
         try:
@@ -35,8 +37,10 @@ def check_prompt_size(boxes: Any, points: Any, max_boxes: int, max_points: int) 
         except TypeError:
             raise PromptError(f"{what} must be a list, got {_short(values)}") from None
         if count > limit:
-            raise PromptError(f"{count} {what} in one prompt; at most {limit} {what} per prompt ({setting}). "
-                              "Split the prompt into several requests")
+            raise PromptError(
+                f"{count} {what} in one prompt; at most {limit} {what} per prompt ({setting}). "
+                "Split the prompt into several requests"
+            )
 
 
 def _rows(values: Any, columns: int, what: str, form: str) -> np.ndarray | None:

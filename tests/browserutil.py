@@ -16,8 +16,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("MEDSAM_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 SCREENSHOTS = REPO / "docs" / "screenshots"
 
 
@@ -61,8 +69,13 @@ class Server:
     def __init__(self, data_dir: Path, port: int, env: dict[str, str] | None = None):
         self.data_dir, self.port = data_dir, port
         self.url = f"http://127.0.0.1:{port}"
-        self.env = {**os.environ, "MEDSAM_DATA_DIR": str(data_dir), "MEDSAM_PORT": str(port),
-                    "MEDSAM_HOST": "127.0.0.1", **(env or {})}
+        self.env = {
+            **os.environ,
+            "MEDSAM_DATA_DIR": str(data_dir),
+            "MEDSAM_PORT": str(port),
+            "MEDSAM_HOST": "127.0.0.1",
+            **(env or {}),
+        }
         self.log = data_dir / "serve.log"
         self.proc: subprocess.Popen | None = None
 
@@ -70,16 +83,23 @@ class Server:
         if app_mounts_ui():
             cmd = [sys.executable, "-m", "portal.cli", "serve"]  # exactly `medsam serve`
         else:
-            cmd = [sys.executable, "-c", "import sys; from tests.browserutil import serve_with_ui; "
-                                          "sys.exit(serve_with_ui())"]
-        self.proc = subprocess.Popen(cmd, env=self.env, cwd=REPO, stdout=open(self.log, "wb"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+            cmd = [
+                sys.executable,
+                "-c",
+                "import sys; from tests.browserutil import serve_with_ui; sys.exit(serve_with_ui())",
+            ]
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, cwd=REPO, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"medsam serve exited:\n{self.log.read_text()[-3000:]}")
-            if _status(f"{self.url}/healthz") == 200 and _status(f"{self.url}/demo/") in (200, 404) \
-                    and _status(f"{self.url}/config") in (200, 401, 403):
+            if (
+                _status(f"{self.url}/healthz") == 200
+                and _status(f"{self.url}/demo/") in (200, 404)
+                and _status(f"{self.url}/config") in (200, 401, 403)
+            ):
                 return self
             time.sleep(0.5)
         raise TimeoutError(f"medsam serve did not answer:\n{self.log.read_text()[-3000:]}")

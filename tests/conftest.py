@@ -40,8 +40,10 @@ def require(condition: bool, reason: str) -> None:
 @pytest.fixture(scope="session")
 def sample_data() -> Path:
     root = Path(os.environ.get("MEDSAM_SAMPLE_DATA", REPO.parent / "shared" / "data")).resolve()
-    require((root / "kvasir" / "images").is_dir() and (root / "busi" / "images").is_dir(),
-            f"sample data not found at {root} (set MEDSAM_SAMPLE_DATA)")
+    require(
+        (root / "kvasir" / "images").is_dir() and (root / "busi" / "images").is_dir(),
+        f"sample data not found at {root} (set MEDSAM_SAMPLE_DATA)",
+    )
     return root
 
 

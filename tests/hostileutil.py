@@ -148,11 +148,11 @@ def _patch_sizes(data: bytes, name: str, compressed: int | None = None, size: in
         start = 0
         while (start := out.find(sig, start)) != -1:
             name_at = start + (30 if sig == b"PK\x03\x04" else 46)
-            if out[name_at:name_at + len(encoded)] == encoded:
+            if out[name_at : name_at + len(encoded)] == encoded:
                 if compressed is not None:
-                    out[start + comp_at:start + comp_at + 4] = struct.pack("<I", compressed)
+                    out[start + comp_at : start + comp_at + 4] = struct.pack("<I", compressed)
                 if size is not None:
-                    out[start + size_at:start + size_at + 4] = struct.pack("<I", size)
+                    out[start + size_at : start + size_at + 4] = struct.pack("<I", size)
             start += 4
     return bytes(out)
 
@@ -221,14 +221,29 @@ def evil_checkpoint(marker: str) -> bytes:
 def multipart(filename: bytes, payload: bytes, fields: dict[str, str] | None = None) -> tuple[bytes, str]:
     """A multipart body with the file name's bytes exactly as given (httpx would escape them)."""
     boundary = b"hostile-boundary-7f3a"
-    parts = [b"--" + boundary + b'\r\nContent-Disposition: form-data; name="' + k.encode() + b'"\r\n\r\n'
-             + v.encode() + b"\r\n" for k, v in (fields or {}).items()]
-    parts.append(b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="' + filename
-                 + b'"\r\nContent-Type: application/octet-stream\r\n\r\n' + payload + b"\r\n")
+    parts = [
+        b"--"
+        + boundary
+        + b'\r\nContent-Disposition: form-data; name="'
+        + k.encode()
+        + b'"\r\n\r\n'
+        + v.encode()
+        + b"\r\n"
+        for k, v in (fields or {}).items()
+    ]
+    parts.append(
+        b"--"
+        + boundary
+        + b'\r\nContent-Disposition: form-data; name="file"; filename="'
+        + filename
+        + b'"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        + payload
+        + b"\r\n"
+    )
     return b"".join(parts) + b"--" + boundary + b"--\r\n", f"multipart/form-data; boundary={boundary.decode()}"
 
 
 def chunked(body: bytes, size: int = 64 * 1024):
     """Yield the body in pieces: httpx sends a generator with Transfer-Encoding: chunked, no Content-Length."""
     for at in range(0, len(body), size):
-        yield body[at:at + size]
+        yield body[at : at + size]

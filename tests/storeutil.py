@@ -44,7 +44,7 @@ def png_file(folder, seed: int, size=(48, 64)):
 
 def square_mask(shape=(48, 64), x0=10, y0=10, side=20):
     m = np.zeros(shape, np.uint8)
-    m[y0:y0 + side, x0:x0 + side] = 1
+    m[y0 : y0 + side, x0 : x0 + side] = 1
     return m
 
 

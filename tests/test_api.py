@@ -34,8 +34,9 @@ LIMIT_MB = 8
 
 
 def medsam(env: dict, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "portal.cli", *args], input=stdin, capture_output=True, text=True,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "portal.cli", *args], input=stdin, capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 @contextmanager
@@ -48,8 +49,13 @@ def running_portal(folder: Path, users: dict[str, str], extra_env: dict[str, str
         done = medsam(env, "user", "add", name, "--role", role, "--password-stdin", stdin=PASSWORD + "\n")
         assert done.returncode == 0 and f"created user '{name}'" in done.stdout, done.stderr
     log = open(folder / "serve.log", "wb")
-    serve = subprocess.Popen([sys.executable, "-m", "portal.cli", "serve"], env=env, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "portal.cli", "serve"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=180)
 
     def healthy():
@@ -83,9 +89,17 @@ def api(tmp_path_factory, data_dir):
     folder = tmp_path_factory.mktemp("api")
     (data_dir / "onnx").mkdir(exist_ok=True)
     (folder / "onnx").symlink_to(data_dir / "onnx", target_is_directory=True)  # export once per run
-    with running_portal(folder, USERS, {
-            "MEDSAM_MAX_UPLOAD_MB": str(LIMIT_MB), "MEDSAM_MIN_TRAINING_IMAGES": "2", "MEDSAM_TRAINING_GPU": "false",
-            "MEDSAM_METRICS_TOKEN": "scrape-secret", "MEDSAM_LOGIN_ADDRESS_MAX_FAILURES": "5"}) as portal:
+    with running_portal(
+        folder,
+        USERS,
+        {
+            "MEDSAM_MAX_UPLOAD_MB": str(LIMIT_MB),
+            "MEDSAM_MIN_TRAINING_IMAGES": "2",
+            "MEDSAM_TRAINING_GPU": "false",
+            "MEDSAM_METRICS_TOKEN": "scrape-secret",
+            "MEDSAM_LOGIN_ADDRESS_MAX_FAILURES": "5",
+        },
+    ) as portal:
         yield {**portal, "state": {}}
 
 
@@ -95,8 +109,9 @@ def call(api, method: str, path: str, user: str | None = "boss", **kwargs) -> ht
 
 
 def ok(response: httpx.Response, code: int = 200):
-    assert response.status_code == code, f"{response.request.method} {response.request.url}: " \
-                                         f"{response.status_code} {response.text[:300]}"
+    assert response.status_code == code, (
+        f"{response.request.method} {response.request.url}: {response.status_code} {response.text[:300]}"
+    )
     return response.json()
 
 
@@ -105,8 +120,14 @@ def image_count(api, pid: int) -> int:
 
 
 def wait_job(api, path: str, timeout: float = 300) -> dict:
-    return wait_for(lambda: (lambda j: j if j["state"] in ("succeeded", "failed", "cancelled") else None)(
-        ok(call(api, "GET", path))), timeout, path, interval=0.5)
+    return wait_for(
+        lambda: (lambda j: j if j["state"] in ("succeeded", "failed", "cancelled") else None)(
+            ok(call(api, "GET", path))
+        ),
+        timeout,
+        path,
+        interval=0.5,
+    )
 
 
 def test_login_and_tokens(api):
@@ -133,8 +154,9 @@ def test_first_start_creates_admin_once(tmp_path, capsys):
 
 def test_projects_and_membership(api):
     assert call(api, "POST", "/projects", user="anna", json={"name": "nope"}).status_code == 403
-    project = ok(call(api, "POST", "/projects", json={"name": "api-ct", "modality": "CT",
-                                                     "labels": ["lesion", "organ"]}), 201)
+    project = ok(
+        call(api, "POST", "/projects", json={"name": "api-ct", "modality": "CT", "labels": ["lesion", "organ"]}), 201
+    )
     assert project["labels"] == ["lesion", "organ"]
     assert call(api, "POST", "/projects", json={"name": "api-ct"}).status_code == 409
     pid = project["id"]
@@ -152,23 +174,54 @@ def test_projects_and_membership(api):
 def test_uploads_are_checked_before_anything_is_stored(api):
     pid = api["state"]["pid"]
     # The name lies; the content decides.
-    image = ok(call(api, "POST", f"/projects/{pid}/images", user="anna",
-                    files={"file": ("scan.dcm", DEMO_IMAGE.read_bytes(), "application/dicom")}), 201)
+    image = ok(
+        call(
+            api,
+            "POST",
+            f"/projects/{pid}/images",
+            user="anna",
+            files={"file": ("scan.dcm", DEMO_IMAGE.read_bytes(), "application/dicom")},
+        ),
+        201,
+    )
     assert (image["width"], image["height"]) == (512, 512) and image["filename"] == "scan.png"
     assert [s["id"] for s in image["slices"]] == [image["id"]]
     api["state"]["iid"] = image["id"]
     before = image_count(api, pid)
-    for name, payload in (("notes.png", b"not an image at all " * 50), ("cut.png", DEMO_IMAGE.read_bytes()[:3000]),
-                          ("empty.png", b"")):
+    for name, payload in (
+        ("notes.png", b"not an image at all " * 50),
+        ("cut.png", DEMO_IMAGE.read_bytes()[:3000]),
+        ("empty.png", b""),
+    ):
         r = call(api, "POST", f"/projects/{pid}/images", files={"file": (name, payload, "image/png")})
         assert r.status_code == 400 and r.json()["detail"], (name, r.text)
-    huge = call(api, "POST", f"/projects/{pid}/images",
-                files={"file": ("huge.npy", os.urandom((LIMIT_MB + 1) * 1024 * 1024), "application/octet-stream")})
+    huge = call(
+        api,
+        "POST",
+        f"/projects/{pid}/images",
+        files={"file": ("huge.npy", os.urandom((LIMIT_MB + 1) * 1024 * 1024), "application/octet-stream")},
+    )
     assert huge.status_code == 413 and "MEDSAM_MAX_UPLOAD_MB" in huge.json()["detail"]
-    assert call(api, "POST", f"/projects/{pid}/images", content=b"x", headers={
-        **api["as"]["boss"], "Content-Type": "application/octet-stream"}).status_code == 400
-    assert call(api, "POST", f"/projects/{pid}/images", user="otto",
-                files={"file": ("ct.png", DEMO_IMAGE.read_bytes(), "image/png")}).status_code == 404
+    assert (
+        call(
+            api,
+            "POST",
+            f"/projects/{pid}/images",
+            content=b"x",
+            headers={**api["as"]["boss"], "Content-Type": "application/octet-stream"},
+        ).status_code
+        == 400
+    )
+    assert (
+        call(
+            api,
+            "POST",
+            f"/projects/{pid}/images",
+            user="otto",
+            files={"file": ("ct.png", DEMO_IMAGE.read_bytes(), "image/png")},
+        ).status_code
+        == 404
+    )
     assert image_count(api, pid) == before
     again = ok(call(api, "POST", f"/projects/{pid}/images", files={"file": ("ct.png", DEMO_IMAGE.read_bytes())}), 201)
     assert again["id"] == image["id"]  # the same file dedupes
@@ -191,8 +244,15 @@ def test_segment_with_boxes(api):
     assert set(np.unique(png)) == {0, 255}
     again = ok(call(api, "POST", f"/images/{iid}/segment", user="anna", json={"boxes": [DEMO_BOX]}))
     assert again["cache_hit"] and again["timing_ms"]["encode_wait"] == 0
-    two = ok(call(api, "POST", f"/images/{iid}/segment", user="anna",
-                  json={"boxes": [DEMO_BOX, [300, 200, 400, 300]], "points": None}))
+    two = ok(
+        call(
+            api,
+            "POST",
+            f"/images/{iid}/segment",
+            user="anna",
+            json={"boxes": [DEMO_BOX, [300, 200, 400, 300]], "points": None},
+        )
+    )
     assert set(np.unique(npy(api, f"/masks/{two['mask_id']}.npy"))) == {0, 1, 2} and len(two["areas"]) == 2
     for body in ({"boxes": [[600, 600, 700, 700]]}, {"boxes": [[10, 10, 10, 50]]}, {}, {"boxes": [[1, 2, 3]]}):
         r = call(api, "POST", f"/images/{iid}/segment", user="anna", json=body)
@@ -205,11 +265,23 @@ def test_segment_with_boxes(api):
 
 def test_annotations_conflicts_and_review(api):
     iid, mask_id = api["state"]["iid"], api["state"]["mask_id"]
-    saved = ok(call(api, "PUT", f"/images/{iid}/annotations/lesion", user="anna",
-                    json={"mask_id": mask_id, "base_revision": 0, "status": "draft"}))
+    saved = ok(
+        call(
+            api,
+            "PUT",
+            f"/images/{iid}/annotations/lesion",
+            user="anna",
+            json={"mask_id": mask_id, "base_revision": 0, "status": "draft"},
+        )
+    )
     assert saved["revision"] == 1
-    stale = call(api, "PUT", f"/images/{iid}/annotations/lesion", user="rita",
-                 json={"mask_id": mask_id, "base_revision": 0, "status": "draft"})
+    stale = call(
+        api,
+        "PUT",
+        f"/images/{iid}/annotations/lesion",
+        user="rita",
+        json={"mask_id": mask_id, "base_revision": 0, "status": "draft"},
+    )
     assert stale.status_code == 409
     assert stale.json()["detail"]["current_revision"] == 1 and stale.json()["detail"]["author"] == "anna"
     corrected = np.zeros((512, 512), np.uint8)
@@ -219,13 +291,20 @@ def test_annotations_conflicts_and_review(api):
     body = {"mask_png_base64": base64.b64encode(buf.getvalue()).decode(), "base_revision": 1, "status": "submitted"}
     assert ok(call(api, "PUT", f"/images/{iid}/annotations/lesion", user="anna", json=body))["revision"] == 2
     assert call(api, "PUT", f"/images/{iid}/annotations/bone", user="anna", json=body).status_code == 400
-    assert call(api, "PUT", f"/images/{iid}/annotations/lesion", user="anna",
-                json={"base_revision": 2}).status_code == 400
+    assert (
+        call(api, "PUT", f"/images/{iid}/annotations/lesion", user="anna", json={"base_revision": 2}).status_code == 400
+    )
     aid = saved["annotation_id"]
     assert call(api, "POST", f"/annotations/{aid}/review", user="anna", json={"decision": "approve"}).status_code == 403
     assert call(api, "POST", f"/annotations/{aid}/review", user="rita", json={"decision": "reject"}).status_code == 400
-    assert ok(call(api, "POST", f"/annotations/{aid}/review", user="rita",
-                   json={"decision": "approve", "comment": "fine"}))["status"] == "approved"
+    assert (
+        ok(
+            call(
+                api, "POST", f"/annotations/{aid}/review", user="rita", json={"decision": "approve", "comment": "fine"}
+            )
+        )["status"]
+        == "approved"
+    )
     history = ok(call(api, "GET", f"/annotations/{aid}/revisions", user="rita"))
     assert [(h["number"], h["author"]) for h in history] == [(1, "anna"), (2, "anna")]
     assert history[0]["base_mask_id"] == mask_id and history[0]["prompt"]["boxes"] == [DEMO_BOX]
@@ -251,8 +330,11 @@ def test_export_formats(api):
         else:
             (mask_name,) = [n for n in names if n.startswith("masks/lesion/")]
             data = zf.read(mask_name)
-            arr = (np.load(io.BytesIO(data), allow_pickle=False) if fmt == "npy"
-                   else np.asarray(PILImage.open(io.BytesIO(data))))
+            arr = (
+                np.load(io.BytesIO(data), allow_pickle=False)
+                if fmt == "npy"
+                else np.asarray(PILImage.open(io.BytesIO(data)))
+            )
             assert set(np.unique(arr)) == ({0, 1} if fmt == "npy" else {0, 255})
             assert [n for n in names if n.startswith("images/") and n.endswith(".png")]
     assert call(api, "GET", f"/projects/{pid}/export", params={"format": "tar"}).status_code == 422
@@ -272,8 +354,9 @@ def kvasir_zip(pairs, bad_mask: bool = False) -> bytes:
 
 
 def test_import_zip(api, sample_data):
-    project = ok(call(api, "POST", "/projects", json={"name": "api-polyps", "modality": "endoscopy",
-                                                     "labels": ["polyp"]}), 201)
+    project = ok(
+        call(api, "POST", "/projects", json={"name": "api-polyps", "modality": "endoscopy", "labels": ["polyp"]}), 201
+    )
     pid = project["id"]
     api["state"]["polyp_pid"] = pid
     pairs = sorted(first_pairs(sample_data, "kvasir", 12), key=lambda p: p[0].stat().st_size)[:4]
@@ -294,8 +377,15 @@ def test_prelabel_and_precompute_jobs(api):
     pid, images = api["state"]["polyp_pid"], api["state"]["polyp_images"]
     hostile = {"items": [{"image_id": images[0], "boxes": [[-50, -50, -1, -1]]}]}
     assert call(api, "POST", f"/projects/{pid}/prelabel", json=hostile).status_code == 400
-    job = ok(call(api, "POST", f"/projects/{pid}/prelabel",
-                  json={"items": [{"image_id": i, "boxes": [[20, 20, 200, 200]]} for i in images[:2]]}), 201)
+    job = ok(
+        call(
+            api,
+            "POST",
+            f"/projects/{pid}/prelabel",
+            json={"items": [{"image_id": i, "boxes": [[20, 20, 200, 200]]} for i in images[:2]]},
+        ),
+        201,
+    )
     done = wait_job(api, f"/jobs/{job['id']}", 180)
     assert done["state"] == "succeeded" and done["result"]["masks"] == 2, done
     warm = ok(call(api, "POST", f"/projects/{pid}/precompute"), 201)
@@ -311,8 +401,10 @@ def test_training_jobs_and_promotion(api):
     ok(call(api, "POST", f"/projects/{pid}/members", json={"username": "rita"}))
     for aid in api["state"]["polyp_annotations"]:  # boss imported them: someone else approves
         ok(call(api, "POST", f"/annotations/{aid}/review", user="rita", json={"decision": "approve"}))
-    job = ok(call(api, "POST", f"/projects/{pid}/training-jobs",
-                  json={"epochs": 1, "batch_size": 2, "val_fraction": 0.25}), 201)
+    job = ok(
+        call(api, "POST", f"/projects/{pid}/training-jobs", json={"epochs": 1, "batch_size": 2, "val_fraction": 0.25}),
+        201,
+    )
     queued = ok(call(api, "POST", f"/projects/{pid}/training-jobs", json={"epochs": 1}), 201)
     assert ok(call(api, "DELETE", f"/training-jobs/{queued['id']}"))["cancel_requested"] is True
     done = wait_job(api, f"/training-jobs/{job['id']}", 300)
@@ -346,10 +438,17 @@ def test_checkpoint_upload_is_validated_before_it_is_registered(api):
     assert again["id"] == version["id"]  # the same weights register once
     wrong = call(api, "POST", f"/projects/{pid}/models", files=sent, data={"family": "sam_vit_b"})
     assert wrong.status_code == 400 and "does not fit model family 'sam_vit_b'" in wrong.json()["detail"]
-    assert call(api, "POST", f"/projects/{pid}/models", user="anna", files=sent,
-                data={"family": "lite"}).status_code == 403
-    png = call(api, "POST", f"/projects/{pid}/models", files={"file": ("x.pth", DEMO_IMAGE.read_bytes())},
-               data={"family": "lite"})
+    assert (
+        call(api, "POST", f"/projects/{pid}/models", user="anna", files=sent, data={"family": "lite"}).status_code
+        == 403
+    )
+    png = call(
+        api,
+        "POST",
+        f"/projects/{pid}/models",
+        files={"file": ("x.pth", DEMO_IMAGE.read_bytes())},
+        data={"family": "lite"},
+    )
     assert png.status_code == 400
     versions = ok(call(api, "GET", f"/projects/{pid}/models"))["versions"]
     assert [v["id"] for v in versions].count(version["id"]) == 1
@@ -362,8 +461,12 @@ def test_metrics(api):
     scraper = api["client"].get("/metrics", headers={"Authorization": "Bearer scrape-secret"})
     assert scraper.status_code == 200
     text = api["client"].get("/metrics", headers=api["as"]["boss"]).text
-    for name in ("medsam_http_request_duration_seconds_bucket", "medsam_segment_decode_seconds_count",
-                 "medsam_segment_encode_wait_seconds_count", "medsam_queue_depth"):
+    for name in (
+        "medsam_http_request_duration_seconds_bucket",
+        "medsam_segment_decode_seconds_count",
+        "medsam_segment_encode_wait_seconds_count",
+        "medsam_queue_depth",
+    ):
         assert name in text, name
     assert 'route="/api/v1/images/{iid}/segment"' in text
 

@@ -348,4 +348,3 @@ def test_store_package_stays_free_of_web_and_queue_imports():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, f"portal.store.blobs pulled in: {done.stderr.strip()}"
-

@@ -51,7 +51,7 @@ def _synthetic(folder: Path, n: int) -> list[tuple[Path, np.ndarray]]:
         blob = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
         rgb[blob] = 200
         mask = np.zeros((192, 192), np.uint8)
-        mask[cy - ry:cy + ry + 1, cx - rx:cx + rx + 1] = 1
+        mask[cy - ry : cy + ry + 1, cx - rx : cx + rx + 1] = 1
         path = folder / f"train_{i}.png"
         PILImage.fromarray(rgb).save(path)
         out.append((path, mask))
@@ -98,8 +98,16 @@ def portal(tmp_path_factory, data_dir):
     pw = sync_playwright().start()
     browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     try:
-        yield {"url": server.url, "browser": browser, "settings": settings, "folder": folder,
-               "work": work.id, "train": train.id, "demo_image": demo_row.id, "anna": ids["anna"].id}
+        yield {
+            "url": server.url,
+            "browser": browser,
+            "settings": settings,
+            "folder": folder,
+            "work": work.id,
+            "train": train.id,
+            "demo_image": demo_row.id,
+            "anna": ids["anna"].id,
+        }
     finally:
         browser.close()
         pw.stop()
@@ -186,10 +194,18 @@ def test_annotate_brush_save_submit_then_reviewer_approves(portal):
         time.sleep(1)
         with store.transaction() as session:
             ann = session.query(Annotation).filter_by(image_id=portal["demo_image"], label=LABEL).one_or_none()
-            latest = None if ann is None else session.query(AnnotationRevision).filter_by(
-                annotation_id=ann.id, number=ann.current_revision).one_or_none()
-            if latest is not None and ann.status == AnnotationStatus.draft \
-                    and load_mask(store.blobs, latest.blob_sha)[60:140, 300:400].any():
+            latest = (
+                None
+                if ann is None
+                else session.query(AnnotationRevision)
+                .filter_by(annotation_id=ann.id, number=ann.current_revision)
+                .one_or_none()
+            )
+            if (
+                latest is not None
+                and ann.status == AnnotationStatus.draft
+                and load_mask(store.blobs, latest.blob_sha)[60:140, 300:400].any()
+            ):
                 draft = latest.number
     assert draft is not None, "no automatic draft with the brush stroke"
     page.locator("#ann-status").get_by_text("Draft saved automatically").wait_for(timeout=30_000)
@@ -204,8 +220,9 @@ def test_annotate_brush_save_submit_then_reviewer_approves(portal):
 
     with store.transaction() as session:
         ann = session.query(Annotation).filter_by(image_id=portal["demo_image"], label=LABEL).one()
-        revs = session.query(AnnotationRevision).filter_by(annotation_id=ann.id).order_by(
-            AnnotationRevision.number).all()
+        revs = (
+            session.query(AnnotationRevision).filter_by(annotation_id=ann.id).order_by(AnnotationRevision.number).all()
+        )
         assert ann.status == AnnotationStatus.submitted
         assert [r.number for r in revs] == list(range(1, draft + 3))
         mask = load_mask(store.blobs, revs[-1].blob_sha)

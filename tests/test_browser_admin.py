@@ -44,7 +44,7 @@ def _blob_images(folder: Path, n: int, seed: int) -> list[tuple[Path, np.ndarray
         yy, xx = np.mgrid[:160, :160]
         rgb[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 210
         mask = np.zeros((160, 160), np.uint8)
-        mask[cy - r:cy + r + 1, cx - r:cx + r + 1] = 1
+        mask[cy - r : cy + r + 1, cx - r : cx + r + 1] = 1
         path = folder / f"blob_{seed}_{i}.png"
         PILImage.fromarray(rgb).save(path)
         out.append((path, mask))
@@ -141,7 +141,7 @@ def test_a_failed_import_is_told_in_the_status_line_and_a_new_project_raises_no_
     expect(page.locator("#admin-images")).to_contain_text("blob_1_0", timeout=60_000)
     page.locator("#admin-export").click()
     expect(page.locator("#admin-status")).to_contain_text("Export ready", timeout=60_000)
-    (image, mask), = _blob_images(tmp_path, 1, 3)
+    ((image, mask),) = _blob_images(tmp_path, 1, 3)
     odd = mask * 7
     odd[0, 0] = 9
     bundle = _zip(tmp_path, {"images/x.png": image.read_bytes(), "masks/x.png": _png(odd)})
@@ -161,7 +161,8 @@ def test_a_failed_import_is_told_in_the_status_line_and_a_new_project_raises_no_
     page.locator("#admin-create").click()
     expect(status).to_contain_text("Created project", timeout=60_000)
     expect(page.locator("#project input").first).to_have_value(
-        __import__("re").compile(r"Fresh project \(#\d+\)"), timeout=30_000)
+        __import__("re").compile(r"Fresh project \(#\d+\)"), timeout=30_000
+    )
     page.get_by_role("tab", name="Models").click()  # the other tabs followed the new project without an error
     page.wait_for_timeout(1500)
     assert not [t for t in toast_texts(page) if "not in the list" in t or "Error" in t], toast_texts(page)
@@ -172,7 +173,7 @@ def test_a_failed_import_is_told_in_the_status_line_and_a_new_project_raises_no_
 def test_a_binary_mask_in_a_two_label_project_imports_as_the_first_label(portal, tmp_path):
     context, page = _page(portal, "admin1")
     _admin_tab(page, "Two labels")
-    (image, mask), = _blob_images(tmp_path, 1, 4)
+    ((image, mask),) = _blob_images(tmp_path, 1, 4)
     bundle = _zip(tmp_path, {"images/y.png": image.read_bytes(), "masks/y.png": _png(mask * 255)})
     page.locator("#admin-import input[type=file]").set_input_files(str(bundle))
     page.locator("#admin-import-btn").click()

@@ -58,11 +58,14 @@ def portal(tmp_path_factory, data_dir):
         for project in (loop, fixes):
             for user in (anna, rita):
                 projects.add_member(session, admin, project.id, user)
-    queue = [tx(store, images.add_image, store.blobs, settings, admin, loop.id, png_file(folder, 300 + i, SIZE))[0].id
-             for i in range(4)]
+    queue = [
+        tx(store, images.add_image, store.blobs, settings, admin, loop.id, png_file(folder, 300 + i, SIZE))[0].id
+        for i in range(4)
+    ]
     (sent_back,) = tx(store, images.add_image, store.blobs, settings, admin, fixes.id, png_file(folder, 400, SIZE))
-    rev = tx(store, annotations.save_revision, store.blobs, anna, sent_back.id, LABEL, square_mask(SIZE), 0,
-             submit=True)
+    rev = tx(
+        store, annotations.save_revision, store.blobs, anna, sent_back.id, LABEL, square_mask(SIZE), 0, submit=True
+    )
     tx(store, annotations.reject, rita, rev.annotation_id, REJECTION)
     store.close()
 
@@ -70,8 +73,14 @@ def portal(tmp_path_factory, data_dir):
     pw = sync_playwright().start()
     browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
     try:
-        yield {"url": server.url, "browser": browser, "settings": settings, "queue": queue,
-               "sent_back": sent_back.id, "folder": folder}
+        yield {
+            "url": server.url,
+            "browser": browser,
+            "settings": settings,
+            "queue": queue,
+            "sent_back": sent_back.id,
+            "folder": folder,
+        }
     finally:
         browser.close()
         pw.stop()

@@ -30,8 +30,7 @@ def vit_b_files(vit_b_state, tmp_path_factory):
         "module_prefix": folder / "ddp.pth",
     }
     torch.save(vit_b_state, files["plain"])
-    torch.save({"model": vit_b_state, "optimizer": {"state": {}, "param_groups": []}, "epoch": 3},
-               files["training"])
+    torch.save({"model": vit_b_state, "optimizer": {"state": {}, "param_groups": []}, "epoch": 3}, files["training"])
     torch.save({f"module.{k}": v for k, v in vit_b_state.items()}, files["module_prefix"])
     return files
 

@@ -34,8 +34,9 @@ def test_segment_single_box_contract(run_medsam, tmp_path):
 
 
 def test_segment_several_boxes_gives_a_label_map_and_palette(run_medsam, tmp_path):
-    result = run_medsam("segment", str(DEMO_IMAGE), "--box", *BOX, "--box", "300", "240", "420", "360",
-                        "--out", str(tmp_path), "--json")
+    result = run_medsam(
+        "segment", str(DEMO_IMAGE), "--box", *BOX, "--box", "300", "240", "420", "360", "--out", str(tmp_path), "--json"
+    )
     assert result.returncode == 0, result.stderr
     (record,) = json_lines(result.stdout)
     mask = np.load(record["mask_npy"], allow_pickle=False)
@@ -58,23 +59,25 @@ def test_segment_bad_input_writes_nothing(run_medsam, tmp_path):
     np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     out = tmp_path / "out"
     # One good and one hostile file: the request is refused whole.
-    result = run_medsam("segment", str(DEMO_IMAGE), str(tmp_path / "pickled.npy"), "--box", *BOX,
-                        "--out", str(out))
+    result = run_medsam("segment", str(DEMO_IMAGE), str(tmp_path / "pickled.npy"), "--box", *BOX, "--out", str(out))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "pickled.npy" in result.stderr
     assert "nothing was written" in result.stderr
     assert not out.exists()
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--box", "600", "600", "700", "700"], "wholly outside the 512x512 image"),
-    (["--box", *BOX, "--box", "1", "1", "50", "50", "--point", "10", "10", "1"], "at most one --box"),
-    (["--point", "10", "10", "7"], "label 7"),
-    ([], "at least one --box"),
-    (["--box", *BOX, "--model", "vit_z"], "unknown model family 'vit_z'"),
-    (["--box", *BOX, "--model", "sam_vit_b"], "--checkpoint"),
-    (["--box", *BOX, "--window", "liver"], "unknown window 'liver'"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--box", "600", "600", "700", "700"], "wholly outside the 512x512 image"),
+        (["--box", *BOX, "--box", "1", "1", "50", "50", "--point", "10", "10", "1"], "at most one --box"),
+        (["--point", "10", "10", "7"], "label 7"),
+        ([], "at least one --box"),
+        (["--box", *BOX, "--model", "vit_z"], "unknown model family 'vit_z'"),
+        (["--box", *BOX, "--model", "sam_vit_b"], "--checkpoint"),
+        (["--box", *BOX, "--window", "liver"], "unknown window 'liver'"),
+    ],
+)
 def test_segment_argument_errors_are_plain(run_medsam, tmp_path, args, fragment):
     result = run_medsam("segment", str(DEMO_IMAGE), *args, "--out", str(tmp_path / "o"))
     assert result.returncode != 0
@@ -88,8 +91,22 @@ def test_segment_nifti_volume_slice_with_window(run_medsam, tmp_path):
     volume = np.full((64, 48, 5), -1000, np.int16)  # air, in (x, y, z)
     volume[10:40, 20:40, 3] = 60  # soft tissue on slice 3 only: x 10..39, y 20..39
     nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "vol.nii.gz")
-    result = run_medsam("segment", str(tmp_path / "vol.nii.gz"), "--slice", "3", "--window", "abdomen",
-                        "--box", "8", "18", "42", "42", "--out", str(tmp_path / "o"), "--json")
+    result = run_medsam(
+        "segment",
+        str(tmp_path / "vol.nii.gz"),
+        "--slice",
+        "3",
+        "--window",
+        "abdomen",
+        "--box",
+        "8",
+        "18",
+        "42",
+        "42",
+        "--out",
+        str(tmp_path / "o"),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     (record,) = json_lines(result.stdout)
     assert record["slice"] == 3 and (record["height"], record["width"]) == (48, 64)
@@ -120,8 +137,9 @@ def test_evaluate_npy_layout_with_seeded_jitter(run_medsam, tmp_path, sample_dat
         rgb = np.asarray(Image.open(image).convert("RGB"), dtype=np.float32) / 255.0  # MedSAM's [0, 1] floats
         np.save(tmp_path / "imgs" / f"{image.stem}.npy", rgb)
         np.save(tmp_path / "gts" / f"{image.stem}.npy", (np.asarray(Image.open(mask)) > 127).astype(np.uint8))
-    runs = [run_medsam("evaluate", str(tmp_path), "--box-jitter", "20", "--seed", seed, "--json")
-            for seed in ("5", "5")]
+    runs = [
+        run_medsam("evaluate", str(tmp_path), "--box-jitter", "20", "--seed", seed, "--json") for seed in ("5", "5")
+    ]
     for r in runs:
         assert r.returncode == 0, r.stderr
     a, b = (json_lines(r.stdout) for r in runs)

@@ -20,7 +20,14 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
 REQUIRED_SERVICES = {
-    "postgres", "redis", "minio", "migrate", "portal", "worker-inference", "worker-training", "flower",
+    "postgres",
+    "redis",
+    "minio",
+    "migrate",
+    "portal",
+    "worker-inference",
+    "worker-training",
+    "flower",
 }
 GPU_WORKERS = ("worker-inference", "worker-training")
 CELERY_SUBCOMMANDS = {"worker", "flower", "inspect"}
@@ -145,7 +152,8 @@ def test_depends_on_names_existing_services(services):
                 condition = deps[dep].get("condition", "service_started")
                 if condition == "service_healthy":
                     assert "healthcheck" in services[dep], (
-                        f"{name} waits for {dep} to be healthy; it has no healthcheck")
+                        f"{name} waits for {dep} to be healthy; it has no healthcheck"
+                    )
 
 
 def test_depends_on_has_no_cycle(services):
@@ -239,7 +247,7 @@ def test_every_medsam_variable_is_a_setting(compose):
 
     keys = _all_medsam_env_keys(compose)
     assert "MEDSAM_DATABASE_URL" in keys and "MEDSAM_BROKER_URL" in keys, "the shared env was not found"
-    unknown = {k: where for k, where in keys.items() if k[len(ENV_PREFIX):].lower() not in Settings.model_fields}
+    unknown = {k: where for k, where in keys.items() if k[len(ENV_PREFIX) :].lower() not in Settings.model_fields}
     assert not unknown, f"MEDSAM_* variables that Settings does not read: {unknown}"
 
 
@@ -258,7 +266,10 @@ services:
 """
     )
     assert set(_all_medsam_env_keys(doc)) == {
-        "MEDSAM_FROM_ANCHOR", "MEDSAM_FROM_MAPPING", "MEDSAM_FROM_LIST", "MEDSAM_BARE",
+        "MEDSAM_FROM_ANCHOR",
+        "MEDSAM_FROM_MAPPING",
+        "MEDSAM_FROM_LIST",
+        "MEDSAM_BARE",
     }
 
 

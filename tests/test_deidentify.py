@@ -16,13 +16,46 @@ from medsam_core.errors import InvalidImageError
 from medsam_core.imageio import read_image
 
 STUDY, SERIES, FRAME = "1.2.826.0.1.3680043.99.1", "1.2.826.0.1.3680043.99.2", "1.2.826.0.1.3680043.99.3"
-GEOMETRY = ("Rows", "Columns", "PixelSpacing", "SliceThickness", "ImagePositionPatient",
-            "ImageOrientationPatient", "RescaleSlope", "RescaleIntercept", "WindowCenter",
-            "WindowWidth", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
-            "PhotometricInterpretation", "SamplesPerPixel", "Modality", "SOPClassUID", "PixelData")
-SECRETS = (b"DOE^JANE", b"MRN-4711", b"St Elsewhere", b"12 Main Street", b"555-0100", b"ACC-99",
-           b"DR^WHO", b"NURSE^RATCHED", b"secret-vendor", b"CT-ROOM-3", b"SN-123", b"19700101",
-           b"call me", b"OVERLAY NOTE", STUDY.encode(), SERIES.encode(), FRAME.encode())
+GEOMETRY = (
+    "Rows",
+    "Columns",
+    "PixelSpacing",
+    "SliceThickness",
+    "ImagePositionPatient",
+    "ImageOrientationPatient",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "WindowCenter",
+    "WindowWidth",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "SamplesPerPixel",
+    "Modality",
+    "SOPClassUID",
+    "PixelData",
+)
+SECRETS = (
+    b"DOE^JANE",
+    b"MRN-4711",
+    b"St Elsewhere",
+    b"12 Main Street",
+    b"555-0100",
+    b"ACC-99",
+    b"DR^WHO",
+    b"NURSE^RATCHED",
+    b"secret-vendor",
+    b"CT-ROOM-3",
+    b"SN-123",
+    b"19700101",
+    b"call me",
+    b"OVERLAY NOTE",
+    STUDY.encode(),
+    SERIES.encode(),
+    FRAME.encode(),
+)
 
 
 def _pixels(offset: int = 0) -> np.ndarray:

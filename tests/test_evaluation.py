@@ -25,9 +25,11 @@ USERS = {"boss": "admin", "rita": "reviewer"}
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, data_dir):
     # The torch backend: three versions of one encoder, and no ONNX export per decoder variant.
-    with running_portal(tmp_path_factory.mktemp("evaluation"), USERS, {
-            "MEDSAM_MIN_TRAINING_IMAGES": "2", "MEDSAM_TRAINING_GPU": "false",
-            "MEDSAM_INFERENCE_BACKEND": "torch"}) as portal:
+    with running_portal(
+        tmp_path_factory.mktemp("evaluation"),
+        USERS,
+        {"MEDSAM_MIN_TRAINING_IMAGES": "2", "MEDSAM_TRAINING_GPU": "false", "MEDSAM_INFERENCE_BACKEND": "torch"},
+    ) as portal:
         yield portal
 
 
@@ -38,8 +40,10 @@ def checkpoint(worse: bool = False) -> bytes:
 
     state = torch.load(bundled_lite_checkpoint(), map_location="cpu", weights_only=True)
     if worse:
-        for key in ("mask_decoder.output_hypernetworks_mlps.0.layers.2.weight",
-                    "mask_decoder.output_hypernetworks_mlps.0.layers.2.bias"):
+        for key in (
+            "mask_decoder.output_hypernetworks_mlps.0.layers.2.weight",
+            "mask_decoder.output_hypernetworks_mlps.0.layers.2.bias",
+        ):
             state[key] = -state[key]
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -47,8 +51,16 @@ def checkpoint(worse: bool = False) -> bytes:
 
 
 def upload(api, pid: int, name: str, data: bytes) -> dict:
-    return ok(call(api, "POST", f"/projects/{pid}/models", files={"file": (f"{name}.pth", data)},
-                   data={"family": "lite", "name": name}), 201)
+    return ok(
+        call(
+            api,
+            "POST",
+            f"/projects/{pid}/models",
+            files={"file": (f"{name}.pth", data)},
+            data={"family": "lite", "name": name},
+        ),
+        201,
+    )
 
 
 def scores(api, pid: int) -> dict[int, float | None]:
@@ -56,8 +68,9 @@ def scores(api, pid: int) -> dict[int, float | None]:
 
 
 def new_project(api, name: str) -> int:
-    pid = ok(call(api, "POST", "/projects", json={"name": name, "modality": "endoscopy", "labels": ["polyp"]}),
-             201)["id"]
+    pid = ok(call(api, "POST", "/projects", json={"name": name, "modality": "endoscopy", "labels": ["polyp"]}), 201)[
+        "id"
+    ]
     ok(call(api, "POST", f"/projects/{pid}/members", json={"username": "rita", "role": "reviewer"}))
     return pid
 

@@ -67,75 +67,200 @@ UPLOAD, IMPORT, SEGMENT = "/projects/{pid}/images", "/projects/{pid}/import", "/
 CORRUPT = ("corrupt", "damaged", "crc", "not a readable zip")
 CASES = [
     Case("upload-empty", "POST", UPLOAD, 400, ("empty",), upload("scan.png", lambda: b"")),
-    Case("upload-truncated-png", "POST", UPLOAD, 400, ("truncated",),
-         upload("cut.png", lambda: DEMO_IMAGE.read_bytes()[:3000])),
+    Case(
+        "upload-truncated-png",
+        "POST",
+        UPLOAD,
+        400,
+        ("truncated",),
+        upload("cut.png", lambda: DEMO_IMAGE.read_bytes()[:3000]),
+    ),
     Case("upload-png-bomb", "POST", UPLOAD, 400, ("downsample", "too large"), upload("bomb.png", h.png_bomb)),
     Case("upload-npy-pickled", "POST", UPLOAD, 400, ("pickled",), upload("obj.npy", h.npy_pickled)),
     Case("upload-npy-nan", "POST", UPLOAD, 400, ("nan",), upload("nan.npy", h.npy_nan)),
-    Case("upload-npy-rank4", "POST", UPLOAD, 400, ("dimension",),
-         upload("r4.npy", lambda: h.npy(np.zeros((2, 3, 4, 5), np.uint8)))),
+    Case(
+        "upload-npy-rank4",
+        "POST",
+        UPLOAD,
+        400,
+        ("dimension",),
+        upload("r4.npy", lambda: h.npy(np.zeros((2, 3, 4, 5), np.uint8))),
+    ),
     Case("upload-npy-lying-shape", "POST", UPLOAD, 400, ("truncated",), upload("lie.npy", h.npy_lying_shape)),
     Case("upload-dicom-garbage", "POST", UPLOAD, 400, ("corrupt", "no image"), upload("junk.dcm", h.dicom_garbage)),
-    Case("upload-dicom-lying-rows", "POST", UPLOAD, 400, ("truncated", "corrupt"),
-         upload("lie.dcm", lambda: h.dicom(512, 512, b"\0" * 64))),
-    Case("upload-dicom-huge-dims", "POST", UPLOAD, 400, ("downsample",),
-         upload("huge.dcm", lambda: h.dicom(60000, 60000, b"\0" * 64))),
+    Case(
+        "upload-dicom-lying-rows",
+        "POST",
+        UPLOAD,
+        400,
+        ("truncated", "corrupt"),
+        upload("lie.dcm", lambda: h.dicom(512, 512, b"\0" * 64)),
+    ),
+    Case(
+        "upload-dicom-huge-dims",
+        "POST",
+        UPLOAD,
+        400,
+        ("downsample",),
+        upload("huge.dcm", lambda: h.dicom(60000, 60000, b"\0" * 64)),
+    ),
     Case("upload-nifti-lying-dims", "POST", UPLOAD, 400, ("truncated", "corrupt"), upload("lie.nii", h.nifti_lying)),
-    Case("upload-nii-gz-truncated", "POST", UPLOAD, 400, ("truncated", "corrupt"),
-         upload("cut.nii.gz", h.nifti_gz_truncated)),
+    Case(
+        "upload-nii-gz-truncated",
+        "POST",
+        UPLOAD,
+        400,
+        ("truncated", "corrupt"),
+        upload("cut.nii.gz", h.nifti_gz_truncated),
+    ),
     Case("upload-random-bytes", "POST", UPLOAD, 400, ("not a supported file",), upload("noise.png", h.random_bytes)),
     Case("upload-zip", "POST", UPLOAD, 400, ("import",), upload("batch.zip", lambda: h.zip_of(h.pair(0)))),
-    Case("upload-oversize-content-length", "POST", UPLOAD, 413, ("MEDSAM_MAX_UPLOAD_MB",),
-         upload("huge.npy", lambda: b"\x93NUMPY" + bytes(OVER_LIMIT))),
-    Case("upload-oversize-chunked", "POST", UPLOAD, 413, ("MEDSAM_MAX_UPLOAD_MB",),
-         lambda w: streamed(*h.multipart(b"huge.npy", b"\x93NUMPY" + bytes(OVER_LIMIT)))),
+    Case(
+        "upload-oversize-content-length",
+        "POST",
+        UPLOAD,
+        413,
+        ("MEDSAM_MAX_UPLOAD_MB",),
+        upload("huge.npy", lambda: b"\x93NUMPY" + bytes(OVER_LIMIT)),
+    ),
+    Case(
+        "upload-oversize-chunked",
+        "POST",
+        UPLOAD,
+        413,
+        ("MEDSAM_MAX_UPLOAD_MB",),
+        lambda w: streamed(*h.multipart(b"huge.npy", b"\x93NUMPY" + bytes(OVER_LIMIT))),
+    ),
     Case("import-bad-crc", "POST", IMPORT, 400, CORRUPT, upload("crc.zip", h.zip_bad_crc)),
     Case("import-lying-sizes", "POST", IMPORT, 400, CORRUPT, upload("lie.zip", h.zip_lying_sizes)),
     Case("import-zip-bomb", "POST", IMPORT, 400, ("split",), upload("bomb.zip", lambda: h.zip_bomb(4 * LIMIT_MB + 8))),
-    Case("import-zip-bomb-understated", "POST", IMPORT, 400, ("split",) + CORRUPT,
-         upload("bomb.zip", lambda: h.zip_bomb(4 * LIMIT_MB + 8, declared=1000))),
-    Case("import-png-bomb-mask", "POST", IMPORT, 400, ("downsample", "too large", "far more pixels"),
-         upload("bomb.zip", h.zip_png_bomb_mask)),
+    Case(
+        "import-zip-bomb-understated",
+        "POST",
+        IMPORT,
+        400,
+        ("split",) + CORRUPT,
+        upload("bomb.zip", lambda: h.zip_bomb(4 * LIMIT_MB + 8, declared=1000)),
+    ),
+    Case(
+        "import-png-bomb-mask",
+        "POST",
+        IMPORT,
+        400,
+        ("downsample", "too large", "far more pixels"),
+        upload("bomb.zip", h.zip_png_bomb_mask),
+    ),
     Case("import-symlink", "POST", IMPORT, 400, ("symbolic link",), upload("link.zip", h.zip_symlink)),
-    Case("import-zip-slip", "POST", IMPORT, 400, ("evil.png",),
-         upload("slip.zip", lambda: h.zip_slip("../../images/evil.png"))),
-    Case("import-absolute-name", "POST", IMPORT, 400, ("abs.png",),
-         upload("abs.zip", lambda: h.zip_slip("/images/abs.png"))),
+    Case(
+        "import-zip-slip",
+        "POST",
+        IMPORT,
+        400,
+        ("evil.png",),
+        upload("slip.zip", lambda: h.zip_slip("../../images/evil.png")),
+    ),
+    Case(
+        "import-absolute-name",
+        "POST",
+        IMPORT,
+        400,
+        ("abs.png",),
+        upload("abs.zip", lambda: h.zip_slip("/images/abs.png")),
+    ),
     Case("import-too-many-entries", "POST", IMPORT, 400, ("at most",), upload("many.zip", lambda: h.zip_many(20_001))),
     Case("import-not-a-zip", "POST", IMPORT, 400, ("zip",), upload("fake.zip", lambda: DEMO_IMAGE.read_bytes())),
     Case("import-masks-only", "POST", IMPORT, 400, ("no images/",), upload("masks.zip", h.zip_masks_only)),
-    Case("segment-33-boxes", "POST", SEGMENT, 400, ("MEDSAM_MAX_BOXES_PER_PROMPT",),
-         as_json({"boxes": [DEMO_BOX] * 33})),
-    Case("segment-65-points", "POST", SEGMENT, 400, ("MEDSAM_MAX_POINTS_PER_PROMPT",),
-         as_json({"points": [[140, 300, 1]] * 65})),
-    Case("segment-nan-box", "POST", SEGMENT, (400, 422), ("finite", "nan"),
-         raw_json(b'{"boxes": [[NaN, 255, 190, 350]]}')),
+    Case(
+        "segment-33-boxes", "POST", SEGMENT, 400, ("MEDSAM_MAX_BOXES_PER_PROMPT",), as_json({"boxes": [DEMO_BOX] * 33})
+    ),
+    Case(
+        "segment-65-points",
+        "POST",
+        SEGMENT,
+        400,
+        ("MEDSAM_MAX_POINTS_PER_PROMPT",),
+        as_json({"points": [[140, 300, 1]] * 65}),
+    ),
+    Case(
+        "segment-nan-box",
+        "POST",
+        SEGMENT,
+        (400, 422),
+        ("finite", "nan"),
+        raw_json(b'{"boxes": [[NaN, 255, 190, 350]]}'),
+    ),
     Case("segment-string-box", "POST", SEGMENT, 422, ("boxes",), as_json({"boxes": [["a", "b", "c", "d"]]})),
-    Case("segment-short-box", "POST", SEGMENT, (400, 422), ("x0, y0, x1, y1", "4 "),
-         as_json({"boxes": [[95, 255, 190]]})),
-    Case("segment-body-over-1mb", "POST", SEGMENT, 413, ("MEDSAM_MAX_JSON_KB",),
-         as_json({"boxes": [DEMO_BOX], "pad": "x" * BIG_JSON})),
+    Case(
+        "segment-short-box", "POST", SEGMENT, (400, 422), ("x0, y0, x1, y1", "4 "), as_json({"boxes": [[95, 255, 190]]})
+    ),
+    Case(
+        "segment-body-over-1mb",
+        "POST",
+        SEGMENT,
+        413,
+        ("MEDSAM_MAX_JSON_KB",),
+        as_json({"boxes": [DEMO_BOX], "pad": "x" * BIG_JSON}),
+    ),
     # Not even JSON, and chunked: a 413 (not 422) proves the size is checked before any parsing.
-    Case("segment-body-over-1mb-chunked", "POST", SEGMENT, 413, ("MEDSAM_MAX_JSON_KB",),
-         lambda w: streamed(b'{"boxes": ' + b"[" * BIG_JSON, "application/json")),
-    Case("prelabel-string-image-id", "POST", "/projects/{pid}/prelabel", 422, ("image_id",),
-         as_json({"items": [{"image_id": "abc", "boxes": [[1, 2, 3, 4]]}]})),
+    Case(
+        "segment-body-over-1mb-chunked",
+        "POST",
+        SEGMENT,
+        413,
+        ("MEDSAM_MAX_JSON_KB",),
+        lambda w: streamed(b'{"boxes": ' + b"[" * BIG_JSON, "application/json"),
+    ),
+    Case(
+        "prelabel-string-image-id",
+        "POST",
+        "/projects/{pid}/prelabel",
+        422,
+        ("image_id",),
+        as_json({"items": [{"image_id": "abc", "boxes": [[1, 2, 3, 4]]}]}),
+    ),
     Case("training-lr-string", "POST", "/projects/{pid}/training-jobs", 422, ("lr",), as_json({"lr": "abc"})),
     Case("training-lr-list", "POST", "/projects/{pid}/training-jobs", 422, ("lr",), as_json({"lr": [1]})),
-    Case("training-malformed-json", "POST", "/projects/{pid}/training-jobs", 422, ("json",),
-         raw_json(b'{"epochs": 1,')),
-    Case("annotation-bad-base64", "PUT", "/images/{iid}/annotations/lesion", 400, ("base64",),
-         as_json({"mask_png_base64": "%%% not base64 %%%", "base_revision": 0})),
-    Case("annotation-not-png", "PUT", "/images/{iid}/annotations/lesion", 400, ("png",),
-         mask_b64(b"GIF89a" + bytes(64))),
-    Case("annotation-wrong-size", "PUT", "/images/{iid}/annotations/lesion", 400, ("512x512",),
-         mask_b64(h.png(64, 64))),
-    Case("annotation-png-bomb", "PUT", "/images/{iid}/annotations/lesion", 400, ("512x512", "too large", "pixels"),
-         lambda w: mask_b64(h.png_bomb())(w)),
-    Case("checkpoint-reduce-payload", "POST", "/projects/{pid}/models", 400, ("weights", "refused"),
-         lambda w: {"files": {"file": ("evil.pth", h.evil_checkpoint(w["marker"]))}, "data": {"family": "lite"}}),
-    Case("checkpoint-random-bytes", "POST", "/projects/{pid}/models", 400, ("not a supported file",),
-         lambda w: {"files": {"file": ("noise.pth", h.random_bytes())}, "data": {"family": "lite"}}),
+    Case(
+        "training-malformed-json", "POST", "/projects/{pid}/training-jobs", 422, ("json",), raw_json(b'{"epochs": 1,')
+    ),
+    Case(
+        "annotation-bad-base64",
+        "PUT",
+        "/images/{iid}/annotations/lesion",
+        400,
+        ("base64",),
+        as_json({"mask_png_base64": "%%% not base64 %%%", "base_revision": 0}),
+    ),
+    Case(
+        "annotation-not-png", "PUT", "/images/{iid}/annotations/lesion", 400, ("png",), mask_b64(b"GIF89a" + bytes(64))
+    ),
+    Case(
+        "annotation-wrong-size", "PUT", "/images/{iid}/annotations/lesion", 400, ("512x512",), mask_b64(h.png(64, 64))
+    ),
+    Case(
+        "annotation-png-bomb",
+        "PUT",
+        "/images/{iid}/annotations/lesion",
+        400,
+        ("512x512", "too large", "pixels"),
+        lambda w: mask_b64(h.png_bomb())(w),
+    ),
+    Case(
+        "checkpoint-reduce-payload",
+        "POST",
+        "/projects/{pid}/models",
+        400,
+        ("weights", "refused"),
+        lambda w: {"files": {"file": ("evil.pth", h.evil_checkpoint(w["marker"]))}, "data": {"family": "lite"}},
+    ),
+    Case(
+        "checkpoint-random-bytes",
+        "POST",
+        "/projects/{pid}/models",
+        400,
+        ("not a supported file",),
+        lambda w: {"files": {"file": ("noise.pth", h.random_bytes())}, "data": {"family": "lite"}},
+    ),
 ]
 
 
@@ -148,8 +273,13 @@ def world(api):
     iid = ok(call(api, "POST", f"/projects/{pid}/images", files=demo), 201)["id"]
     other = ok(call(api, "POST", "/projects", json={"name": "secret-oncology-trial", "labels": ["x"]}), 201)["id"]
     other_iid = ok(call(api, "POST", f"/projects/{other}/images", files={"file": ("o.png", h.png(seed=77))}), 201)["id"]
-    return {"pid": pid, "iid": iid, "other": other, "other_iid": other_iid,
-            "marker": str(Path(api["folder"]).parent / "reduce-ran-marker")}
+    return {
+        "pid": pid,
+        "iid": iid,
+        "other": other,
+        "other_iid": other_iid,
+        "marker": str(Path(api["folder"]).parent / "reduce-ran-marker"),
+    }
 
 
 def written(folder: Path) -> dict[str, int]:
@@ -206,8 +336,11 @@ def _safe_name(name: str) -> None:
     assert "/" not in name and "\\" not in name and not name.startswith("."), repr(name)
 
 
-@pytest.mark.parametrize("name", [b"a" * 296 + b".png", b"../../etc/pa\x00ss\x01\x07\x1b[2J\x7fwd..%2f.png"],
-                         ids=["long-name", "nul-control-dotdot-name"])
+@pytest.mark.parametrize(
+    "name",
+    [b"a" * 296 + b".png", b"../../etc/pa\x00ss\x01\x07\x1b[2J\x7fwd..%2f.png"],
+    ids=["long-name", "nul-control-dotdot-name"],
+)
 def test_odd_names_are_accepted_safely(api, world, name: bytes):
     body, ctype = h.multipart(name, h.png(seed=len(name)))
     image = ok(call(api, "POST", UPLOAD.format(**world), content=body, headers={"Content-Type": ctype}), 201)
@@ -225,8 +358,15 @@ def test_exports_survive_odd_names(api, world):
     Image.fromarray(mask).save(buf, format="PNG")
     assert world.get("odd"), "run with the odd-name uploads first"
     for iid in world["odd"]:
-        ok(call(api, "PUT", f"/images/{iid}/annotations/lesion", user="anna",
-                json={"mask_png_base64": base64.b64encode(buf.getvalue()).decode(), "base_revision": 0}))
+        ok(
+            call(
+                api,
+                "PUT",
+                f"/images/{iid}/annotations/lesion",
+                user="anna",
+                json={"mask_png_base64": base64.b64encode(buf.getvalue()).decode(), "base_revision": 0},
+            )
+        )
     for fmt in ("npy", "png", "seed"):
         r = call(api, "GET", f"/projects/{world['pid']}/export", params={"format": fmt, "size": 64})
         assert r.status_code == 200, f"{fmt}: {r.status_code} {r.text[:300]}"
@@ -283,8 +423,9 @@ def test_security_headers(api, path):
     assert r.headers.get("x-content-type-options") == "nosniff", dict(r.headers)
     assert r.headers.get("referrer-policy"), dict(r.headers)
     csp = r.headers.get("content-security-policy", "")
-    assert r.headers.get("x-frame-options", "").upper() in ("DENY", "SAMEORIGIN") or "frame-ancestors" in csp, \
-        dict(r.headers)
+    assert r.headers.get("x-frame-options", "").upper() in ("DENY", "SAMEORIGIN") or "frame-ancestors" in csp, dict(
+        r.headers
+    )
 
 
 def test_server_log_is_clean(api):

@@ -27,8 +27,16 @@ def _ramp(h: int = 6, w: int = 8, dtype=np.uint8) -> np.ndarray:
     return (np.arange(h * w).reshape(h, w) % 250).astype(dtype)
 
 
-def _dicom(path, pixels: np.ndarray, *, slope=None, intercept=None, photometric="MONOCHROME2",
-           syntax=ExplicitVRLittleEndian, pixel_bytes=None):
+def _dicom(
+    path,
+    pixels: np.ndarray,
+    *,
+    slope=None,
+    intercept=None,
+    photometric="MONOCHROME2",
+    syntax=ExplicitVRLittleEndian,
+    pixel_bytes=None,
+):
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -61,15 +69,21 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 def _png_header_only(path, width: int, height: int) -> None:
     """A tiny PNG whose header claims a huge image: the decompression-bomb shape."""
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-                     + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 # ---------------------------------------------------------------- formats
 
 
-@pytest.mark.parametrize("mode, shape", [("L", (1, 6, 8)), ("RGB", (1, 6, 8, 3)), ("RGBA", (1, 6, 8, 3)),
-                                         ("P", (1, 6, 8, 3)), ("1", (1, 6, 8))])
+@pytest.mark.parametrize(
+    "mode, shape",
+    [("L", (1, 6, 8)), ("RGB", (1, 6, 8, 3)), ("RGBA", (1, 6, 8, 3)), ("P", (1, 6, 8, 3)), ("1", (1, 6, 8))],
+)
 def test_png_8bit_modes(tmp_path, mode, shape):
     Image.fromarray(_ramp()).convert(mode).save(tmp_path / "a.png")
     img = read_image(tmp_path / "a.png")
@@ -117,14 +131,17 @@ def test_tiff_multipage_stack(tmp_path):
     np.testing.assert_array_equal(img.pixels[3], stack[3])
 
 
-@pytest.mark.parametrize("arr, shape, raw", [
-    (_ramp(), (1, 6, 8), False),
-    (_ramp()[..., None], (1, 6, 8), False),
-    (np.stack([_ramp()] * 3, -1), (1, 6, 8, 3), False),
-    (_ramp(dtype=np.int16) - 100, (1, 6, 8), True),
-    (_ramp(dtype=np.float32) / 3, (1, 6, 8), True),
-    (np.stack([_ramp(dtype=np.float64)] * 3, -1), (1, 6, 8, 3), True),
-])
+@pytest.mark.parametrize(
+    "arr, shape, raw",
+    [
+        (_ramp(), (1, 6, 8), False),
+        (_ramp()[..., None], (1, 6, 8), False),
+        (np.stack([_ramp()] * 3, -1), (1, 6, 8, 3), False),
+        (_ramp(dtype=np.int16) - 100, (1, 6, 8), True),
+        (_ramp(dtype=np.float32) / 3, (1, 6, 8), True),
+        (np.stack([_ramp(dtype=np.float64)] * 3, -1), (1, 6, 8, 3), True),
+    ],
+)
 def test_npy_shapes_and_dtypes(tmp_path, arr, shape, raw):
     np.save(tmp_path / "a.npy", arr)
     img = read_image(tmp_path / "a.npy")
@@ -195,8 +212,7 @@ def test_sniffed_npy_and_png(tmp_path):
 
 
 def test_window_presets_edges_and_centre():
-    assert WINDOW_PRESETS == {"abdomen": (40, 400), "lung": (-600, 1500), "brain": (40, 80),
-                              "bone": (400, 1800)}
+    assert WINDOW_PRESETS == {"abdomen": (40, 400), "lung": (-600, 1500), "brain": (40, 80), "bone": (400, 1800)}
     for name, (level, width) in WINDOW_PRESETS.items():
         values = np.array([level - width / 2 - 1, level - width / 2, level, level + width / 2, 1e6])
         np.testing.assert_array_equal(window_to_uint8(values, name), [0, 0, 127, 255, 255])
@@ -340,14 +356,17 @@ def test_non_finite_refused_in_nifti_and_tiff(tmp_path):
             read_image(tmp_path / name)
 
 
-@pytest.mark.parametrize("shape, fragment", [
-    ((2, 3, 4, 5), "4 dimension"),
-    ((10,), "1 dimension"),
-    ((6, 8, 2), "expected H x W, H x W x 1 or H x W x 3"),
-    ((3, 20, 30), "channels-first"),
-    ((1, 30), "at least 2 x 2"),
-    ((30, 1, 3), "at least 2 x 2"),
-])
+@pytest.mark.parametrize(
+    "shape, fragment",
+    [
+        ((2, 3, 4, 5), "4 dimension"),
+        ((10,), "1 dimension"),
+        ((6, 8, 2), "expected H x W, H x W x 1 or H x W x 3"),
+        ((3, 20, 30), "channels-first"),
+        ((1, 30), "at least 2 x 2"),
+        ((30, 1, 3), "at least 2 x 2"),
+    ],
+)
 def test_bad_npy_shapes(tmp_path, shape, fragment):
     np.save(tmp_path / "s.npy", np.zeros(shape, np.float32))
     with pytest.raises(InvalidImageError, match=fragment):
@@ -390,8 +409,12 @@ def test_text_saved_as_dcm(tmp_path):
 
 def test_dicom_compressed_without_decoder(tmp_path):
     pixels = np.zeros((4, 4), np.uint16)
-    path = _dicom(tmp_path / "ls.dcm", pixels, syntax=JPEGLSLossless,
-                  pixel_bytes=encapsulate([b"\xff\xd8\xff\xf7garbage\xff\xd9"]))
+    path = _dicom(
+        tmp_path / "ls.dcm",
+        pixels,
+        syntax=JPEGLSLossless,
+        pixel_bytes=encapsulate([b"\xff\xd8\xff\xf7garbage\xff\xd9"]),
+    )
     assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == JPEGLSLossless
     with pytest.raises(InvalidImageError, match="compressed as 'JPEG-LS Lossless"):
         read_image(path)

@@ -24,8 +24,15 @@ from tests.conftest import DEMO_IMAGE, REPO
 def grid_boxes(width: int, height: int, n: int, side: int = 60) -> list[list[int]]:
     """n distinct boxes tiled over the image, none degenerate."""
     cols = max(1, (width - side) // side)
-    return [[(i % cols) * side, (i // cols) * side % (height - side), (i % cols) * side + side,
-             (i // cols) * side % (height - side) + side] for i in range(n)]
+    return [
+        [
+            (i % cols) * side,
+            (i // cols) * side % (height - side),
+            (i % cols) * side + side,
+            (i // cols) * side % (height - side) + side,
+        ]
+        for i in range(n)
+    ]
 
 
 def test_prompt_caps_count_rows_before_anything_else():
@@ -93,8 +100,13 @@ def test_memory_comes_back_after_32_box_prompts(data_dir):
     """Before chunking and without ONNX Runtime's arena on the decoder, three 32-box prompts
     left about 1.6 GB resident for good; the issue's bound is 200 MB."""
     (data_dir / "onnx").mkdir(exist_ok=True)
-    done = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(DEMO_IMAGE), str(data_dir / "onnx")],
-                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", _MEMORY_PROBE, str(DEMO_IMAGE), str(data_dir / "onnx")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     assert figures["after"] - figures["before"] < 200, figures
@@ -164,8 +176,9 @@ def test_undecodable_bytes_are_a_422_not_a_500():
     client = TestClient(_tiny_app(1024), raise_server_exceptions=False)
     answer = client.post("/api/v1/typed", content=b"\xff\xfe\x00", headers={"content-type": "application/octet-stream"})
     assert answer.status_code == 422 and "3 bytes" in answer.text
-    nan = client.post("/api/v1/typed", content=b'{"boxes": [[NaN, 1, 2, 3]]}',
-                      headers={"content-type": "application/json"})
+    nan = client.post(
+        "/api/v1/typed", content=b'{"boxes": [[NaN, 1, 2, 3]]}', headers={"content-type": "application/json"}
+    )
     assert nan.status_code == 200  # pydantic takes NaN here; the prompt checks refuse it with a 400
 
 

@@ -55,8 +55,10 @@ def _next_drawn(page, count: int) -> dict:
 
 
 def _ready(page):
-    page.evaluate("() => { window.__medsamDrawn = 0; "
-                  "document.addEventListener('medsam-mask', () => { window.__medsamDrawn += 1; }); }")
+    page.evaluate(
+        "() => { window.__medsamDrawn = 0; "
+        "document.addEventListener('medsam-mask', () => { window.__medsamDrawn += 1; }); }"
+    )
     page.locator("#ann-annotator .live-wrap[data-ready]").wait_for(timeout=120_000)
     return image_frame(page, "#ann-annotator", 512, 512)
 
@@ -102,8 +104,10 @@ def test_live_box_and_points_draw_the_servers_mask_and_record_it(portal):
     page.locator("#ann-annotator .live-clear").click()
     page.mouse.click(*at(140, 300))  # a point alone (SAM's multimask choice, as on the server)
     alone = _next_drawn(page, 4)
-    assert alone["prompt"] == {"boxes": [], "points": [[alone["prompt"]["points"][0][0],
-                                                         alone["prompt"]["points"][0][1], 1]]}
+    assert alone["prompt"] == {
+        "boxes": [],
+        "points": [[alone["prompt"]["points"][0][0], alone["prompt"]["points"][0][1], 1]],
+    }
     _proposal_matches(page, portal, alone, "Dice 1.000")
     assert page.errors == []
     context.close()

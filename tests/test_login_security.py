@@ -81,8 +81,11 @@ def attempt(store, name: str, password: str, address: str) -> users.LoginOutcome
 
 def audit(store, action: str, username: str) -> list[AuditEvent]:
     with store.transaction() as session:
-        return [e for e in session.scalars(select(AuditEvent).where(AuditEvent.action == action))
-                if e.details.get("username") == username]
+        return [
+            e
+            for e in session.scalars(select(AuditEvent).where(AuditEvent.action == action))
+            if e.details.get("username") == username
+        ]
 
 
 def test_lock_after_max_failures_refuses_without_checking_the_password(store, hasher):
@@ -185,8 +188,9 @@ def test_parallel_guesses_cannot_outrun_the_count(store, hasher):
 
 
 def api_login(api, name: str, password: str, address: str):
-    return api["client"].post("/api/v1/auth/token", data={"username": name, "password": password},
-                              headers={"X-Forwarded-For": address})
+    return api["client"].post(
+        "/api/v1/auth/token", data={"username": name, "password": password}, headers={"X-Forwarded-For": address}
+    )
 
 
 def server_audit(api, action: str, username: str) -> list[AuditEvent]:
@@ -216,8 +220,9 @@ def test_ui_login_is_throttled_like_the_api(api):
     here = "192.0.2.20"
 
     def ui_login(name, password, address=here):
-        return api["client"].post("/login", data={"username": name, "password": password},
-                                  headers={"X-Forwarded-For": address})
+        return api["client"].post(
+            "/login", data={"username": name, "password": password}, headers={"X-Forwarded-For": address}
+        )
 
     assert [ui_login("anna", WRONG).status_code for _ in range(5)] == [400] * 5
     refused = ui_login("anna", PASSWORD)

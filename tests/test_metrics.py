@@ -6,7 +6,7 @@ from medsam_core.metrics import dice, iou, normalized_surface_dice
 
 def square(size=20, x0=5, y0=5, side=10):
     m = np.zeros((size, size), bool)
-    m[y0:y0 + side, x0:x0 + side] = True
+    m[y0 : y0 + side, x0 : x0 + side] = True
     return m
 
 

@@ -87,6 +87,7 @@ def patient_dicom(folder: Path, sample_data) -> Path:
 
 # -- DICOM names and hashes ---------------------------------------------------------------------------------
 
+
 def test_dicom_is_named_from_deidentified_fields_and_hashed_as_stored(store, admin, project, tmp_path, sample_data):
     path = patient_dicom(tmp_path, sample_data)
     (row,) = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, path, filename=PATIENT)
@@ -94,11 +95,14 @@ def test_dicom_is_named_from_deidentified_fields_and_hashed_as_stored(store, adm
     stored = store.blobs.get_bytes(row.blob_sha)
     assert row.sha256 == hashlib.sha256(stored).hexdigest() == row.blob_sha
     assert b"424242" not in stored
-    assert [r.id for r in tx(store, images.add_image, store.blobs, store.settings, admin, project.id, path,
-                                filename=PATIENT)] == [row.id]
+    assert [
+        r.id
+        for r in tx(store, images.add_image, store.blobs, store.settings, admin, project.id, path, filename=PATIENT)
+    ] == [row.id]
     with store.transaction() as session:
-        (event,) = session.scalars(select(AuditEvent).where(AuditEvent.action == "image.upload",
-                                                            AuditEvent.target_id == row.id))
+        (event,) = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "image.upload", AuditEvent.target_id == row.id)
+        )
         details = json.dumps(event.details)
     assert event.details["sha256"] == row.sha256 and not any(s in details for s in SECRETS)
     tx(store, ann.save_revision, store.blobs, admin, row.id, "liver", square_mask((512, 512), 200, 200, 60), 0)
@@ -128,8 +132,16 @@ def test_dicom_without_series_fields_is_named_by_its_content(store, admin, proje
 def test_a_project_may_keep_original_names_and_admins_change_it(store, admin, tmp_path, sample_data):
     keeping = _project(store, admin, keep_original_names=True)
     assert keeping.keep_original_names is True and keeping.allow_self_review is False
-    (row,) = tx(store, images.add_image, store.blobs, store.settings, admin, keeping.id,
-                   patient_dicom(tmp_path, sample_data), filename=PATIENT)
+    (row,) = tx(
+        store,
+        images.add_image,
+        store.blobs,
+        store.settings,
+        admin,
+        keeping.id,
+        patient_dicom(tmp_path, sample_data),
+        filename=PATIENT,
+    )
     assert row.filename == PATIENT and b"424242" not in store.blobs.get_bytes(row.blob_sha)
     reviewer = new_user(store, Role.reviewer)
     with store.transaction() as session:
@@ -141,35 +153,57 @@ def test_a_project_may_keep_original_names_and_admins_change_it(store, admin, tm
     with pytest.raises(StoreError, match="true or false"), store.transaction() as session:
         projects.update_project(session, admin, keeping.id, allow_self_review="yes")
     with store.transaction() as session:
-        changed = projects.update_project(session, admin, keeping.id, keep_original_names=False,
-                                          allow_self_review=True)
+        changed = projects.update_project(session, admin, keeping.id, keep_original_names=False, allow_self_review=True)
         assert (changed.keep_original_names, changed.allow_self_review) == (False, True)
     with store.transaction() as session:
-        (event,) = session.scalars(select(AuditEvent).where(AuditEvent.action == "project.update",
-                                                            AuditEvent.project_id == keeping.id))
-        assert event.details == {"keep_original_names": {"from": True, "to": False},
-                                 "allow_self_review": {"from": False, "to": True}}
+        (event,) = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "project.update", AuditEvent.project_id == keeping.id)
+        )
+        assert event.details == {
+            "keep_original_names": {"from": True, "to": False},
+            "allow_self_review": {"from": False, "to": True},
+        }
 
 
 # -- long and odd names ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("sent, kept", [
-    ("a" * 300 + ".png", "a" * images.MAX_STEM_CHARS + ".png"),
-    ("../../etc/evil\x00na\u202eme\n.png", "evilname.png"),
-    ("C:\\Users\\jdoe\\Desktop\\scan.png", "scan.png"),
-    ("..", "upload"),
-    ("  .hidden.png ", "hidden.png"),
-])
+
+@pytest.mark.parametrize(
+    "sent, kept",
+    [
+        ("a" * 300 + ".png", "a" * images.MAX_STEM_CHARS + ".png"),
+        ("../../etc/evil\x00na\u202eme\n.png", "evilname.png"),
+        ("C:\\Users\\jdoe\\Desktop\\scan.png", "scan.png"),
+        ("..", "upload"),
+        ("  .hidden.png ", "hidden.png"),
+    ],
+)
 def test_stored_names_are_cleaned_and_capped(store, admin, project, tmp_path, sent, kept):
-    (row,) = tx(store, images.add_image, store.blobs, store.settings, admin, project.id,
-                   png_file(tmp_path, len(sent) + ord(sent[0])), filename=sent)
+    (row,) = tx(
+        store,
+        images.add_image,
+        store.blobs,
+        store.settings,
+        admin,
+        project.id,
+        png_file(tmp_path, len(sent) + ord(sent[0])),
+        filename=sent,
+    )
     assert row.filename == kept and len(row.filename) <= 255
 
 
 @pytest.mark.parametrize("fmt", ["npy", "png", "seed"])
 def test_exports_work_and_name_entries_by_id_and_a_short_stem(store, admin, project, tmp_path, fmt):
-    (row,) = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, png_file(tmp_path, 7),
-                   filename="x" * 300 + ".png")
+    (row,) = tx(
+        store,
+        images.add_image,
+        store.blobs,
+        store.settings,
+        admin,
+        project.id,
+        png_file(tmp_path, 7),
+        filename="x" * 300 + ".png",
+    )
     legacy = "dir/" + "a" * 240 + " é.png"  # a row stored before names were capped: too long for a file name
     with store.transaction() as session:
         session.get(Image, row.id).filename = legacy
@@ -181,12 +215,14 @@ def test_exports_work_and_name_entries_by_id_and_a_short_stem(store, admin, proj
             manifest = json.loads(zf.read("manifest.json"))
     finally:
         shutil.rmtree(folder)
-    assert names and all(re.fullmatch(rf"{row.id}_[A-Za-z0-9_.-]{{1,40}}\.(npy|png)", n.split("/")[-1])
-                         for n in names), names
+    assert names and all(
+        re.fullmatch(rf"{row.id}_[A-Za-z0-9_.-]{{1,40}}\.(npy|png)", n.split("/")[-1]) for n in names
+    ), names
     assert manifest["items"][0]["filename"] == legacy
 
 
 # -- bad zips ----------------------------------------------------------------------------------------------
+
 
 def _png(seed: int) -> bytes:
     rng = np.random.default_rng(seed)
@@ -203,13 +239,18 @@ def _mask_png() -> bytes:
 
 def _png_bomb(side: int = 20_000) -> bytes:
     """About 50 kB that declares side x side pixels: a 1-bit PNG of zeros."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     packer, row = zlib.compressobj(9), b"\0" * (1 + (side + 7) // 8)
     data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", data)
+        + chunk(b"IEND", b"")
+    )
 
 
 def _zip(entries: list[tuple], method=zipfile.ZIP_DEFLATED) -> bytes:
@@ -229,8 +270,10 @@ def _headers(data: bytes, name: str):
     raw, found = name.encode(), []
     for sig, name_at, len_at in ((b"PK\x03\x04", 30, 26), (b"PK\x01\x02", 46, 28)):
         pos = data.find(sig)
-        while pos >= 0 and not (data[pos + name_at:pos + name_at + len(raw)] == raw
-                                and struct.unpack_from("<H", data, pos + len_at)[0] == len(raw)):
+        while pos >= 0 and not (
+            data[pos + name_at : pos + name_at + len(raw)] == raw
+            and struct.unpack_from("<H", data, pos + len_at)[0] == len(raw)
+        ):
             pos = data.find(sig, pos + 1)
         found.append(pos)
     return found
@@ -266,27 +309,42 @@ def _many_entries():
 
 
 BAD_ZIPS = {
-    "wrong CRC": (lambda: _corrupt_data(_zip([("images/b.png", _png(2))], zipfile.ZIP_STORED), "images/b.png", 200),
-                  r"damaged.*images/b\.png.*CRC"),
+    "wrong CRC": (
+        lambda: _corrupt_data(_zip([("images/b.png", _png(2))], zipfile.ZIP_STORED), "images/b.png", 200),
+        r"damaged.*images/b\.png.*CRC",
+    ),
     "a header that lies about the size": (
-        lambda: _forge(_zip([("images/b.png", _png(2))]), "images/b.png", "size", 100), r"damaged.*images/b\.png"),
+        lambda: _forge(_zip([("images/b.png", _png(2))]), "images/b.png", "size", 100),
+        r"damaged.*images/b\.png",
+    ),
     "a zip bomb whose header says 1000 bytes": (
-        lambda: _forge(_zip([("images/b.png", b"\0" * (50 << 20))]), "images/b.png", "size", 1000), r"damaged"),
+        lambda: _forge(_zip([("images/b.png", b"\0" * (50 << 20))]), "images/b.png", "size", 1000),
+        r"damaged",
+    ),
     "corrupt deflate data": (
         lambda: _corrupt_data(_zip([("images/b.png", _png(2))]), "images/b.png", 0, 0xFF),
-        r"damaged.*compressed data is corrupt"),
+        r"damaged.*compressed data is corrupt",
+    ),
     "an unknown compression method": (
-        lambda: _forge(_zip([("images/b.png", _png(2))]), "images/b.png", "method", 99), r"compression method 99"),
+        lambda: _forge(_zip([("images/b.png", _png(2))]), "images/b.png", "method", 99),
+        r"compression method 99",
+    ),
     "an encrypted entry": (
-        lambda: _forge(_zip([("images/b.png", _png(2))]), "images/b.png", "flags", 1), r"images/b\.png.*encrypted"),
+        lambda: _forge(_zip([("images/b.png", _png(2))]), "images/b.png", "flags", 1),
+        r"images/b\.png.*encrypted",
+    ),
     "a symlink entry": (
-        lambda: _zip([("images/b.png", b"../../../etc/passwd", (stat.S_IFLNK | 0o777) << 16)]), r"symbolic link"),
+        lambda: _zip([("images/b.png", b"../../../etc/passwd", (stat.S_IFLNK | 0o777) << 16)]),
+        r"symbolic link",
+    ),
     "zip slip with ..": (lambda: _zip([("../../images/evil.png", _png(3))]), r"'\.\./\.\./images/evil\.png'.*outside"),
     "zip slip inside images/": (lambda: _zip([("images/../../evil.png", _png(3))]), r"outside"),
     "an absolute path": (lambda: _zip([("/tmp/images/evil.png", _png(3))]), r"'/tmp/images/evil\.png'.*outside"),
     "too many entries": (_many_entries, rf"at most {MAX_ZIP_ENTRIES}"),
-    "a PNG bomb as a mask": (lambda: _zip([("images/b.png", _png(2)), ("masks/b.png", _png_bomb())]),
-                             r"masks/b\.png: .*decompression bomb"),
+    "a PNG bomb as a mask": (
+        lambda: _zip([("images/b.png", _png(2)), ("masks/b.png", _png_bomb())]),
+        r"masks/b\.png: .*decompression bomb",
+    ),
     "a PNG bomb as an image": (lambda: _zip([("images/b.png", _png_bomb())]), r"images/b\.png: .*decompression bomb"),
 }
 
@@ -329,14 +387,20 @@ def _import(store, admin, pid, data: bytes, tmp_path) -> dict:
 def test_a_binary_mask_in_a_two_label_project_is_the_first_label_and_the_report_says_so(store, admin, tmp_path):
     with store.transaction() as session:
         pid = projects.create_project(session, admin, f"p-{uuid.uuid4().hex[:6]}", "ct", ["organ", "tumour"]).id
-    report = _import(store, admin, pid, _zip([("images/b.png", _png(2)), ("masks/tumour/b.png", _mask_png())]),
-                     tmp_path)
+    report = _import(
+        store, admin, pid, _zip([("images/b.png", _png(2)), ("masks/tumour/b.png", _mask_png())]), tmp_path
+    )
     assert (report["images"], report["annotations"]) == (2, 2)
     (note,) = report["notes"]
     assert "masks/a.png" in note and "'organ', the first label" in note and "masks/tumour/" in note
     with store.transaction() as session:
-        got = set(session.execute(select(Image.filename, Annotation.label).join(
-            Annotation, Annotation.image_id == Image.id).where(Image.project_id == pid)).all())
+        got = set(
+            session.execute(
+                select(Image.filename, Annotation.label)
+                .join(Annotation, Annotation.image_id == Image.id)
+                .where(Image.project_id == pid)
+            ).all()
+        )
     assert got == {("a.png", "organ"), ("b.png", "tumour")}
 
 
@@ -356,8 +420,9 @@ def test_a_mask_of_unknown_values_names_the_real_label_folders(store, admin, tmp
 def test_over_http_settings_names_and_bad_zips(api, sample_data, tmp_path):  # noqa: F811
     """The same rules through the real server: 201/200 with the switches, 422 for wrong types, 403 for a
     reviewer, a PHI-free name for a DICOM upload, and a 400 with its message for each bad zip."""
-    project = ok(call(api, "POST", "/projects", json={"name": "names-http", "labels": ["liver"],
-                                                     "allow_self_review": True}), 201)
+    project = ok(
+        call(api, "POST", "/projects", json={"name": "names-http", "labels": ["liver"], "allow_self_review": True}), 201
+    )
     pid = project["id"]
     assert (project["keep_original_names"], project["allow_self_review"]) == (False, True)
     for body in ({"keep_original_names": "abc"}, {"name": "renamed"}):
@@ -381,34 +446,72 @@ def test_over_http_settings_names_and_bad_zips(api, sample_data, tmp_path):  # n
 
 # -- existing rows -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
 def test_the_migration_makes_existing_dicom_rows_phi_free(kind, tmp_path):
     now = datetime.now(timezone.utc)
-    tables = {name: sa.table(name, *(sa.column(c, sa.JSON if c in ("details", "label_classes") else None)
-                                     for c in cols)) for name, cols in {
-        "projects": ("id", "name", "modality", "label_classes", "created_at"),
-        "images": ("id", "project_id", "filename", "sha256", "blob_sha", "width", "height", "modality",
-                   "slice_index", "num_slices", "created_at"),
-        "audit_events": ("id", "at", "action", "target_type", "target_id", "project_id", "details")}.items()}
+    tables = {
+        name: sa.table(name, *(sa.column(c, sa.JSON if c in ("details", "label_classes") else None) for c in cols))
+        for name, cols in {
+            "projects": ("id", "name", "modality", "label_classes", "created_at"),
+            "images": (
+                "id",
+                "project_id",
+                "filename",
+                "sha256",
+                "blob_sha",
+                "width",
+                "height",
+                "modality",
+                "slice_index",
+                "num_slices",
+                "created_at",
+            ),
+            "audit_events": ("id", "at", "action", "target_type", "target_id", "project_id", "details"),
+        }.items()
+    }
     row = dict(project_id=1, width=8, height=8, modality="ct", num_slices=1, created_at=now, slice_index=0)
     with temporary_database(kind, tmp_path) as url:
         engine = make_engine(url)
         try:
             upgrade(engine, "0003")
             with engine.begin() as conn:
-                conn.execute(sa.insert(tables["projects"]).values(id=1, name="old", modality="ct", label_classes=[],
-                                                                  created_at=now))
-                conn.execute(sa.insert(tables["images"]), [
-                    dict(row, id=1, filename="Doe_John_MRN-1.dcm", sha256="a" * 64, blob_sha="b" * 64),
-                    dict(row, id=2, filename="Roe_Jane.dcm", sha256="c" * 64, blob_sha="d" * 64),
-                    dict(row, id=3, filename="Jane.png", sha256="d" * 64, blob_sha="d" * 64),  # blocks row 2's hash
-                ])
-                conn.execute(sa.insert(tables["audit_events"]), [
-                    dict(id=1, at=now, action="image.upload", target_type="image", target_id=1, project_id=1,
-                         details={"filename": "Doe_John_MRN-1.dcm", "sha256": "a" * 64, "format": "dicom"}),
-                    dict(id=2, at=now, action="image.delete", target_type="image", target_id=9, project_id=1,
-                         details={"filename": "Poe_MRN-9.dcm", "sha256": "e" * 64}),
-                ])
+                conn.execute(
+                    sa.insert(tables["projects"]).values(
+                        id=1, name="old", modality="ct", label_classes=[], created_at=now
+                    )
+                )
+                conn.execute(
+                    sa.insert(tables["images"]),
+                    [
+                        dict(row, id=1, filename="Doe_John_MRN-1.dcm", sha256="a" * 64, blob_sha="b" * 64),
+                        dict(row, id=2, filename="Roe_Jane.dcm", sha256="c" * 64, blob_sha="d" * 64),
+                        dict(row, id=3, filename="Jane.png", sha256="d" * 64, blob_sha="d" * 64),  # blocks row 2's hash
+                    ],
+                )
+                conn.execute(
+                    sa.insert(tables["audit_events"]),
+                    [
+                        dict(
+                            id=1,
+                            at=now,
+                            action="image.upload",
+                            target_type="image",
+                            target_id=1,
+                            project_id=1,
+                            details={"filename": "Doe_John_MRN-1.dcm", "sha256": "a" * 64, "format": "dicom"},
+                        ),
+                        dict(
+                            id=2,
+                            at=now,
+                            action="image.delete",
+                            target_type="image",
+                            target_id=9,
+                            project_id=1,
+                            details={"filename": "Poe_MRN-9.dcm", "sha256": "e" * 64},
+                        ),
+                    ],
+                )
             upgrade(engine)
             with engine.connect() as conn:
                 got = {r.id: (r.filename, r.sha256) for r in conn.execute(sa.select(tables["images"]))}

@@ -32,9 +32,16 @@ def success(op: dict) -> dict:
 
 def test_the_routes_are_all_there(openapi):
     names = {name for name, _ in operations(openapi)}
-    assert {"POST /api/v1/projects", "GET /api/v1/images/{iid}", "GET /api/v1/masks/{mid}.png",
-            "GET /api/v1/projects/{pid}/export", "POST /api/v1/auth/token", "GET /api/v1/jobs/{jid}",
-            "POST /api/v1/projects/{pid}/training-jobs", "GET /api/v1/projects/{pid}/models"} <= names
+    assert {
+        "POST /api/v1/projects",
+        "GET /api/v1/images/{iid}",
+        "GET /api/v1/masks/{mid}.png",
+        "GET /api/v1/projects/{pid}/export",
+        "POST /api/v1/auth/token",
+        "GET /api/v1/jobs/{jid}",
+        "POST /api/v1/projects/{pid}/training-jobs",
+        "GET /api/v1/projects/{pid}/models",
+    } <= names
 
 
 def test_every_json_route_answers_a_named_schema(openapi):
@@ -56,13 +63,16 @@ def test_every_json_route_answers_a_named_schema(openapi):
     assert not missing, missing
 
 
-@pytest.mark.parametrize("route, media_type", [
-    ("GET /api/v1/masks/{mid}.npy", "application/octet-stream"),
-    ("GET /api/v1/masks/{mid}.png", "image/png"),
-    ("GET /api/v1/annotations/{aid}/revisions/{number}.npy", "application/octet-stream"),
-    ("GET /api/v1/annotations/{aid}/revisions/{number}.png", "image/png"),
-    ("GET /api/v1/projects/{pid}/export", "application/zip"),
-])
+@pytest.mark.parametrize(
+    "route, media_type",
+    [
+        ("GET /api/v1/masks/{mid}.npy", "application/octet-stream"),
+        ("GET /api/v1/masks/{mid}.png", "image/png"),
+        ("GET /api/v1/annotations/{aid}/revisions/{number}.npy", "application/octet-stream"),
+        ("GET /api/v1/annotations/{aid}/revisions/{number}.png", "image/png"),
+        ("GET /api/v1/projects/{pid}/export", "application/zip"),
+    ],
+)
 def test_file_routes_declare_their_media_type(openapi, route, media_type):
     op = dict(operations(openapi))[route]
     assert media_type in success(op)

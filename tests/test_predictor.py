@@ -47,13 +47,16 @@ def test_box_corners_in_any_order_and_clipping(predictor, demo_embedding):
     np.testing.assert_array_equal(clipped.boxes[0], [0, 400, 100, 512])
 
 
-@pytest.mark.parametrize("box, fragment", [
-    ([600, 600, 700, 700], "wholly outside the 512x512 image"),
-    ([-90, -90, -10, -10], "wholly outside"),
-    ([100, 100, 100, 200], "no area"),
-    ([1, 2, 3], "exactly 4 numbers"),
-    ([0, 0, float("nan"), 5], "finite"),
-])
+@pytest.mark.parametrize(
+    "box, fragment",
+    [
+        ([600, 600, 700, 700], "wholly outside the 512x512 image"),
+        ([-90, -90, -10, -10], "wholly outside"),
+        ([100, 100, 100, 200], "no area"),
+        ([1, 2, 3], "exactly 4 numbers"),
+        ([0, 0, float("nan"), 5], "finite"),
+    ],
+)
 def test_bad_boxes_are_refused(predictor, demo_embedding, box, fragment):
     with pytest.raises(PromptError, match=fragment):
         predictor.decode(demo_embedding, boxes=[box])
@@ -103,8 +106,12 @@ def test_second_prompt_costs_only_the_decoder(lite_model, demo_rgb, tmp_path):
     b = p.decode(second, boxes=[DEMO_BOX]).masks
     assert np.array_equal(a, b)
     # A restart (new predictor, same folder, empty memory) still hits on disk.
-    restarted = Predictor(lite_model, EmbeddingCache(DirectoryEmbeddingStore(tmp_path, 10**8), memory_items=0),
-                          backend="onnx", onnx_dir=tmp_path.parent / "onnx-shared")
+    restarted = Predictor(
+        lite_model,
+        EmbeddingCache(DirectoryEmbeddingStore(tmp_path, 10**8), memory_items=0),
+        backend="onnx",
+        onnx_dir=tmp_path.parent / "onnx-shared",
+    )
     assert restarted.encode(demo_rgb).cache_hit and restarted.encoder_runs == 0
 
 

@@ -29,8 +29,9 @@ def test_medsam_vit_squashes_to_square_without_padding():
 def test_coordinates_map_per_axis():
     box = np.array([[100.0, 30.0], [300.0, 60.0]])
     np.testing.assert_allclose(LITE.scale_coords(box, (300, 600)), box * (256 / 600), rtol=1e-6)
-    np.testing.assert_allclose(MEDSAM_VIT.scale_coords(box, (300, 600)),
-                               box * np.array([1024 / 600, 1024 / 300]), rtol=1e-6)
+    np.testing.assert_allclose(
+        MEDSAM_VIT.scale_coords(box, (300, 600)), box * np.array([1024 / 600, 1024 / 300]), rtol=1e-6
+    )
     np.testing.assert_allclose(SAM_VIT.scale_coords(box, (300, 600)), box * (1024 / 600), rtol=1e-4)
 
 

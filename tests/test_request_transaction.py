@@ -37,8 +37,9 @@ def saved(store, name: str) -> tuple[bool, int]:
     """Whether the project exists, and how many projects were ever audited as created."""
     with store.transaction() as session:
         exists = session.scalar(select(Project).where(Project.name == name)) is not None
-        events = session.scalar(select(func.count()).select_from(AuditEvent)
-                                .where(AuditEvent.action == "project.create"))
+        events = session.scalar(
+            select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "project.create")
+        )
         return exists, int(events or 0)
 
 

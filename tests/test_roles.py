@@ -52,10 +52,19 @@ def world(store, tmp_path):
         for user in (reviewer, annotator):
             projects.add_member(session, admin, a.id, user)
         projects.add_member(session, admin, b.id, outsider)
-    (image,) = tx(store, images.add_image, store.blobs, store.settings, admin, a.id,
-                     png_file(tmp_path, uuid.uuid4().int % 10_000))
-    return {"admin": admin, "reviewer": reviewer, "annotator": annotator, "outsider": outsider, "a": a, "b": b,
-            "image": image, "item": {"image_id": image.id, "boxes": [[5, 5, 30, 30]]}}
+    (image,) = tx(
+        store, images.add_image, store.blobs, store.settings, admin, a.id, png_file(tmp_path, uuid.uuid4().int % 10_000)
+    )
+    return {
+        "admin": admin,
+        "reviewer": reviewer,
+        "annotator": annotator,
+        "outsider": outsider,
+        "a": a,
+        "b": b,
+        "image": image,
+        "item": {"image_id": image.id, "boxes": [[5, 5, 30, 30]]},
+    }
 
 
 def job_count(store, project_id: int) -> int:
@@ -67,8 +76,13 @@ def job_count(store, project_id: int) -> int:
 def training_row(store, project_id: int, requested_by: int) -> Job:
     """A queued fine-tune as the service would leave it (nothing is sent to a broker, so nothing runs)."""
     with store.transaction() as session:
-        job = Job(kind=JobKind.finetune, project_id=project_id, requested_by=requested_by, params={"epochs": 1},
-                  epoch_metrics=[])
+        job = Job(
+            kind=JobKind.finetune,
+            project_id=project_id,
+            requested_by=requested_by,
+            params={"epochs": 1},
+            epoch_metrics=[],
+        )
         session.add(job)
         session.flush()
         return job
@@ -107,20 +121,27 @@ def test_prelabel_and_precompute_are_for_admins_in_every_path(store, world):
 def test_wrong_types_from_any_caller_are_messages_not_crashes(store, world):
     w = world
     admin, pid, iid = w["admin"], w["a"].id, w["image"].id
-    bad_items = (([{"image_id": "abc", "boxes": [[5, 5, 30, 30]]}], "item 1: image_id"),
-                 ([{"image_id": iid, "boxes": [[5, 5, 30]]}], r"item 1: boxes\[0\]"),
-                 ([{"image_id": iid, "boxes": [[5, 5, 30, float("nan")]]}], "finite"),
-                 ([w["item"], {"image_id": iid, "points": "here"}], "item 2: points"),
-                 ([{"image_id": iid, "boxes": [[5, 5, 30, 30]], "box": 1}], "item 1: box"),
-                 ("not a list", "items"))
+    bad_items = (
+        ([{"image_id": "abc", "boxes": [[5, 5, 30, 30]]}], "item 1: image_id"),
+        ([{"image_id": iid, "boxes": [[5, 5, 30]]}], r"item 1: boxes\[0\]"),
+        ([{"image_id": iid, "boxes": [[5, 5, 30, float("nan")]]}], "finite"),
+        ([w["item"], {"image_id": iid, "points": "here"}], "item 2: points"),
+        ([{"image_id": iid, "boxes": [[5, 5, 30, 30]], "box": 1}], "item 1: box"),
+        ("not a list", "items"),
+    )
     for items, message in bad_items:
         with pytest.raises(StoreError, match=message):
             dispatch.submit_segment_batch(store, admin, pid, None, items)
-    for params, message in (({"lr": "abc"}, "lr must be a number between 0 and 1"), ({"lr": [1]}, "lr must be"),
-                            ({"lr": float("inf")}, "lr must be"), ({"epochs": True}, "epochs must be"),
-                            ({"epochs": 2.5}, "epochs must be"), ({"seed": "7"}, "seed must be"),
-                            ({"early_stopping": 0}, "early stopping must be"),
-                            ({"bogus": 1}, r"unknown training parameter\(s\): bogus")):
+    for params, message in (
+        ({"lr": "abc"}, "lr must be a number between 0 and 1"),
+        ({"lr": [1]}, "lr must be"),
+        ({"lr": float("inf")}, "lr must be"),
+        ({"epochs": True}, "epochs must be"),
+        ({"epochs": 2.5}, "epochs must be"),
+        ({"seed": "7"}, "seed must be"),
+        ({"early_stopping": 0}, "early stopping must be"),
+        ({"bogus": 1}, r"unknown training parameter\(s\): bogus"),
+    ):
         with pytest.raises(StoreError, match=message):
             tx(store, training.create_job, store.blobs, store.settings, admin, pid, params)
     assert job_count(store, pid) == 0
@@ -133,8 +154,10 @@ def test_nobody_approves_a_revision_they_saved(store, world):
     with pytest.raises(PermissionDeniedError, match="someone else must approve it: ask another reviewer"):
         tx(store, ann.approve, reviewer, own.annotation_id)
     with store.transaction() as session:
-        assert session.scalar(select(func.count()).select_from(Review)
-                              .where(Review.annotation_id == own.annotation_id)) == 0
+        assert (
+            session.scalar(select(func.count()).select_from(Review).where(Review.annotation_id == own.annotation_id))
+            == 0
+        )
     # Rejecting one's own work only sends it back, so it is allowed.
     assert tx(store, ann.reject, reviewer, own.annotation_id, "redo the rim").status == AnnotationStatus.rejected
     # Someone else's newer revision of an annotation the reviewer started is theirs to approve.
@@ -171,8 +194,9 @@ def test_only_admins_learn_whether_an_account_exists(store, world):
 def test_approval_is_refused_when_the_annotation_moved_on(store, world, monkeypatch):
     """The transition is conditional on the revision that was checked, not on whatever is current."""
     w = world
-    rev = tx(store, ann.save_revision, store.blobs, w["annotator"], w["image"].id, "liver", square_mask(), 0,
-                submit=True)
+    rev = tx(
+        store, ann.save_revision, store.blobs, w["annotator"], w["image"].id, "liver", square_mask(), 0, submit=True
+    )
     real_check = ann._check_not_own
 
     def a_save_lands_meanwhile(session, actor, annotation, project):
@@ -191,14 +215,22 @@ def test_outside_ones_projects_everything_is_not_found_in_the_same_words(store, 
     w = world
     outsider, pid, iid = w["outsider"], w["a"].id, w["image"].id
     base = tx(store, model_versions.base_version)
-    mask = tx(store, record_mask, store.blobs, w["annotator"], iid, square_mask(), base.id,
-                 {"boxes": [[10, 10, 30, 30]]})
+    mask = tx(
+        store, record_mask, store.blobs, w["annotator"], iid, square_mask(), base.id, {"boxes": [[10, 10, 30, 30]]}
+    )
     rev = tx(store, ann.save_revision, store.blobs, w["annotator"], iid, "liver", square_mask(), 0)
     job = tx(store, jobs.create_job, JobKind.precompute_embeddings, {}, project_id=pid, actor=w["admin"])
     finetune = training_row(store, pid, w["admin"].id)
-    version = tx(store, model_versions.register_version, store.blobs, name="a-only", family="lite",
-            encoder_digest=base.encoder_digest,
-                                              model_digest=uuid.uuid4().hex * 2, project_id=pid)
+    version = tx(
+        store,
+        model_versions.register_version,
+        store.blobs,
+        name="a-only",
+        family="lite",
+        encoder_digest=base.encoder_digest,
+        model_digest=uuid.uuid4().hex * 2,
+        project_id=pid,
+    )
 
     def project(i):
         with store.transaction() as session:
@@ -213,8 +245,12 @@ def test_outside_ones_projects_everything_is_not_found_in_the_same_words(store, 
         "annotation approve": (lambda i: tx(store, ann.approve, outsider, i), rev.annotation_id),
         "job": (lambda i: tx(store, jobs.get_job, i, outsider), job.id),
         "training job": (lambda i: tx(store, jobs.get_job, i, outsider, kinds={JobKind.finetune}), finetune.id),
-        "model version": (lambda i: tx(store, training.create_job, store.blobs, store.settings, outsider, w["b"].id,
-                                       {"parent_version_id": i}), version.id),
+        "model version": (
+            lambda i: tx(
+                store, training.create_job, store.blobs, store.settings, outsider, w["b"].id, {"parent_version_id": i}
+            ),
+            version.id,
+        ),
     }
     for name, (look, real_id) in lookups.items():
         with pytest.raises(NotFoundError) as real:
@@ -224,11 +260,13 @@ def test_outside_ones_projects_everything_is_not_found_in_the_same_words(store, 
         assert same_words(real.value, missing.value, real_id, MISSING), (name, str(real.value), str(missing.value))
         assert "not found (or you are not a member" in str(real.value), name
         assert w["a"].name not in str(real.value) and f"project {pid}" not in str(real.value).replace(
-            f"project {pid} not found", ""), (name, str(real.value))
+            f"project {pid} not found", ""
+        ), (name, str(real.value))
     assert tx(store, images.get_image, w["annotator"], iid).id == iid  # members still see it
 
 
 # ------------------------------------------------------------------ through the real server
+
 
 def raw(api, method: str, path: str, text: str, user: str = "boss"):
     """JSON the client library would refuse to write (NaN, Infinity), sent as it is."""
@@ -248,25 +286,45 @@ def roles_project(api):
     project = ok(call(api, "POST", "/projects", json={"name": "roles-ct", "labels": ["lesion"]}), 201)
     for name in ("anna", "rita"):
         ok(call(api, "POST", f"/projects/{project['id']}/members", json={"username": name}))
-    image = ok(call(api, "POST", f"/projects/{project['id']}/images",
-                    files={"file": ("ct.png", DEMO_IMAGE.read_bytes(), "image/png")}), 201)
+    image = ok(
+        call(
+            api,
+            "POST",
+            f"/projects/{project['id']}/images",
+            files={"file": ("ct.png", DEMO_IMAGE.read_bytes(), "image/png")},
+        ),
+        201,
+    )
     return {"pid": project["id"], "name": project["name"], "iid": image["id"]}
 
 
 def test_http_job_bodies_are_typed(api, roles_project):
     pid, iid = roles_project["pid"], roles_project["iid"]
     box = f"[{', '.join(map(str, DEMO_BOX))}]"
-    prelabel = [('{"items": [{"image_id": "abc", "boxes": [%s]}]}' % box, ["items", 0, "image_id"]),
-                ('{"items": [{"image_id": %d, "boxes": [[1, 2, 3]]}]}' % iid, ["items", 0, "boxes", 0]),
-                ('{"items": [{"image_id": %d, "boxes": [[1, 2, 3, NaN]]}]}' % iid, ["items", 0, "boxes", 0, 3]),
-                ('{"items": [{"image_id": %d, "boxes": [%s, %s]}]}' % (iid, box, box), ["items", 0, "boxes"]),
-                ('{"items": []}', ["items"]), ('{"items": "all"}', ["items"]),
-                ('{"items": [{"image_id": %d}], "model_version_id": "1"}' % iid, ["model_version_id"])]
-    finetune = [('{"lr": "abc"}', ["lr"]), ('{"lr": [1]}', ["lr"]), ('{"lr": NaN}', ["lr"]),
-                ('{"lr": Infinity}', ["lr"]), ('{"lr": 0}', ["lr"]), ('{"epochs": 2.5}', ["epochs"]),
-                ('{"epochs": true}', ["epochs"]), ('{"epochs": 100000}', ["epochs"]), ('{"mode": "encoder"}', ["mode"]),
-                ('{"batch_size": "8"}', ["batch_size"]), ('{"val_fraction": 1.5}', ["val_fraction"]),
-                ('{"bogus": 1}', ["bogus"]), ('{"parent_version_id": "x"}', ["parent_version_id"])]
+    prelabel = [
+        ('{"items": [{"image_id": "abc", "boxes": [%s]}]}' % box, ["items", 0, "image_id"]),
+        ('{"items": [{"image_id": %d, "boxes": [[1, 2, 3]]}]}' % iid, ["items", 0, "boxes", 0]),
+        ('{"items": [{"image_id": %d, "boxes": [[1, 2, 3, NaN]]}]}' % iid, ["items", 0, "boxes", 0, 3]),
+        ('{"items": [{"image_id": %d, "boxes": [%s, %s]}]}' % (iid, box, box), ["items", 0, "boxes"]),
+        ('{"items": []}', ["items"]),
+        ('{"items": "all"}', ["items"]),
+        ('{"items": [{"image_id": %d}], "model_version_id": "1"}' % iid, ["model_version_id"]),
+    ]
+    finetune = [
+        ('{"lr": "abc"}', ["lr"]),
+        ('{"lr": [1]}', ["lr"]),
+        ('{"lr": NaN}', ["lr"]),
+        ('{"lr": Infinity}', ["lr"]),
+        ('{"lr": 0}', ["lr"]),
+        ('{"epochs": 2.5}', ["epochs"]),
+        ('{"epochs": true}', ["epochs"]),
+        ('{"epochs": 100000}', ["epochs"]),
+        ('{"mode": "encoder"}', ["mode"]),
+        ('{"batch_size": "8"}', ["batch_size"]),
+        ('{"val_fraction": 1.5}', ["val_fraction"]),
+        ('{"bogus": 1}', ["bogus"]),
+        ('{"parent_version_id": "x"}', ["parent_version_id"]),
+    ]
     cases = [(f"/projects/{pid}/prelabel", text, loc) for text, loc in prelabel]
     cases += [(f"/projects/{pid}/training-jobs", text, loc) for text, loc in finetune]
     cases += [(f"/projects/{pid}/precompute", '{"model_version_id": 1.5}', ["model_version_id"])]
@@ -279,8 +337,15 @@ def test_http_job_bodies_are_typed(api, roles_project):
         assert job_count(store, pid) == 0
     finally:
         store.close()
-    good = ok(call(api, "POST", f"/projects/{pid}/prelabel",
-                   json={"items": [{"image_id": iid, "boxes": [DEMO_BOX], "points": None}]}), 201)
+    good = ok(
+        call(
+            api,
+            "POST",
+            f"/projects/{pid}/prelabel",
+            json={"items": [{"image_id": iid, "boxes": [DEMO_BOX], "points": None}]},
+        ),
+        201,
+    )
     assert good["params"]["items"][0]["image_id"] == iid
     assert api["client"].get("/healthz").status_code == 200
 
@@ -325,12 +390,19 @@ def test_http_roles(api, roles_project):
     assert ok(call(api, "POST", f"/annotations/{aid}/review", json={"decision": "approve"}))["status"] == "approved"
     ok(call(api, "PATCH", f"/projects/{pid}", json={"allow_self_review": True}))
     ok(call(api, "PUT", f"/images/{iid}/annotations/lesion", user="rita", json={**body, "base_revision": 1}))
-    assert ok(call(api, "POST", f"/annotations/{aid}/review", user="rita",
-                   json={"decision": "approve"}))["status"] == "approved"
+    assert (
+        ok(call(api, "POST", f"/annotations/{aid}/review", user="rita", json={"decision": "approve"}))["status"]
+        == "approved"
+    )
 
-    for path, real_id in ((f"/projects/{pid}", pid), (f"/images/{iid}", iid), (f"/jobs/{queued.id}", queued.id),
-                          (f"/training-jobs/{finetune.id}", finetune.id), (f"/annotations/{aid}/revisions", aid),
-                          (f"/projects/{pid}/export", pid)):
+    for path, real_id in (
+        (f"/projects/{pid}", pid),
+        (f"/images/{iid}", iid),
+        (f"/jobs/{queued.id}", queued.id),
+        (f"/training-jobs/{finetune.id}", finetune.id),
+        (f"/annotations/{aid}/revisions", aid),
+        (f"/projects/{pid}/export", pid),
+    ):
         real = call(api, "GET", path, user="otto")
         missing = call(api, "GET", re.sub(rf"/{real_id}(?=/|$)", f"/{MISSING}", path), user="otto")
         assert real.status_code == missing.status_code == 404, (path, real.text, missing.text)

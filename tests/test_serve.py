@@ -53,14 +53,26 @@ def test_serve_starts_everything_and_stops_it_all(tmp_path, data_dir, sig):
     env = {**os.environ, "MEDSAM_DATA_DIR": str(tmp_path), "MEDSAM_PORT": str(port)}
     (data_dir / "onnx").mkdir(exist_ok=True)
     log = open(tmp_path / "serve.log", "wb")
-    serve = subprocess.Popen([sys.executable, "-m", "portal.cli", "serve"], env=env, stdout=log,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "portal.cli", "serve"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 120, "the web server")
         ready = wait_for(lambda: get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 60, "readiness")
         assert ready
-        workers = wait_for(lambda: [c for c in processes_with(tmp_path).values() if " worker --queues " in c]
-                           if len(processes_with(tmp_path)) >= 5 else None, 120, "both workers and their pools")
+        workers = wait_for(
+            lambda: (
+                [c for c in processes_with(tmp_path).values() if " worker --queues " in c]
+                if len(processes_with(tmp_path)) >= 5
+                else None
+            ),
+            120,
+            "both workers and their pools",
+        )
         queues = {c.split(" worker --queues ")[1].split()[0] for c in workers}
         assert queues == {"inference", "training"}  # a fine-tune never queues behind an encode
         os.kill(serve.pid, sig)

@@ -39,8 +39,9 @@ def admin(store):
 @pytest.fixture()
 def project(store, admin):
     with store.transaction() as session:
-        return projects.create_project(session, admin, f"p-{uuid.uuid4().hex[:6]}", "ct",
-                                       [{"name": "liver", "color": "#ff0000"}, "tumour"])
+        return projects.create_project(
+            session, admin, f"p-{uuid.uuid4().hex[:6]}", "ct", [{"name": "liver", "color": "#ff0000"}, "tumour"]
+        )
 
 
 def count(store, model, *where):
@@ -105,10 +106,12 @@ def test_add_image_dedupes_and_a_rejected_file_writes_nothing(store, admin, proj
 def test_volume_becomes_one_row_per_slice(store, admin, project, tmp_path):
     import nibabel as nib
 
-    nib.save(nib.Nifti1Image(np.arange(16 * 12 * 3, dtype=np.int16).reshape(16, 12, 3), np.eye(4)),
-             tmp_path / "v.nii.gz")
-    rows = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, tmp_path / "v.nii.gz",
-                 window="abdomen")
+    nib.save(
+        nib.Nifti1Image(np.arange(16 * 12 * 3, dtype=np.int16).reshape(16, 12, 3), np.eye(4)), tmp_path / "v.nii.gz"
+    )
+    rows = tx(
+        store, images.add_image, store.blobs, store.settings, admin, project.id, tmp_path / "v.nii.gz", window="abdomen"
+    )
     assert [r.slice_index for r in rows] == [0, 1, 2] and {r.num_slices for r in rows} == {3}
     assert (rows[0].height, rows[0].width) == (12, 16) and len({r.blob_sha for r in rows}) == 1
 
@@ -135,11 +138,22 @@ def test_revisions_are_append_only_and_stale_saves_conflict(store, admin, projec
         projects.add_member(session, admin, project.id, annotator)
     (image,) = tx(store, images.add_image, store.blobs, store.settings, admin, project.id, png_file(tmp_path, 2))
     base = tx(store, model_versions.base_version)
-    proposal = tx(store, record_mask, store.blobs, annotator, image.id, square_mask(), base.id,
-                     {"boxes": [[10, 10, 30, 30]]}, 0.9)
-    r1 = tx(store, ann.save_revision, store.blobs, annotator, image.id, "liver", square_mask(), 0,
-               base_mask_id=proposal.id,
-                           model_version_id=base.id, prompt={"boxes": [[10, 10, 30, 30]]})
+    proposal = tx(
+        store, record_mask, store.blobs, annotator, image.id, square_mask(), base.id, {"boxes": [[10, 10, 30, 30]]}, 0.9
+    )
+    r1 = tx(
+        store,
+        ann.save_revision,
+        store.blobs,
+        annotator,
+        image.id,
+        "liver",
+        square_mask(),
+        0,
+        base_mask_id=proposal.id,
+        model_version_id=base.id,
+        prompt={"boxes": [[10, 10, 30, 30]]},
+    )
     r2 = tx(store, ann.save_revision, store.blobs, admin, image.id, "liver", square_mask(side=25), 1)
     with pytest.raises(ConflictError) as err:
         tx(store, ann.save_revision, store.blobs, annotator, image.id, "liver", square_mask(side=5), 1)
@@ -180,14 +194,31 @@ def test_promotion_needs_admin_and_rollback_restores(store, admin, project):
     annotator = new_user(store, Role.annotator)
     base = tx(store, model_versions.base_version)
     blob = store.blobs.put_bytes(b"pretend checkpoint " + uuid.uuid4().bytes)
-    v1 = tx(store, model_versions.register_version, store.blobs, name="ft1", family="lite",
-            encoder_digest=base.encoder_digest,
-                                         model_digest="1" * 64, project_id=project.id, parent_id=base.id,
-                                         checkpoint_blob=blob, metrics={"val_dice": 0.9})
-    v2 = tx(store, model_versions.register_version, store.blobs, name="ft2", family="lite",
-            encoder_digest=base.encoder_digest,
-                                         model_digest="2" * 64, project_id=project.id, parent_id=v1.id,
-                                         checkpoint_blob=blob)
+    v1 = tx(
+        store,
+        model_versions.register_version,
+        store.blobs,
+        name="ft1",
+        family="lite",
+        encoder_digest=base.encoder_digest,
+        model_digest="1" * 64,
+        project_id=project.id,
+        parent_id=base.id,
+        checkpoint_blob=blob,
+        metrics={"val_dice": 0.9},
+    )
+    v2 = tx(
+        store,
+        model_versions.register_version,
+        store.blobs,
+        name="ft2",
+        family="lite",
+        encoder_digest=base.encoder_digest,
+        model_digest="2" * 64,
+        project_id=project.id,
+        parent_id=v1.id,
+        checkpoint_blob=blob,
+    )
     with pytest.raises(PermissionDeniedError):
         tx(store, model_versions.set_active, annotator, project.id, v1.id)
     assert tx(store, model_versions.active_version, project.id).id == base.id
@@ -195,8 +226,17 @@ def test_promotion_needs_admin_and_rollback_restores(store, admin, project):
     tx(store, model_versions.set_active, admin, project.id, v2.id)
     assert tx(store, model_versions.rollback, admin, project.id).active_model_version_id == v1.id
     with pytest.raises(StoreError, match="not in the blob store"):
-        tx(store, model_versions.register_version, store.blobs, name="x", family="lite", encoder_digest="e" * 64,
-                                        model_digest="3" * 64, project_id=project.id, checkpoint_blob="f" * 64)
+        tx(
+            store,
+            model_versions.register_version,
+            store.blobs,
+            name="x",
+            family="lite",
+            encoder_digest="e" * 64,
+            model_digest="3" * 64,
+            project_id=project.id,
+            checkpoint_blob="f" * 64,
+        )
 
 
 def test_deleting_an_image_removes_its_data_and_keeps_the_audit(store, admin, project, tmp_path):

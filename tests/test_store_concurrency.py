@@ -67,11 +67,14 @@ def test_two_saves_from_the_same_base_exactly_one_wins(setup, tmp_path):
     tx(store, ann.save_revision, store.blobs, admin, image.id, "organ", square_mask(), 0)
     for attempt in range(3):
         base = attempt + 1
-        results = run_together([
-            lambda s=side, b=base: tx(store, ann.save_revision, store.blobs, admin, image.id, "organ",
-                                         square_mask(side=s), b)
-            for side in (11, 17)
-        ])
+        results = run_together(
+            [
+                lambda s=side, b=base: tx(
+                    store, ann.save_revision, store.blobs, admin, image.id, "organ", square_mask(side=s), b
+                )
+                for side in (11, 17)
+            ]
+        )
         wins = [r for r in results if isinstance(r, AnnotationRevision)]
         conflicts = [r for r in results if isinstance(r, ConflictError)]
         assert len(wins) == 1 and len(conflicts) == 1, results
@@ -80,17 +83,23 @@ def test_two_saves_from_the_same_base_exactly_one_wins(setup, tmp_path):
 
 def test_twenty_parallel_saves_to_different_annotations_lose_nothing(setup, tmp_path):
     store, admin, project = setup
-    rows = [tx(store, images.add_image, store.blobs, store.settings, admin, project.id,
-                  png_file(tmp_path, 100 + i))[0] for i in range(20)]
-    results = run_together([
-        lambda r=row, i=i: tx(store, ann.save_revision, store.blobs, admin, r.id, "organ", square_mask(side=5 + i),
-                                 0)
-        for i, row in enumerate(rows)
-    ])
+    rows = [
+        tx(store, images.add_image, store.blobs, store.settings, admin, project.id, png_file(tmp_path, 100 + i))[0]
+        for i in range(20)
+    ]
+    results = run_together(
+        [
+            lambda r=row, i=i: tx(
+                store, ann.save_revision, store.blobs, admin, r.id, "organ", square_mask(side=5 + i), 0
+            )
+            for i, row in enumerate(rows)
+        ]
+    )
     assert all(isinstance(r, AnnotationRevision) for r in results), results
     with store.transaction() as session:
-        saved = list(session.scalars(select(AnnotationRevision).where(
-            AnnotationRevision.id.in_([r.id for r in results]))))
+        saved = list(
+            session.scalars(select(AnnotationRevision).where(AnnotationRevision.id.in_([r.id for r in results])))
+        )
     assert len(saved) == 20
     areas = sorted(int(load_mask(store.blobs, r.blob_sha).sum()) for r in saved)
     assert areas == sorted((5 + i) ** 2 for i in range(20))
@@ -129,8 +138,9 @@ def test_a_crash_between_blob_and_row_leaves_only_an_orphan_blob(db, setup, tmp_
             assert store.blobs.exists(rev.blob_sha)  # no row points to a missing blob
     orphans = {b.digest for b in store.blobs.iter_blobs()} - blobs_before
     assert len(orphans) == 1
-    assert tx(store, collect_garbage, store.blobs,
-                 timedelta(hours=store.settings.gc_grace_hours)).deleted == 0  # inside the grace period: kept
+    assert (
+        tx(store, collect_garbage, store.blobs, timedelta(hours=store.settings.gc_grace_hours)).deleted == 0
+    )  # inside the grace period: kept
     assert all(store.blobs.exists(o) for o in orphans)
     tx(store, collect_garbage, store.blobs, timedelta(0))
     assert not any(store.blobs.exists(o) for o in orphans)
@@ -146,8 +156,9 @@ def test_a_crash_between_blob_and_row_leaves_only_an_orphan_blob(db, setup, tmp_
 @pytest.mark.skipif(not WANT_S3, reason="set MEDSAM_TEST_S3=1 to test S3 storage (moto)")
 def test_services_on_s3_storage(new_bucket, tmp_path):
     endpoint, bucket = new_bucket
-    store = make_store(f"sqlite:///{tmp_path / 's3.db'}", tmp_path, storage_url=f"s3://{bucket}/medsam",
-                       s3_endpoint_url=endpoint)
+    store = make_store(
+        f"sqlite:///{tmp_path / 's3.db'}", tmp_path, storage_url=f"s3://{bucket}/medsam", s3_endpoint_url=endpoint
+    )
     admin = new_user(store, Role.admin)
     with store.transaction() as session:
         project = projects.create_project(session, admin, "s3 project", "other", ["organ"])

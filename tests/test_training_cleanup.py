@@ -70,8 +70,10 @@ def _cancelled():
     raise jobs.JobCancelled("job was cancelled")
 
 
-@pytest.mark.parametrize("ending, state", [(_no_version, JobState.succeeded), (_bad_input, JobState.failed),
-                                           (_cancelled, JobState.cancelled)])
+@pytest.mark.parametrize(
+    "ending, state",
+    [(_no_version, JobState.succeeded), (_bad_input, JobState.failed), (_cancelled, JobState.cancelled)],
+)
 def test_a_finetune_that_registers_nothing_leaves_no_checkpoint(store, ending, state):
     job = _job(store)
     outcome, seen = _run(store, job.id, ending)

@@ -42,12 +42,22 @@ def test_train_writes_loadable_checkpoints_and_resumes(run_medsam, kvasir16, tmp
     assert latest["epoch"] == 2 and {"model", "optimizer", "best_model", "history"} <= set(latest)
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["epochs"]) == 2 and not set(metrics["train_images"]) & set(metrics["val_images"])
-    seg = run_medsam("segment", str(DEMO_IMAGE), "--box", *map(str, DEMO_BOX), "--checkpoint",
-                     str(out / "checkpoint_best.pth"), "--out", str(tmp_path / "seg"), "--json")
+    seg = run_medsam(
+        "segment",
+        str(DEMO_IMAGE),
+        "--box",
+        *map(str, DEMO_BOX),
+        "--checkpoint",
+        str(out / "checkpoint_best.pth"),
+        "--out",
+        str(tmp_path / "seg"),
+        "--json",
+    )
     assert seg.returncode == 0, seg.stderr
     assert lines(seg.stdout)[0]["area"] > 1000
-    again = run_medsam("train", str(kvasir16), "--out", str(out), "--epochs", "3", "--val-fraction", "0.25",
-                       "--resume", "--json")
+    again = run_medsam(
+        "train", str(kvasir16), "--out", str(out), "--epochs", "3", "--val-fraction", "0.25", "--resume", "--json"
+    )
     assert again.returncode == 0, again.stderr
     resumed = lines(again.stdout)
     assert [r["epoch"] for r in resumed[:-1]] == [3]  # epochs 1-2 were not trained again
@@ -55,14 +65,17 @@ def test_train_writes_loadable_checkpoints_and_resumes(run_medsam, kvasir16, tmp
     assert history[:2] == metrics["epochs"]
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--epochs", "0"], "at least 1"),
-    (["--model", "vit_q"], "unknown model family 'vit_q'"),
-    (["--model", "medsam_vit_b"], "--checkpoint"),
-    (["--model", "sam_vit_b", "--checkpoint", "/nonexistent/sam_vit_b_01ec64.pth"], "does not exist"),
-    (["--mode", "full"], "full fine-tuning needs a GPU"),
-    (["--lr", "3"], "learning rate"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--epochs", "0"], "at least 1"),
+        (["--model", "vit_q"], "unknown model family 'vit_q'"),
+        (["--model", "medsam_vit_b"], "--checkpoint"),
+        (["--model", "sam_vit_b", "--checkpoint", "/nonexistent/sam_vit_b_01ec64.pth"], "does not exist"),
+        (["--mode", "full"], "full fine-tuning needs a GPU"),
+        (["--lr", "3"], "learning rate"),
+    ],
+)
 def test_bad_training_parameters_are_refused(run_medsam, kvasir16, tmp_path, args, fragment):
     result = run_medsam("train", str(kvasir16), "--out", str(tmp_path / "o"), *args)
     assert result.returncode != 0 and fragment in result.stderr and "Traceback" not in result.stderr

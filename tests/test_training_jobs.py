@@ -27,14 +27,23 @@ def env(tmp_path_factory, data_dir):
     folder = tmp_path_factory.mktemp("training_jobs")
     (data_dir / "onnx").mkdir(exist_ok=True)
     (folder / "onnx").symlink_to(data_dir / "onnx", target_is_directory=True)
-    values = {"MEDSAM_DATA_DIR": str(folder), "MEDSAM_DATABASE_URL": f"sqlite:///{folder / 'medsam.db'}",
-              "MEDSAM_TRAINING_GPU": "false", **WORKER_ENV}
-    settings = Settings(**{k[len("MEDSAM_"):].lower(): v for k, v in values.items()})
+    values = {
+        "MEDSAM_DATA_DIR": str(folder),
+        "MEDSAM_DATABASE_URL": f"sqlite:///{folder / 'medsam.db'}",
+        "MEDSAM_TRAINING_GPU": "false",
+        **WORKER_ENV,
+    }
+    settings = Settings(**{k[len("MEDSAM_") :].lower(): v for k, v in values.items()})
     store = open_store(settings)
     worker = WorkerProcess(values, folder / "worker.log", queues="training").start()
     worker.wait_ready()
-    state = {"values": values, "store": store, "queue": JobQueue(app=make_app(settings)), "worker": worker,
-             "folder": folder}
+    state = {
+        "values": values,
+        "store": store,
+        "queue": JobQueue(app=make_app(settings)),
+        "worker": worker,
+        "folder": folder,
+    }
     yield state
     state["worker"].stop()
     store.close()
@@ -71,9 +80,9 @@ def test_queued_finetune_registers_a_version_behind_the_gate(env, sample_data):
         frozen = session.get(Project, project.id).validation_image_ids
     assert len(frozen) == 4
     base = tx(store, model_versions.base_version)
-    assert tx(store, training.evaluation, base.id,
-            project.id).val_dice == pytest.approx(done.result["baseline_val_dice"],
-                                                                                      abs=1e-4)
+    assert tx(store, training.evaluation, base.id, project.id).val_dice == pytest.approx(
+        done.result["baseline_val_dice"], abs=1e-4
+    )
     version_id = done.result["model_version_id"]
     if version_id is None:  # no epoch beat the start: nothing registered, and the result says so
         assert "no version was registered" in done.result["note"]
@@ -93,9 +102,21 @@ def test_the_gate_refuses_a_worse_version_unless_forced_and_rollback_is_audited(
     annotator = new_user(store, Role.annotator)
     base = tx(store, model_versions.base_version)
     blob = store.blobs.put_bytes(b"weights " + uuid.uuid4().bytes)
-    worse, better = (tx(store, model_versions.register_version, store.blobs, name=n, family="lite",
-            encoder_digest=base.encoder_digest, model_digest=uuid.uuid4().hex * 2,
-        project_id=project.id, parent_id=base.id, checkpoint_blob=blob) for n in ("worse", "better"))
+    worse, better = (
+        tx(
+            store,
+            model_versions.register_version,
+            store.blobs,
+            name=n,
+            family="lite",
+            encoder_digest=base.encoder_digest,
+            model_digest=uuid.uuid4().hex * 2,
+            project_id=project.id,
+            parent_id=base.id,
+            checkpoint_blob=blob,
+        )
+        for n in ("worse", "better")
+    )
     tx(store, training.record_evaluation, base.id, project.id, 0.90, 0.5, 4)
     tx(store, training.record_evaluation, worse.id, project.id, 0.85, 0.4, 4)
     tx(store, training.record_evaluation, better.id, project.id, 0.93, 0.6, 4)
@@ -107,14 +128,23 @@ def test_the_gate_refuses_a_worse_version_unless_forced_and_rollback_is_audited(
     assert tx(store, model_versions.active_version, project.id).id == better.id
     tx(store, training.promote, admin, project.id, worse.id, force=True)
     with store.transaction() as session:
-        forced = session.scalars(select(AuditEvent).where(AuditEvent.action == "model.promote.forced",
-                                                          AuditEvent.project_id == project.id)).all()
+        forced = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "model.promote.forced", AuditEvent.project_id == project.id)
+        ).all()
     assert len(forced) == 1
     tx(store, training.activate_earlier, admin, project.id, better.id)  # no gate for a version once active
     assert tx(store, model_versions.active_version, project.id).id == better.id
-    other = tx(store, model_versions.register_version, store.blobs, name="never", family="lite",
-            encoder_digest=base.encoder_digest,
-                                            model_digest="9" * 64, project_id=project.id, checkpoint_blob=blob)
+    other = tx(
+        store,
+        model_versions.register_version,
+        store.blobs,
+        name="never",
+        family="lite",
+        encoder_digest=base.encoder_digest,
+        model_digest="9" * 64,
+        project_id=project.id,
+        checkpoint_blob=blob,
+    )
     with pytest.raises(PermissionDeniedError, match="never active"):
         tx(store, training.activate_earlier, admin, project.id, other.id)
 
@@ -129,14 +159,28 @@ def test_bad_requests_are_refused_before_queueing(env, sample_data):
     with pytest.raises(StoreError, match="full fine-tuning needs a GPU"):
         tx(store, training.create_job, store.blobs, store.settings, admin, project.id, {"mode": "full"})
     base = tx(store, model_versions.base_version)
-    vit = tx(store, model_versions.register_version, store.blobs, name="vit", family="medsam_vit_b",
-            encoder_digest="a" * 64,
-                                          model_digest="b" * 64, project_id=None)
+    vit = tx(
+        store,
+        model_versions.register_version,
+        store.blobs,
+        name="vit",
+        family="medsam_vit_b",
+        encoder_digest="a" * 64,
+        model_digest="b" * 64,
+        project_id=None,
+    )
     with pytest.raises(StoreError, match="has no checkpoint"):
         tx(store, training.create_job, store.blobs, store.settings, admin, project.id, {"parent_version_id": vit.id})
     with pytest.raises(StoreError, match="epochs must be"):
-        tx(store, training.create_job, store.blobs, store.settings, admin, project.id, {"epochs": 0,
-                "parent_version_id": base.id})
+        tx(
+            store,
+            training.create_job,
+            store.blobs,
+            store.settings,
+            admin,
+            project.id,
+            {"epochs": 0, "parent_version_id": base.id},
+        )
     # Four labelled images, but validation takes one: the worker could only fail, so refuse now.
     admin4, four = labelled_project(env, sample_data, 83, n=4)
     with pytest.raises(StoreError, match="only 3 labelled images would be left for training"):
@@ -147,8 +191,9 @@ def test_killed_worker_resumes_from_its_last_epoch_and_cancel_lands(env, sample_
     store = env["store"]
     admin, project = labelled_project(env, sample_data, 30)
     job = env["queue"].submit_finetune(store, admin, project.id, {"epochs": 6, "batch_size": 1})
-    first = wait_for(lambda: (j := tx(store, jobs.get_job, job.id)).epoch_metrics and j, 600,
-                     "the first epoch checkpoint")
+    first = wait_for(
+        lambda: (j := tx(store, jobs.get_job, job.id)).epoch_metrics and j, 600, "the first epoch checkpoint"
+    )
     env["worker"].kill_all()
     before = tx(store, jobs.get_job, job.id)
     assert before.state == JobState.running and before.checkpoint_blob

@@ -69,8 +69,7 @@ def fresh(cache, backend="onnx", onnx_dir=None):
 CONFIG = dict(mode="decoder", batch_size=2, lr=1e-4, seed=3)
 
 
-def test_decoder_mode_encodes_with_the_trained_model_yet_leaves_its_encoder_and_the_cache_as_inference_sees_them(
-        split):
+def test_decoder_mode_encodes_with_the_trained_model_yet_leaves_its_encoder_and_the_cache_as_inference_sees_them(split):
     # The torch backend runs the very encoder being trained: LiteMedSAM's BatchNorm and dropout must stay in
     # eval mode, or the cache would hold training-mode embeddings and the "frozen" encoder's digest would move.
     train, val = split[0][:2], split[1]  # the torch encoder is slow on a CPU: three images are enough

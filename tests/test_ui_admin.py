@@ -16,8 +16,10 @@ from portal.web.ui.versions import version_table
 
 
 def test_a_one_epoch_job_draws_a_dice_line_on_whole_epochs():
-    job = SimpleNamespace(epoch_metrics=[{"epoch": 1, "train_loss": 0.4, "val_loss": 0.5, "val_dice": 0.8}],
-                          progress={"baseline_val_dice": 0.7})
+    job = SimpleNamespace(
+        epoch_metrics=[{"epoch": 1, "train_loss": 0.4, "val_loss": 0.5, "val_dice": 0.8}],
+        progress={"baseline_val_dice": 0.7},
+    )
     _loss, dice, order = curves(job)
     line = dice[dice.series == "val Dice"]
     assert list(line.epoch) == ["0", "1"] and list(line.value) == [0.7, 0.8]  # two points: a line
@@ -25,15 +27,27 @@ def test_a_one_epoch_job_draws_a_dice_line_on_whole_epochs():
 
 
 def _row(vid, active=False, parent=None, before=None, after=None, images=None):
-    version = SimpleNamespace(id=vid, name=f"v{vid}", family="lite", parent_id=parent, training_job_id=None,
-                              created_at=datetime(2025, 1, 1))
-    return SimpleNamespace(version=version, active=active, val_dice_before=before, val_dice=after,
-                           evaluated_images=images, pending_evaluation=None)
+    version = SimpleNamespace(
+        id=vid, name=f"v{vid}", family="lite", parent_id=parent, training_job_id=None, created_at=datetime(2025, 1, 1)
+    )
+    return SimpleNamespace(
+        version=version,
+        active=active,
+        val_dice_before=before,
+        val_dice=after,
+        evaluated_images=images,
+        pending_evaluation=None,
+    )
 
 
 def test_val_dice_before_is_the_active_versions_score_for_a_version_without_a_parent():
-    rows = version_table([_row(1, active=True, after=0.71, images=2), _row(2, after=0.74, images=2),
-                          _row(3, parent=1, before=0.69, after=0.7)])
+    rows = version_table(
+        [
+            _row(1, active=True, after=0.71, images=2),
+            _row(2, after=0.74, images=2),
+            _row(3, parent=1, before=0.69, after=0.7),
+        ]
+    )
     assert [r[6] for r in rows] == ["", 0.71, 0.69]
 
 

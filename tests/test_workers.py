@@ -32,8 +32,7 @@ def env(request, tmp_path_factory, data_dir):
     folder = tmp_path_factory.mktemp(f"workers_{request.param}")
     (data_dir / "onnx").mkdir(exist_ok=True)
     (folder / "onnx").symlink_to(data_dir / "onnx", target_is_directory=True)  # export once per run
-    values = {"MEDSAM_DATA_DIR": str(folder), "MEDSAM_DATABASE_URL": f"sqlite:///{folder / 'medsam.db'}",
-              **WORKER_ENV}
+    values = {"MEDSAM_DATA_DIR": str(folder), "MEDSAM_DATABASE_URL": f"sqlite:///{folder / 'medsam.db'}", **WORKER_ENV}
     redis_client = None
     if request.param == "redis":
         import redis
@@ -48,13 +47,19 @@ def env(request, tmp_path_factory, data_dir):
         values.update(MEDSAM_BROKER_URL=url, MEDSAM_RESULT_BACKEND=url)
         stranger = make_app(Settings(broker_url=url, result_backend=url)).control.ping(timeout=1.0)
         assert not stranger, f"another worker already serves {url}: {stranger}; stop it (or use another db number)"
-    settings = Settings(**{k[len("MEDSAM_"):].lower(): v for k, v in values.items()})
+    settings = Settings(**{k[len("MEDSAM_") :].lower(): v for k, v in values.items()})
     store = open_store(settings)
     worker = WorkerProcess(values, folder / "worker.log").start()
     worker.wait_ready()
     app = make_app(settings)
-    state = {"values": values, "store": store, "app": app, "queue": JobQueue(app=app), "worker": worker,
-             "folder": folder}
+    state = {
+        "values": values,
+        "store": store,
+        "app": app,
+        "queue": JobQueue(app=app),
+        "worker": worker,
+        "folder": folder,
+    }
     yield state
     state["worker"].stop()  # the kill test replaces the worker: stop the one that runs now
     store.close()
@@ -77,8 +82,15 @@ def add_kvasir(env, project, sample_data, start: int, n: int) -> list[dict]:
 
     items = []
     for image_path, mask_path in first_pairs(sample_data, "kvasir", start + n)[start:]:
-        (row,) = tx(env["store"], images.add_image, env["store"].blobs, env["store"].settings, project["admin"],
-                       project["project"].id, image_path)
+        (row,) = tx(
+            env["store"],
+            images.add_image,
+            env["store"].blobs,
+            env["store"].settings,
+            project["admin"],
+            project["project"].id,
+            image_path,
+        )
         box = tight_box(read_image(mask_path).display()[..., 0] > 127)
         items.append({"image_id": row.id, "boxes": [box]})
     return items
@@ -106,8 +118,9 @@ def test_round_trips_of_each_task(env, project, sample_data):
     assert first.get(timeout=180, interval=0.05)["cache_hit"] is False
     again = app.send_task(TASK_ENCODE, args=[item["image_id"], project["base"].id])
     assert again.get(timeout=60, interval=0.05)["cache_hit"] is True
-    batch = env["queue"].submit_segment_batch(store, project["admin"], project["project"].id, project["base"].id,
-                                              [item, {**item, "boxes": [[0, 0, 50, 50]]}])
+    batch = env["queue"].submit_segment_batch(
+        store, project["admin"], project["project"].id, project["base"].id, [item, {**item, "boxes": [[0, 0, 50, 50]]}]
+    )
     done = wait_for(lambda: finished(env, batch.id), 120, "segment_batch")
     assert done.state == JobState.succeeded, done.error
     assert sorted(masks_of(env, batch.id)) == [0, 1] and done.progress["done"] == 2
@@ -139,9 +152,17 @@ def requeued_by_reaper(env, job_id) -> bool:
     from portal.store.models import AuditEvent
 
     with env["store"].transaction() as session:
-        return bool(session.scalar(select(func.count()).select_from(AuditEvent).where(
-            AuditEvent.action == "job.requeued", AuditEvent.target_id == job_id,
-            AuditEvent.target_type == "jobs")))
+        return bool(
+            session.scalar(
+                select(func.count())
+                .select_from(AuditEvent)
+                .where(
+                    AuditEvent.action == "job.requeued",
+                    AuditEvent.target_id == job_id,
+                    AuditEvent.target_type == "jobs",
+                )
+            )
+        )
 
 
 def test_killed_worker_is_reaped_and_job_completes(env, project, sample_data):
@@ -167,8 +188,13 @@ def test_cancel_a_running_job_lands_within_a_step(env, project, sample_data):
 
 def test_cancel_a_queued_job(env, project):
     store = env["store"]
-    job = tx(store, jobs.create_job, JobKind.segment_batch, {"model_version_id": project["base"].id, "items": []},
-                          project_id=project["project"].id)
+    job = tx(
+        store,
+        jobs.create_job,
+        JobKind.segment_batch,
+        {"model_version_id": project["base"].id, "items": []},
+        project_id=project["project"].id,
+    )
     assert env["queue"].cancel(store, job.id).state == JobState.cancelled
     env["queue"].enqueue(store, job)  # delivered anyway: the worker must leave it alone
     assert env["app"].send_task(TASK_NOOP, args=[1]).get(timeout=60, interval=0.02) == 1
@@ -182,8 +208,13 @@ def test_missing_image_or_model_fails_clearly_and_worker_keeps_serving(env, proj
     tx(store, images.delete_image, project["admin"], item["image_id"])  # gone before the worker got to it
     done = wait_for(lambda: finished(env, job.id), 120, "the job to fail")
     assert done.state == JobState.failed and f"image {item['image_id']} does not exist" in done.error
-    ghost = tx(store, jobs.create_job, JobKind.precompute_embeddings, {"model_version_id": 987654},
-                            project_id=project["project"].id)
+    ghost = tx(
+        store,
+        jobs.create_job,
+        JobKind.precompute_embeddings,
+        {"model_version_id": 987654},
+        project_id=project["project"].id,
+    )
     env["queue"].enqueue(store, ghost)
     done = wait_for(lambda: finished(env, ghost.id), 120, "the job to fail")
     assert done.state == JobState.failed and "model version 987654 does not exist" in done.error

@@ -38,11 +38,28 @@ def world(store, tmp_path):
         for user in (annotator, reviewer):
             projects.add_member(session, admin, a.id, user)
         projects.add_member(session, admin, b.id, outsider)
-    first, second = (tx(store, images.add_image, store.blobs, store.settings, admin, a.id,
-                           png_file(tmp_path, uuid.uuid4().int % 10_000))[0]
-                     for _ in range(2))
-    return {"admin": admin, "annotator": annotator, "reviewer": reviewer, "outsider": outsider, "a": a, "b": b,
-            "first": first, "second": second}
+    first, second = (
+        tx(
+            store,
+            images.add_image,
+            store.blobs,
+            store.settings,
+            admin,
+            a.id,
+            png_file(tmp_path, uuid.uuid4().int % 10_000),
+        )[0]
+        for _ in range(2)
+    )
+    return {
+        "admin": admin,
+        "annotator": annotator,
+        "reviewer": reviewer,
+        "outsider": outsider,
+        "a": a,
+        "b": b,
+        "first": first,
+        "second": second,
+    }
 
 
 def read(store, fn, *args):
@@ -52,8 +69,9 @@ def read(store, fn, *args):
 
 def test_outside_ones_projects_every_listing_is_not_found_like_a_missing_id(store, world):
     w, outsider = world, world["outsider"]
-    rev = tx(store, ann.save_revision, store.blobs, w["annotator"], w["first"].id, "liver", square_mask(), 0,
-                submit=True)
+    rev = tx(
+        store, ann.save_revision, store.blobs, w["annotator"], w["first"].id, "liver", square_mask(), 0, submit=True
+    )
     pid, iid, aid = w["a"].id, w["first"].id, rev.annotation_id
     lookups = {
         "labels": (lambda i: read(store, worklists.project_labels, outsider, i), pid),
@@ -93,13 +111,13 @@ def test_members_get_the_queue_history_and_review_rows(store, world):
     assert (found.id, latest.number) == (draft.annotation_id, 1)
     assert read(store, worklists.current_annotation, annotator, first, "lesion") == (None, None)
 
-    submitted = tx(store, ann.save_revision, store.blobs, annotator, first, "liver", square_mask(x0=5), 1,
-                      submit=True)
+    submitted = tx(store, ann.save_revision, store.blobs, annotator, first, "liver", square_mask(x0=5), 1, submit=True)
     history = read(store, worklists.revision_history, w["reviewer"], draft.annotation_id)
     assert [(r.number, r.author) for r in history] == [(2, annotator.username), (1, annotator.username)]
     rows = read(store, worklists.submitted, w["reviewer"], w["a"].id)
-    assert [(r["annotation_id"], r["revision"], r["author"]) for r in rows] == \
-        [(draft.annotation_id, 2, annotator.username)]
+    assert [(r["annotation_id"], r["revision"], r["author"]) for r in rows] == [
+        (draft.annotation_id, 2, annotator.username)
+    ]
     image, revision = read(store, worklists.review_item, w["reviewer"], draft.annotation_id)
     assert (image.id, revision.number, revision.blob_sha) == (first, 2, submitted.blob_sha)
     counts = {row[0]: row[1:] for row in read(store, worklists.status_counts, w["reviewer"])}
@@ -115,8 +133,12 @@ def test_a_rejection_reaches_the_annotator_in_the_fix_queue_and_the_history(stor
     (row,) = read(store, worklists.image_queue, annotator, w["a"].id, "liver", "fix")
     why = row["rejection"]
     assert (row["image_id"], row["status"]) == (w["first"].id, "rejected")
-    assert (why.reviewer, why.comment, why.revision, why.decision) == \
-        (reviewer.username, "the edge misses the left lobe", 1, "rejected")
+    assert (why.reviewer, why.comment, why.revision, why.decision) == (
+        reviewer.username,
+        "the edge misses the left lobe",
+        1,
+        "rejected",
+    )
     assert why.created_at is not None
     unlabelled = read(store, worklists.image_queue, annotator, w["a"].id, "liver", "unlabelled")
     assert [r["rejection"] for r in unlabelled if r["status"] == "unlabelled"] == [None]
@@ -127,7 +149,8 @@ def test_a_rejection_reaches_the_annotator_in_the_fix_queue_and_the_history(stor
     history = read(store, worklists.review_history, annotator, rev.annotation_id)
     assert [(h.revision, h.decision, h.reviewer, h.comment) for h in history] == [
         (2, "approved", reviewer.username, "good now"),
-        (1, "rejected", reviewer.username, "the edge misses the left lobe")]
+        (1, "rejected", reviewer.username, "the edge misses the left lobe"),
+    ]
     assert read(store, worklists.image_queue, annotator, w["a"].id, "liver", "fix") == []
 
 
@@ -149,9 +172,18 @@ def test_prelabel_proposals_and_the_admin_only_user_lookup(store, world):
     base = tx(store, model_versions.base_version)
     assert read(store, worklists.prelabel_mask, w["annotator"], w["second"].id) is None
     job = tx(store, jobs.create_job, JobKind.segment_batch, {}, project_id=w["a"].id, actor=w["admin"])
-    mask = tx(store, record_mask, store.blobs, None, w["second"].id, square_mask(), base.id,
-                 {"boxes": [[1, 1, 20, 20]]},
-                       job_id=job.id, item_index=0)
+    mask = tx(
+        store,
+        record_mask,
+        store.blobs,
+        None,
+        w["second"].id,
+        square_mask(),
+        base.id,
+        {"boxes": [[1, 1, 20, 20]]},
+        job_id=job.id,
+        item_index=0,
+    )
     assert read(store, worklists.prelabel_mask, w["annotator"], w["second"].id).id == mask.id
     assert read(store, worklists.find_user, w["admin"], w["annotator"].username).id == w["annotator"].id
     with pytest.raises(PermissionDeniedError):
@@ -161,21 +193,31 @@ def test_prelabel_proposals_and_the_admin_only_user_lookup(store, world):
 def test_version_rows_carry_the_evaluation_scores_and_the_active_mark(store, world):
     w = world
     base = tx(store, model_versions.base_version)
-    child = tx(store, model_versions.register_version, store.blobs, name="tuned", family="lite",
-            encoder_digest=base.encoder_digest,
-                                            model_digest=uuid.uuid4().hex * 2, project_id=w["a"].id,
-                                            parent_id=base.id, metrics={"baseline_val_dice": 0.5,
-                                                                        "best_val_dice": 0.6})
+    child = tx(
+        store,
+        model_versions.register_version,
+        store.blobs,
+        name="tuned",
+        family="lite",
+        encoder_digest=base.encoder_digest,
+        model_digest=uuid.uuid4().hex * 2,
+        project_id=w["a"].id,
+        parent_id=base.id,
+        metrics={"baseline_val_dice": 0.5, "best_val_dice": 0.6},
+    )
     rows = {r.version.id: r for r in read(store, worklists.version_rows, w["reviewer"], w["a"].id)}
     assert rows[base.id].active and not rows[child.id].active
-    assert (rows[child.id].val_dice_before, rows[child.id].val_dice, rows[child.id].evaluated_images) == \
-        (0.5, 0.6, None)  # the training's own figures until evaluations are recorded
+    assert (rows[child.id].val_dice_before, rows[child.id].val_dice, rows[child.id].evaluated_images) == (
+        0.5,
+        0.6,
+        None,
+    )  # the training's own figures until evaluations are recorded
     tx(store, training.record_evaluation, base.id, w["a"].id, 0.71, None, 3)
     tx(store, training.record_evaluation, child.id, w["a"].id, 0.83, None, 3)
-    evaluation = tx(store, jobs.create_job, JobKind.evaluate, {"model_version_id": child.id}, project_id=w["a"].id,
-                                 actor=w["admin"])
+    evaluation = tx(
+        store, jobs.create_job, JobKind.evaluate, {"model_version_id": child.id}, project_id=w["a"].id, actor=w["admin"]
+    )
     rows = {r.version.id: r for r in read(store, worklists.version_rows, w["reviewer"], w["a"].id)}
-    assert (rows[child.id].val_dice_before, rows[child.id].val_dice, rows[child.id].evaluated_images) == \
-        (0.71, 0.83, 3)
+    assert (rows[child.id].val_dice_before, rows[child.id].val_dice, rows[child.id].evaluated_images) == (0.71, 0.83, 3)
     assert rows[child.id].pending_evaluation == evaluation.id and rows[base.id].pending_evaluation is None
     assert all(r.version.project_id in (None, w["a"].id) for r in rows.values())

@@ -33,8 +33,12 @@ class WorkerProcess:
         out = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "portal.cli", "worker", "--queues", self.queues, "--loglevel", "INFO"],
-            env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent)
+            env={**os.environ, **self.env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
         return self
 
     def pool_children(self) -> list[int]:

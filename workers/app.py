@@ -75,8 +75,10 @@ def _time_limits(settings: Settings) -> dict[str, dict[str, int]]:
     """Hard limits from settings, applied to each task when a worker registers it (the no-op has none)."""
     inference = (names.TASK_ENCODE, names.TASK_SEGMENT_BATCH, names.TASK_PRECOMPUTE)
     training = (names.TASK_FINETUNE, names.TASK_EVALUATE)
-    return {**{name: {"time_limit": settings.inference_time_limit_s} for name in inference},
-            **{name: {"time_limit": settings.training_time_limit_s} for name in training}}
+    return {
+        **{name: {"time_limit": settings.inference_time_limit_s} for name in inference},
+        **{name: {"time_limit": settings.training_time_limit_s} for name in training},
+    }
 
 
 _reaper: subprocess.Popen | None = None

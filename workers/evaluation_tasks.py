@@ -60,6 +60,7 @@ def _score(store: Store, version_id: int, project_id: int, samples: list[Sample]
     predictor = build_predictor(store.settings, model, get_pool().cache)  # embeddings shared with inference
     scores = Trainer(model, TrainConfig(), predictor).validate(prepared)
     with store.transaction() as db:
-        record_evaluation(db, version.id, project_id, scores["val_dice"], scores["val_nsd"], len(prepared),
-                          replace=True)
+        record_evaluation(
+            db, version.id, project_id, scores["val_dice"], scores["val_nsd"], len(prepared), replace=True
+        )
     return {"val_dice": round(scores["val_dice"], 4), "val_nsd": round(scores["val_nsd"], 4)}

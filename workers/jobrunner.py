@@ -78,8 +78,7 @@ def run_job(store: Store, job_id: int, task_id: str | None, body: Callable[[Job,
         finish(store, job_id, JobState.failed, error=scrub(str(exc)))
         return {"job_id": job_id, "state": "failed", "error": scrub(str(exc))}
     except Exception as exc:  # the row is read by users: no server paths in it (the log has the full story)
-        finish(store, job_id, JobState.failed,
-                    error=scrub(f"internal error: {type(exc).__name__}: {exc}"))
+        finish(store, job_id, JobState.failed, error=scrub(f"internal error: {type(exc).__name__}: {exc}"))
         raise
     finally:
         beating.stop.set()

@@ -65,15 +65,15 @@ class JobQueue:
     # Each submission is one transaction that checks and creates the row; the message is sent once it has
     # committed (a worker must find the row), and the task id is noted in a second, short one.
 
-    def submit_segment_batch(self, store: Store, actor: User | None, project_id: int,
-                             model_version_id: int | None, items: Any) -> Job:
+    def submit_segment_batch(
+        self, store: Store, actor: User | None, project_id: int, model_version_id: int | None, items: Any
+    ) -> Job:
         """Pre-label ``items`` (``[{"image_id", "boxes" or "points"}, ...]``); version None: the active one."""
         with store.transaction() as db:
             job = submissions.create_segment_batch(db, store.settings, actor, project_id, model_version_id, items)
         return self.enqueue(store, job)
 
-    def submit_precompute(self, store: Store, actor: User | None, project_id: int,
-                          model_version_id: int | None) -> Job:
+    def submit_precompute(self, store: Store, actor: User | None, project_id: int, model_version_id: int | None) -> Job:
         """Encode every image of the project ahead of the first prompt."""
         with store.transaction() as db:
             job = submissions.create_precompute(db, actor, project_id, model_version_id)
@@ -91,12 +91,14 @@ class JobQueue:
         A queued or running evaluation of the same version is returned instead of a second one.
         """
         with store.transaction() as db:
-            job = evaluations.create_evaluation(db, actor, project_id, version_id,
-                                                min_training_images=store.settings.min_training_images)
+            job = evaluations.create_evaluation(
+                db, actor, project_id, version_id, min_training_images=store.settings.min_training_images
+            )
         return job if job.celery_task_id else self.enqueue(store, job)
 
-    def cancel(self, store: Store, job_id: int, actor: User | None = None, *,
-               kinds: Collection[JobKind] | None = None) -> Job:
+    def cancel(
+        self, store: Store, job_id: int, actor: User | None = None, *, kinds: Collection[JobKind] | None = None
+    ) -> Job:
         """Flag the row (a running task stops at its next step) and revoke the queued message.
 
         ``kinds``: only a job of these kinds may be cancelled here (404 otherwise). The flag is what
@@ -130,8 +132,9 @@ class JobQueue:
         except CeleryTimeout:
             raise EncodeUnavailableError(encode_timeout_message(image_id, timeout_s)) from None
         except Exception as exc:  # noqa: BLE001 - the worker's own error, told as it is
-            raise EncodeUnavailableError(f"the inference worker could not encode image {image_id}: "
-                                         f"{type(exc).__name__}: {exc}") from None
+            raise EncodeUnavailableError(
+                f"the inference worker could not encode image {image_id}: {type(exc).__name__}: {exc}"
+            ) from None
         finally:
             try:
                 result.forget()
@@ -140,6 +143,8 @@ class JobQueue:
 
 
 def encode_timeout_message(image_id: int, timeout_s: float) -> str:
-    return (f"no inference worker encoded image {image_id} within {timeout_s:.0f} s; the queue may be busy, or "
-            "no worker runs (start one with `medsam worker --queues inference`, or use `medsam serve` without "
-            "--no-workers); try again")
+    return (
+        f"no inference worker encoded image {image_id} within {timeout_s:.0f} s; the queue may be busy, or "
+        "no worker runs (start one with `medsam worker --queues inference`, or use `medsam serve` without "
+        "--no-workers); try again"
+    )

@@ -43,8 +43,12 @@ def encode_image(image_id: int, model_version_id: int) -> dict:
     store = get_store()
     predictor = get_pool().predictor(model_version_id)
     embedding = predictor.encode(display_pixels(store.blobs, _image(store, image_id), store.settings))
-    return {"image_id": image_id, "cache_hit": embedding.cache_hit, "encode_ms": round(embedding.encode_ms, 1),
-            "pixel_sha256": embedding.key.pixel_sha256}
+    return {
+        "image_id": image_id,
+        "cache_hit": embedding.cache_hit,
+        "encode_ms": round(embedding.encode_ms, 1),
+        "pixel_sha256": embedding.key.pixel_sha256,
+    }
 
 
 @shared_task(bind=True, name=names.TASK_SEGMENT_BATCH)
@@ -70,9 +74,18 @@ def _segment_items(job: Job, step: Step) -> dict:
         embedding = predictor.encode(display_pixels(store.blobs, image, store.settings))
         prediction = predictor.decode(embedding, boxes=item.get("boxes"), points=item.get("points"))
         with store.transaction() as db:
-            record_mask(db, store.blobs, None, image.id, prediction.masks[0], job.params["model_version_id"],
-                        {"boxes": item.get("boxes"), "points": item.get("points")}, float(prediction.iou[0]),
-                        job_id=job.id, item_index=index)
+            record_mask(
+                db,
+                store.blobs,
+                None,
+                image.id,
+                prediction.masks[0],
+                job.params["model_version_id"],
+                {"boxes": item.get("boxes"), "points": item.get("points")},
+                float(prediction.iou[0]),
+                job_id=job.id,
+                item_index=index,
+            )
         done += 1
     step.progress(done=len(items), total=len(items), eta_s=0)
     return {"masks": len(items), "computed": done, "already_stored": skipped}

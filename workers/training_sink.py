@@ -48,13 +48,19 @@ class JobSink:
         previous, self._checkpoint = self._checkpoint, blob
         if previous and previous != blob:
             self._drop(previous)  # the row names the new one now: the old one is nobody's resume point
-        self.step.progress(epoch=record["epoch"], epochs=self.info.config.epochs, val_dice=record["val_dice"],
-                           loss=record["train_loss"], baseline_val_dice=checkpoint["baseline_val_dice"])
+        self.step.progress(
+            epoch=record["epoch"],
+            epochs=self.info.config.epochs,
+            val_dice=record["val_dice"],
+            loss=record["train_loss"],
+            baseline_val_dice=checkpoint["baseline_val_dice"],
+        )
 
     def finished(self, result: TrainResult) -> None:
         title = f"job {self.job.id}: {self.info.family}, {self.info.config.mode} mode"
-        self._update(curves_blob=self.store.blobs.put_bytes(curves_png(result.history, result.baseline_val_dice,
-                                                                       title)))
+        self._update(
+            curves_blob=self.store.blobs.put_bytes(curves_png(result.history, result.baseline_val_dice, title))
+        )
 
     def discard(self) -> None:
         """The run is over and registered nothing (or failed, or was cancelled): nothing will resume it."""

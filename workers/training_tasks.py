@@ -34,9 +34,14 @@ def project_samples(store, project_id: int) -> list[Sample]:
     with store.transaction() as db:
         rows = training_set(db, project_id)
     for image, _label, blob in rows:
-        out.append(Sample(key=str(image.id), group=image.sha256,
-                          load_rgb=lambda i=image: display_pixels(store.blobs, i, store.settings),
-                          load_labels=lambda b=blob: load_mask(store.blobs, b)))
+        out.append(
+            Sample(
+                key=str(image.id),
+                group=image.sha256,
+                load_rgb=lambda i=image: display_pixels(store.blobs, i, store.settings),
+                load_labels=lambda b=blob: load_mask(store.blobs, b),
+            )
+        )
     return out
 
 
@@ -48,8 +53,10 @@ def _split(store, job: Job, samples: list[Sample]):
         frozen = freeze_validation_set(db, job.project_id, sorted({int(s.key) for s in val}))
     train, val = split_by_group(samples, 0, fixed_val_keys={str(i) for i in frozen})
     if len(train) < store.settings.min_training_images:
-        raise StoreError(f"only {len(train)} approved images are outside the frozen validation set; fine-tuning "
-                         f"needs at least {store.settings.min_training_images}")
+        raise StoreError(
+            f"only {len(train)} approved images are outside the frozen validation set; fine-tuning "
+            f"needs at least {store.settings.min_training_images}"
+        )
     return train, val
 
 
@@ -80,33 +87,55 @@ def _finetune(job: Job, step: Step) -> dict:
 
 def _train_and_register(store, job: Job, sink: JobSink) -> dict:
     params = job.params
-    check_mode(params["mode"], training_gpu(store.settings), store.settings.allow_full_finetune_without_gpu,
-               remedy=" and this worker has none", error=StoreError)
+    check_mode(
+        params["mode"],
+        training_gpu(store.settings),
+        store.settings.allow_full_finetune_without_gpu,
+        remedy=" and this worker has none",
+        error=StoreError,
+    )
     parent, model = load_version(store, params["parent_version_id"])
     train, val = _split(store, job, project_samples(store, job.project_id))
     # Decoder mode encodes through the shared cache with the model being trained (its encoder is frozen and
     # kept in eval mode); full mode computes its embeddings inside the loop and needs no predictor.
     predictor = build_predictor(store.settings, model, get_pool().cache) if params["mode"] == "decoder" else None
-    config = TrainConfig(mode=params["mode"], epochs=params["epochs"], batch_size=params["batch_size"],
-                         lr=params["lr"], bbox_shift=params["bbox_shift"], seed=params["seed"],
-                         early_stopping=params.get("early_stopping"))
+    config = TrainConfig(
+        mode=params["mode"],
+        epochs=params["epochs"],
+        batch_size=params["batch_size"],
+        lr=params["lr"],
+        bbox_shift=params["bbox_shift"],
+        seed=params["seed"],
+        early_stopping=params.get("early_stopping"),
+    )
     result = finetune(model, train, val, config, sink, predictor=predictor)
     with store.transaction() as db:
         record_evaluation(db, parent.id, job.project_id, result.baseline_val_dice, None, len(val))
     summary = result.summary()
     if result.best_epoch == 0:
-        return {**summary, "model_version_id": None,
-                "note": "no epoch beat the starting weights on validation; no version was registered"}
+        return {
+            **summary,
+            "model_version_id": None,
+            "note": "no epoch beat the starting weights on validation; no version was registered",
+        }
     model.module.load_state_dict(result.best_state)
     best = result.history[result.best_epoch - 1]
-    blob = store.blobs.put_bytes(checkpoint_bytes(best_checkpoint(result.best_state, model.family.name,
-                                                                  result.best_epoch, result.best_val_dice)))
+    blob = store.blobs.put_bytes(
+        checkpoint_bytes(best_checkpoint(result.best_state, model.family.name, result.best_epoch, result.best_val_dice))
+    )
     with store.transaction() as db:  # the version and its score together
         version = register_version(
-            db, store.blobs, name=f"job {job.id} ({config.mode}, epoch {result.best_epoch})",
-            family=model.family.name, encoder_digest=module_digest(model.module.image_encoder),
-            model_digest=module_digest(model.module), project_id=job.project_id, parent_id=parent.id,
-            training_job_id=job.id, checkpoint_blob=blob,
-            metrics={**summary, "val_nsd": best["val_nsd"], "mode": config.mode, "epochs": len(result.history)})
+            db,
+            store.blobs,
+            name=f"job {job.id} ({config.mode}, epoch {result.best_epoch})",
+            family=model.family.name,
+            encoder_digest=module_digest(model.module.image_encoder),
+            model_digest=module_digest(model.module),
+            project_id=job.project_id,
+            parent_id=parent.id,
+            training_job_id=job.id,
+            checkpoint_blob=blob,
+            metrics={**summary, "val_nsd": best["val_nsd"], "mode": config.mode, "epochs": len(result.history)},
+        )
         record_evaluation(db, version.id, job.project_id, result.best_val_dice, best["val_nsd"], len(val))
     return {**summary, "model_version_id": version.id}

@@ -11,13 +11,31 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 _WHERE = {
-    "Sample": "data", "split_by_group": "data",
-    "MODES": "modes", "Mode": "modes", "check_mode": "modes",
-    "RunInfo": "run", "Sink": "run", "finetune": "run",
-    "TrainConfig": "trainer", "TrainResult": "trainer", "Trainer": "trainer",
+    "Sample": "data",
+    "split_by_group": "data",
+    "MODES": "modes",
+    "Mode": "modes",
+    "check_mode": "modes",
+    "RunInfo": "run",
+    "Sink": "run",
+    "finetune": "run",
+    "TrainConfig": "trainer",
+    "TrainResult": "trainer",
+    "Trainer": "trainer",
 }
-__all__ = ["MODES", "Mode", "RunInfo", "Sample", "Sink", "TrainConfig", "TrainResult", "Trainer", "check_mode",
-           "finetune", "split_by_group"]
+__all__ = [
+    "MODES",
+    "Mode",
+    "RunInfo",
+    "Sample",
+    "Sink",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "check_mode",
+    "finetune",
+    "split_by_group",
+]
 assert sorted(__all__) == sorted(_WHERE)  # one list of names; a literal so linters and mypy see the exports
 
 if TYPE_CHECKING:

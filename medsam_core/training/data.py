@@ -43,8 +43,9 @@ class Prepared:
     targets: list[Target] = field(default_factory=list)
 
 
-def split_by_group(samples: list[Sample], val_fraction: float, seed: int = 0,
-                   fixed_val_keys: set[str] | None = None) -> tuple[list[Sample], list[Sample]]:
+def split_by_group(
+    samples: list[Sample], val_fraction: float, seed: int = 0, fixed_val_keys: set[str] | None = None
+) -> tuple[list[Sample], list[Sample]]:
     """Validation takes whole groups, so slices of one volume (or copies of one image) never straddle.
 
     With ``fixed_val_keys`` the validation set is given (a project's frozen set):
@@ -74,15 +75,17 @@ def prepare(sample: Sample, pre: Preprocessor, min_object_px: int = 1) -> Prepar
         if mask.sum() < min_object_px:
             continue
         frame = torch.zeros(1, 1, pre.input_size, pre.input_size)
-        resized = F.interpolate(torch.from_numpy(mask[None, None].astype(np.float32)), size=(new_h, new_w),
-                                mode="nearest")
+        resized = F.interpolate(
+            torch.from_numpy(mask[None, None].astype(np.float32)), size=(new_h, new_w), mode="nearest"
+        )
         frame[..., :new_h, :new_w] = resized
         if not frame.any():
             continue  # too small to survive the resize
         ys, xs = torch.nonzero(frame[0, 0], as_tuple=True)
         box = np.array([xs.min(), ys.min(), xs.max(), ys.max()], dtype=np.float32)
-        low = F.interpolate(frame, size=(LOW_RES, LOW_RES), mode="nearest")[0] if pre.input_size != LOW_RES \
-            else frame[0]
+        low = (
+            F.interpolate(frame, size=(LOW_RES, LOW_RES), mode="nearest")[0] if pre.input_size != LOW_RES else frame[0]
+        )
         out.targets.append(Target(int(value), low, box))
     return out
 
@@ -93,5 +96,6 @@ def jitter_box(box: np.ndarray, shift: float, limit: int, rng: np.random.Generat
         return box.copy()
     d = rng.integers(0, int(round(shift)) + 1, size=4)
     x0, y0, x1, y1 = box
-    return np.array([max(0, x0 - d[0]), max(0, y0 - d[1]), min(limit - 1, x1 + d[2]), min(limit - 1, y1 + d[3])],
-                    dtype=np.float32)
+    return np.array(
+        [max(0, x0 - d[0]), max(0, y0 - d[1]), min(limit - 1, x1 + d[2]), min(limit - 1, y1 + d[3])], dtype=np.float32
+    )

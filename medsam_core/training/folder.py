@@ -35,9 +35,12 @@ def folder_samples(data_dir: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -
     for pair in find_pairs(data_dir):
         match = SLICE_NAME.match(pair.stem)
         group = f"case:{match['case']}" if match else f"sha:{_content_hash(pair.image)}"
-        samples.append(Sample(
-            key=pair.stem, group=group,
-            load_rgb=partial(_display, pair.image, max_pixels),
-            load_labels=partial(read_labels, pair.mask),
-        ))
+        samples.append(
+            Sample(
+                key=pair.stem,
+                group=group,
+                load_rgb=partial(_display, pair.image, max_pixels),
+                load_labels=partial(read_labels, pair.mask),
+            )
+        )
     return samples

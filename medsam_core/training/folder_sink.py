@@ -26,8 +26,14 @@ LATEST, BEST, METRICS, CURVES = "checkpoint_latest.pth", "checkpoint_best.pth", 
 class FolderSink:
     info: RunInfo  # set by start()
 
-    def __init__(self, out: Path, *, resume: bool = False, on_step: Callable[[dict[str, Any]], None] | None = None,
-                 on_epoch: Callable[[dict[str, Any]], None] | None = None):
+    def __init__(
+        self,
+        out: Path,
+        *,
+        resume: bool = False,
+        on_step: Callable[[dict[str, Any]], None] | None = None,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    ):
         """``resume``: continue from ``out/checkpoint_latest.pth``, which must exist (checked now, before any
         model is loaded). ``on_step`` / ``on_epoch`` show progress; they run after the files are written."""
         self.out, self.resume = Path(out), resume
@@ -69,8 +75,14 @@ class FolderSink:
 
     def _write_metrics(self, checkpoint: dict[str, Any]) -> None:
         info = self.info
-        metrics = {"family": info.family, "config": asdict(info.config), "train_images": info.train_keys,
-                   "val_images": info.val_keys, "baseline_val_dice": checkpoint["baseline_val_dice"],
-                   "best_val_dice": checkpoint["best_val_dice"], "best_epoch": checkpoint["best_epoch"],
-                   "epochs": checkpoint["history"]}
+        metrics = {
+            "family": info.family,
+            "config": asdict(info.config),
+            "train_images": info.train_keys,
+            "val_images": info.val_keys,
+            "baseline_val_dice": checkpoint["baseline_val_dice"],
+            "best_val_dice": checkpoint["best_val_dice"],
+            "best_epoch": checkpoint["best_epoch"],
+            "epochs": checkpoint["history"],
+        }
         atomic_write(self.out / METRICS, json.dumps(metrics, indent=2).encode())

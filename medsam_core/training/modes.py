@@ -20,8 +20,9 @@ def unknown_mode_message(mode: object) -> str:
     return f"unknown training mode {mode!r}; choose {' or '.join(MODES)}"
 
 
-def check_mode(mode: str, gpu_available: bool, allow_cpu_full: bool, *, remedy: str = "",
-               error: type[MedsamError] = MedsamError) -> None:
+def check_mode(
+    mode: str, gpu_available: bool, allow_cpu_full: bool, *, remedy: str = "", error: type[MedsamError] = MedsamError
+) -> None:
     """Refuse an unknown mode, and full fine-tuning without a GPU unless the operator insisted.
 
     Full mode trains the image encoder: about a minute per step on a CPU, so a

@@ -43,8 +43,15 @@ class Sink(Protocol):
         """After the last epoch (or early stopping): the best weights and the whole history."""
 
 
-def finetune(model: LoadedModel, train: list[Sample], val: list[Sample], config: TrainConfig, sink: Sink, *,
-             predictor: Predictor | None = None) -> TrainResult:
+def finetune(
+    model: LoadedModel,
+    train: list[Sample],
+    val: list[Sample],
+    config: TrainConfig,
+    sink: Sink,
+    *,
+    predictor: Predictor | None = None,
+) -> TrainResult:
     """Fine-tune ``model`` in place; the result's ``best_state`` holds the weights to keep.
 
     Decoder mode reads the frozen encoder's embeddings through ``predictor`` (its
@@ -62,7 +69,8 @@ def finetune(model: LoadedModel, train: list[Sample], val: list[Sample], config:
         predictor = None
     info = RunInfo(model.family.name, config, [s.key for s in train], [s.key for s in val])
     resume = sink.start(info)
-    result = Trainer(model, config, predictor).fit(train, val, resume=resume, on_step=sink.progress,
-                                                   on_epoch=sink.epoch_done)
+    result = Trainer(model, config, predictor).fit(
+        train, val, resume=resume, on_step=sink.progress, on_epoch=sink.epoch_done
+    )
     sink.finished(result)
     return result

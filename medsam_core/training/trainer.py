@@ -67,8 +67,13 @@ class TrainResult:
 
     def summary(self) -> dict[str, Any]:
         """What both the CLI and a training job report at the end."""
-        return {"baseline_val_dice": round(self.baseline_val_dice, 4), "best_val_dice": round(self.best_val_dice, 4),
-                "best_epoch": self.best_epoch, "train_images": self.train_images, "val_images": self.val_images}
+        return {
+            "baseline_val_dice": round(self.baseline_val_dice, 4),
+            "best_val_dice": round(self.best_val_dice, 4),
+            "best_epoch": self.best_epoch,
+            "train_images": self.train_images,
+            "val_images": self.val_images,
+        }
 
 
 StepCallback = Callable[[dict[str, Any]], None]
@@ -125,8 +130,9 @@ class Trainer:
         logits, _ = self.decoder(embeddings, coords, labels, mask_in, torch.zeros(1, device=self.device))
         return logits[:, :1]
 
-    def _batch_inputs(self, batch: list[Prepared],
-                      rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+    def _batch_inputs(
+        self, batch: list[Prepared], rng: np.random.Generator
+    ) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
         targets = [item.targets[rng.integers(len(item.targets))] for item in batch]  # one object per image
         boxes = np.stack([jitter_box(t.box, self.shift, self.pre.input_size, rng) for t in targets])
         gts = torch.stack([t.low_res for t in targets]).to(self.device)
@@ -139,8 +145,7 @@ class Trainer:
             rgb, labels = item.sample.load_rgb(), np.asarray(item.sample.load_labels())
             if self.config.flips and rng.random() < 0.5:  # flip before preprocessing: padding stays right
                 rgb, labels = np.ascontiguousarray(rgb[:, ::-1]), np.ascontiguousarray(labels[:, ::-1])
-                redo = prepare(Sample(item.sample.key, item.sample.group, _constant(rgb), _constant(labels)),
-                               self.pre)
+                redo = prepare(Sample(item.sample.key, item.sample.group, _constant(rgb), _constant(labels)), self.pre)
                 target = next(t for t in redo.targets if t.label == target.label)
             images.append(self.pre.to_tensor(rgb)[0])
             flipped_gts.append(target.low_res)
@@ -165,10 +170,18 @@ class Trainer:
             full = self.pre.logits_to_original(logits.float().cpu(), item.size)[:, 0] > 0
             labels = np.asarray(item.sample.load_labels())
             dices.append(np.mean([dice(m.numpy(), labels == t.label) for m, t in zip(full, item.targets, strict=True)]))
-            nsds.append(np.mean([normalized_surface_dice(m.numpy(), labels == t.label, self.config.nsd_tolerance)
-                                 for m, t in zip(full, item.targets, strict=True)]))
-        return {"val_dice": float(np.mean(dices)) if dices else float("nan"),
-                "val_nsd": float(np.mean(nsds)) if nsds else float("nan")}
+            nsds.append(
+                np.mean(
+                    [
+                        normalized_surface_dice(m.numpy(), labels == t.label, self.config.nsd_tolerance)
+                        for m, t in zip(full, item.targets, strict=True)
+                    ]
+                )
+            )
+        return {
+            "val_dice": float(np.mean(dices)) if dices else float("nan"),
+            "val_nsd": float(np.mean(nsds)) if nsds else float("nan"),
+        }
 
     def _train_mode(self) -> None:
         """Decoder mode keeps the frozen encoder in eval mode: the predictor encodes with this very module.
@@ -188,8 +201,52 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------
 
-    def fit(self, train_samples: list[Sample], val_samples: list[Sample], *, resume: dict[str, Any] | None = None,
-            on_step: StepCallback | None = None, on_epoch: EpochCallback | None = None) -> TrainResult:
+    def _train_epoch(
+        self, train: list[Any], rng: np.random.Generator, epoch: int, steps: int, on_step: StepCallback | None
+    ) -> list[float]:
+        """One pass in the seeded order; losses per step (undivided by grad_accum, as logged)."""
+        cfg = self.config
+        order = rng.permutation(len(train))
+        self._train_mode()
+        started, losses = time.perf_counter(), []
+        for step in range(steps):
+            batch = [train[i] for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
+            with self._autocast():
+                embeddings, boxes, gts = self._batch_inputs(batch, rng)
+                logits = self._forward(embeddings, boxes)
+                loss = medsam_loss(logits, gts) / cfg.grad_accum
+            self.scaler.scale(loss).backward()
+            if (step + 1) % cfg.grad_accum == 0 or step + 1 == steps:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()) * cfg.grad_accum)
+            if on_step is not None:
+                elapsed = time.perf_counter() - started
+                remaining = elapsed / (step + 1) * (steps - step - 1) + (cfg.epochs - epoch - 1) * (
+                    elapsed / (step + 1) * steps
+                )
+                on_step(
+                    {
+                        "epoch": epoch + 1,
+                        "epochs": cfg.epochs,
+                        "step": step + 1,
+                        "steps": steps,
+                        "loss": round(losses[-1], 5),
+                        "eta_s": round(remaining, 1),
+                    }
+                )
+        return losses
+
+    def fit(
+        self,
+        train_samples: list[Sample],
+        val_samples: list[Sample],
+        *,
+        resume: dict[str, Any] | None = None,
+        on_step: StepCallback | None = None,
+        on_epoch: EpochCallback | None = None,
+    ) -> TrainResult:
         cfg = self.config
         train, val = self._prepare(train_samples), self._prepare(val_samples)
         if not train:
@@ -210,43 +267,36 @@ class Trainer:
         for epoch in range(start, cfg.epochs):
             rng = np.random.default_rng([cfg.seed, epoch])  # same order and jitter after a resume
             torch.manual_seed(cfg.seed * 1000 + epoch)
-            order = rng.permutation(len(train))
-            self._train_mode()
-            started, losses = time.perf_counter(), []
-            for step in range(steps):
-                batch = [train[i] for i in order[step * cfg.batch_size:(step + 1) * cfg.batch_size]]
-                with self._autocast():
-                    embeddings, boxes, gts = self._batch_inputs(batch, rng)
-                    logits = self._forward(embeddings, boxes)
-                    loss = medsam_loss(logits, gts) / cfg.grad_accum
-                self.scaler.scale(loss).backward()
-                if (step + 1) % cfg.grad_accum == 0 or step + 1 == steps:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                    self.optimizer.zero_grad(set_to_none=True)
-                losses.append(float(loss.detach()) * cfg.grad_accum)
-                if on_step is not None:
-                    elapsed = time.perf_counter() - started
-                    remaining = elapsed / (step + 1) * (steps - step - 1) + (cfg.epochs - epoch - 1) * (
-                        elapsed / (step + 1) * steps)
-                    on_step({"epoch": epoch + 1, "epochs": cfg.epochs, "step": step + 1, "steps": steps,
-                             "loss": round(losses[-1], 5), "eta_s": round(remaining, 1)})
+            started = time.perf_counter()
+            losses = self._train_epoch(train, rng, epoch, steps, on_step)
             scores = self.validate(val)
-            record = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)), **scores,
-                      "seconds": round(time.perf_counter() - started, 2)}
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(losses)),
+                **scores,
+                "seconds": round(time.perf_counter() - started, 2),
+            }
             history.append(record)
             if scores["val_dice"] > best_dice:
                 best_dice, best_epoch = scores["val_dice"], epoch + 1
                 best_state = copy.deepcopy(self.module.state_dict())
             if on_epoch is not None:
-                on_epoch(record, {
-                    "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": epoch + 1,
-                    "history": history, "baseline_val_dice": baseline, "best_val_dice": best_dice,
-                    "best_epoch": best_epoch, "best_model": best_state, "family": self.model.family.name,
-                    "config": asdict(cfg),
-                })
+                on_epoch(
+                    record,
+                    {
+                        "model": self.module.state_dict(),
+                        "optimizer": self.optimizer.state_dict(),
+                        "epoch": epoch + 1,
+                        "history": history,
+                        "baseline_val_dice": baseline,
+                        "best_val_dice": best_dice,
+                        "best_epoch": best_epoch,
+                        "best_model": best_state,
+                        "family": self.model.family.name,
+                        "config": asdict(cfg),
+                    },
+                )
             if cfg.early_stopping and epoch + 1 - max(best_epoch, start) >= cfg.early_stopping:
                 break
         self.module.eval()
         return TrainResult(baseline, best_dice, best_epoch, history, best_state, len(train_samples), len(val_samples))
-

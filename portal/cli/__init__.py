@@ -42,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug, not bad input: say so plainly, trace only on request
         if args.debug or os.environ.get("MEDSAM_DEBUG"):
             raise
-        print(f"medsam {args.command}: internal error: {type(exc).__name__}: {exc} "
-              "(run with --debug for the traceback, and please report it)", file=sys.stderr)
+        print(
+            f"medsam {args.command}: internal error: {type(exc).__name__}: {exc} "
+            "(run with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
         return 3
 
 

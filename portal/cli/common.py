@@ -11,13 +11,25 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     from medsam_core.models import FAMILIES
 
     group = parser.add_argument_group("model")
-    group.add_argument("--model", metavar="NAME", default=None,
-                       help=f"model family: {', '.join(FAMILIES)} (default: MEDSAM_DEFAULT_MODEL or lite)")
-    group.add_argument("--checkpoint", metavar="PATH", default=None,
-                       help="weights file; required for the ViT families, optional for lite (bundled)")
+    group.add_argument(
+        "--model",
+        metavar="NAME",
+        default=None,
+        help=f"model family: {', '.join(FAMILIES)} (default: MEDSAM_DEFAULT_MODEL or lite)",
+    )
+    group.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        default=None,
+        help="weights file; required for the ViT families, optional for lite (bundled)",
+    )
     group.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: MEDSAM_DEVICE)")
-    group.add_argument("--backend", choices=("auto", "torch", "onnx"), default=None,
-                       help="inference backend (default: MEDSAM_INFERENCE_BACKEND, auto)")
+    group.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnx"),
+        default=None,
+        help="inference backend (default: MEDSAM_INFERENCE_BACKEND, auto)",
+    )
 
 
 def build_predictor(args: argparse.Namespace, settings: Settings | None = None):

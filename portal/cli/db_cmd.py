@@ -16,8 +16,12 @@ def register(sub) -> None:
     st = dsub.add_parser("status", help="show the schema revision and where the data lives")
     st.set_defaults(handler=status)
     gc = dsub.add_parser("gc", help="delete blobs no row points to (older than the grace period)")
-    gc.add_argument("--grace-hours", type=float, default=None,
-                    help="keep unreferenced blobs younger than this (default: MEDSAM_GC_GRACE_HOURS, 1)")
+    gc.add_argument(
+        "--grace-hours",
+        type=float,
+        default=None,
+        help="keep unreferenced blobs younger than this (default: MEDSAM_GC_GRACE_HOURS, 1)",
+    )
     gc.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
     gc.set_defaults(handler=collect)
 
@@ -65,6 +69,8 @@ def collect(args: argparse.Namespace) -> int:
         report = collect_garbage(db, store.blobs, timedelta(hours=hours), dry_run=args.dry_run)
     store.close()
     verb = "would delete" if args.dry_run else "deleted"
-    print(f"scanned {report.scanned} blobs: {report.referenced} in use, {report.too_young} too young to judge, "
-          f"{verb} {report.deleted} ({report.freed_bytes / 1e6:.1f} MB)")
+    print(
+        f"scanned {report.scanned} blobs: {report.referenced} in use, {report.too_young} too young to judge, "
+        f"{verb} {report.deleted} ({report.freed_bytes / 1e6:.1f} MB)"
+    )
     return 0

@@ -12,16 +12,29 @@ from portal.store.settings import get_settings
 
 
 def register(sub) -> None:
-    p = sub.add_parser("evaluate", help="measure Dice and NSD on a labelled folder",
-                       description="DATA_DIR holds images/*.png + masks/*.png (same stems; mask 0/255 or label "
-                                   "ids) or imgs/*.npy + gts/*.npy. Each label is prompted with its tight box.")
+    p = sub.add_parser(
+        "evaluate",
+        help="measure Dice and NSD on a labelled folder",
+        description="DATA_DIR holds images/*.png + masks/*.png (same stems; mask 0/255 or label "
+        "ids) or imgs/*.npy + gts/*.npy. Each label is prompted with its tight box.",
+    )
     p.add_argument("data_dir", type=Path, metavar="DATA_DIR")
-    p.add_argument("--box-jitter", type=int, default=0, metavar="PX",
-                   help="push each box side out by a random 0..PX pixels, like MedSAM's bbox_shift (default 0)")
+    p.add_argument(
+        "--box-jitter",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="push each box side out by a random 0..PX pixels, like MedSAM's bbox_shift (default 0)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for the jitter, so runs compare (default 0)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images by name")
-    p.add_argument("--nsd-tolerance", type=float, default=2.0, metavar="PX",
-                   help="boundary tolerance of the normalised surface Dice, in pixels (default 2)")
+    p.add_argument(
+        "--nsd-tolerance",
+        type=float,
+        default=2.0,
+        metavar="PX",
+        help="boundary tolerance of the normalised surface Dice, in pixels (default 2)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON line per image, then a JSON summary line")
     add_model_options(p)
     p.set_defaults(handler=run)
@@ -44,22 +57,37 @@ def run(args: argparse.Namespace) -> int:
     predictor = build_predictor(args, settings)
     scores = []
     progress = tqdm(total=len(pairs), desc="evaluate", unit="img", file=sys.stderr, disable=None)
-    for score in evaluate(predictor, pairs, box_jitter=args.box_jitter, seed=args.seed,
-                          nsd_tolerance=args.nsd_tolerance, max_pixels=settings.max_image_pixels):
+    for score in evaluate(
+        predictor,
+        pairs,
+        box_jitter=args.box_jitter,
+        seed=args.seed,
+        nsd_tolerance=args.nsd_tolerance,
+        max_pixels=settings.max_image_pixels,
+    ):
         scores.append(score)
         progress.update(1)
         progress.set_postfix(dice=f"{score.dice:.3f}")
         if args.json:
             print(json.dumps(score.as_dict()), flush=True)
     progress.close()
-    summary = {**summarize(scores), "model": predictor.family, "box_jitter": args.box_jitter, "seed": args.seed,
-               "data_dir": str(args.data_dir)}
+    summary = {
+        **summarize(scores),
+        "model": predictor.family,
+        "box_jitter": args.box_jitter,
+        "seed": args.seed,
+        "data_dir": str(args.data_dir),
+    }
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{summary['images']} images, {summary['objects']} objects ({predictor.family}, "
-              f"box jitter {args.box_jitter}px)")
+        print(
+            f"{summary['images']} images, {summary['objects']} objects ({predictor.family}, "
+            f"box jitter {args.box_jitter}px)"
+        )
         print(f"Dice  mean {summary['mean_dice']:.4f}  median {summary['median_dice']:.4f}")
-        print(f"NSD   mean {summary['mean_nsd']:.4f}  median {summary['median_nsd']:.4f}  "
-              f"(tolerance {args.nsd_tolerance:g}px)")
+        print(
+            f"NSD   mean {summary['mean_nsd']:.4f}  median {summary['median_nsd']:.4f}  "
+            f"(tolerance {args.nsd_tolerance:g}px)"
+        )
     return 0

@@ -21,19 +21,43 @@ MULTI_SUFFIXES = (".nii.gz",)
 
 
 def register(sub) -> None:
-    p = sub.add_parser("segment", help="segment images with box and point prompts",
-                       description="Segment each IMAGE with the same prompts. Writes <stem>_mask.npy (uint8 at the "
-                                   "original size: 0/1, or labels 1..K for K boxes), <stem>_mask.png and "
-                                   "<stem>_overlay.png into --out.")
+    p = sub.add_parser(
+        "segment",
+        help="segment images with box and point prompts",
+        description="Segment each IMAGE with the same prompts. Writes <stem>_mask.npy (uint8 at the "
+        "original size: 0/1, or labels 1..K for K boxes), <stem>_mask.png and "
+        "<stem>_overlay.png into --out.",
+    )
     p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF, npy, DICOM or NIfTI file")
-    p.add_argument("--box", nargs=4, type=float, action="append", metavar=("X0", "Y0", "X1", "Y1"),
-                   help="box in original pixels; repeat for several objects")
-    p.add_argument("--point", nargs=3, type=float, action="append", metavar=("X", "Y", "LABEL"),
-                   help="point in original pixels, LABEL 1 include or 0 exclude; repeat for more")
-    p.add_argument("--window", default=None, metavar="NAME",
-                   help="CT window for raw intensities: abdomen, lung, brain, bone (default: 0.5-99.5 percentile)")
-    p.add_argument("--slice", type=int, default=None, dest="slice_index",
-                   help="slice of a 3-D volume, from 0 (default: the middle slice)")
+    p.add_argument(
+        "--box",
+        nargs=4,
+        type=float,
+        action="append",
+        metavar=("X0", "Y0", "X1", "Y1"),
+        help="box in original pixels; repeat for several objects",
+    )
+    p.add_argument(
+        "--point",
+        nargs=3,
+        type=float,
+        action="append",
+        metavar=("X", "Y", "LABEL"),
+        help="point in original pixels, LABEL 1 include or 0 exclude; repeat for more",
+    )
+    p.add_argument(
+        "--window",
+        default=None,
+        metavar="NAME",
+        help="CT window for raw intensities: abdomen, lung, brain, bone (default: 0.5-99.5 percentile)",
+    )
+    p.add_argument(
+        "--slice",
+        type=int,
+        default=None,
+        dest="slice_index",
+        help="slice of a 3-D volume, from 0 (default: the middle slice)",
+    )
     p.add_argument("--out", type=Path, default=Path("medsam_out"), help="output folder (default: ./medsam_out)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image on stdout")
     add_model_options(p)
@@ -73,21 +97,28 @@ def _prepare(args, max_pixels: int) -> list[Job]:
     for path in paths:
         stem = output_stem(path)
         if stem in stems:
-            raise MedsamError(f"{stems[stem]} and {path} would write the same output files ({stem}_mask.*); "
-                              "segment them into different --out folders")
+            raise MedsamError(
+                f"{stems[stem]} and {path} would write the same output files ({stem}_mask.*); "
+                "segment them into different --out folders"
+            )
         stems[stem] = path
     jobs, problems = [], []
     for path in paths:
         try:
             image = read_image(path, max_pixels=max_pixels)
             if args.window and not image.window_applies:
-                print(f"note: {path.name} is an 8-bit image; --window applies only to raw intensities and is ignored",
-                      file=sys.stderr)
+                print(
+                    f"note: {path.name} is an 8-bit image; --window applies only to raw intensities and is ignored",
+                    file=sys.stderr,
+                )
             slice_index = args.slice_index
             if image.num_slices > 1 and slice_index is None:
                 slice_index = image.num_slices // 2
-                print(f"note: {path.name} has {image.num_slices} slices; segmenting slice {slice_index} "
-                      "(choose with --slice)", file=sys.stderr)
+                print(
+                    f"note: {path.name} has {image.num_slices} slices; segmenting slice {slice_index} "
+                    "(choose with --slice)",
+                    file=sys.stderr,
+                )
             rgb = image.display(slice_index=slice_index, window=args.window)
             validate_boxes(args.box, rgb.shape[:2])
             validate_points(args.point, rgb.shape[:2])
@@ -115,19 +146,29 @@ def run(args: argparse.Namespace) -> int:
         paths = write_mask_files(args.out, job.stem, job.rgb, prediction.masks)
         areas = [int(m.sum()) for m in prediction.masks]
         record = {
-            "image": str(job.path), **paths, "slice": job.slice_index, "model": predictor.family,
-            "height": job.rgb.shape[0], "width": job.rgb.shape[1],
-            "area": int(sum(areas)), "areas": areas,
-            "predicted_iou": round(float(prediction.iou[0]), 4) if len(areas) == 1
+            "image": str(job.path),
+            **paths,
+            "slice": job.slice_index,
+            "model": predictor.family,
+            "height": job.rgb.shape[0],
+            "width": job.rgb.shape[1],
+            "area": int(sum(areas)),
+            "areas": areas,
+            "predicted_iou": round(float(prediction.iou[0]), 4)
+            if len(areas) == 1
             else [round(float(v), 4) for v in prediction.iou],
-            "encode_ms": round(embedding.encode_ms, 1), "decode_ms": round(prediction.decode_ms, 1),
-            "cache_hit": embedding.cache_hit, "backend": predictor.backend.name,
+            "encode_ms": round(embedding.encode_ms, 1),
+            "decode_ms": round(prediction.decode_ms, 1),
+            "cache_hit": embedding.cache_hit,
+            "backend": predictor.backend.name,
         }
         if args.json:
             print(json.dumps(record), flush=True)
         else:
             iou = ", ".join(f"{v:.2f}" for v in prediction.iou)
-            print(f"{job.path.name}: {len(areas)} mask(s), {sum(areas)} px, predicted IoU {iou}, "
-                  f"encode {embedding.encode_ms:.0f} ms{' (cached)' if embedding.cache_hit else ''}, "
-                  f"decode {prediction.decode_ms:.0f} ms -> {paths['mask_png']}")
+            print(
+                f"{job.path.name}: {len(areas)} mask(s), {sum(areas)} px, predicted IoU {iou}, "
+                f"encode {embedding.encode_ms:.0f} ms{' (cached)' if embedding.cache_hit else ''}, "
+                f"decode {prediction.decode_ms:.0f} ms -> {paths['mask_png']}"
+            )
     return 0

@@ -52,8 +52,9 @@ class Supervisor:
         while not self.stopping.wait(2):
             for queue, proc in list(self.procs.items()):
                 if proc.poll() is not None and not self.stopping.is_set():
-                    print(f"medsam serve: the {queue} worker exited ({proc.returncode}); restarting it",
-                          file=sys.stderr)
+                    print(
+                        f"medsam serve: the {queue} worker exited ({proc.returncode}); restarting it", file=sys.stderr
+                    )
                     _signal_group(proc, signal.SIGKILL)  # its pool children must not linger
                     self._spawn(queue)
 
@@ -99,8 +100,11 @@ def run(args: argparse.Namespace) -> int:
     supervisor.start()
     print(f"medsam serve: portal at http://{host}:{port}/ (API docs at /api/docs)", file=sys.stderr, flush=True)
     try:
-        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                    forwarded_allow_ips=settings.forwarded_allow_ips)).run()
+        uvicorn.Server(
+            uvicorn.Config(
+                app, host=host, port=port, log_level="warning", forwarded_allow_ips=settings.forwarded_allow_ips
+            )
+        ).run()
     finally:
         print("medsam serve: stopping the workers", file=sys.stderr, flush=True)
         supervisor.stop()

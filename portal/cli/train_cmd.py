@@ -14,23 +14,35 @@ from portal.store.settings import get_settings
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="fine-tune a model on a labelled folder",
-                       description="DATA_DIR: imgs/*.npy + gts/*.npy (the seed's layout) or images/ + masks/ PNGs. "
-                                   "Writes checkpoint_latest.pth, checkpoint_best.pth (chosen by validation Dice; "
-                                   "starts as the untouched weights), metrics.json and curves.png into --out.")
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model on a labelled folder",
+        description="DATA_DIR: imgs/*.npy + gts/*.npy (the seed's layout) or images/ + masks/ PNGs. "
+        "Writes checkpoint_latest.pth, checkpoint_best.pth (chosen by validation Dice; "
+        "starts as the untouched weights), metrics.json and curves.png into --out.",
+    )
     p.add_argument("data_dir", type=Path, metavar="DATA_DIR")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--mode", choices=MODES, default="decoder",
-                   help="decoder: frozen encoder, trains on cached embeddings (fast, CPU-friendly); "
-                        "full: encoder and decoder, as MedSAM does (needs a GPU)")
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default="decoder",
+        help="decoder: frozen encoder, trains on cached embeddings (fast, CPU-friendly); "
+        "full: encoder and decoder, as MedSAM does (needs a GPU)",
+    )
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--bbox-shift", type=float, default=20.0, help="box jitter in pixels at 1024 (default 20)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of images held out (by volume)")
-    p.add_argument("--early-stopping", type=int, default=None, metavar="N",
-                   help="stop after N epochs without a better validation Dice")
+    p.add_argument(
+        "--early-stopping",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N epochs without a better validation Dice",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_latest.pth")
     p.add_argument("--json", action="store_true", help="one JSON line per epoch, then a summary line")
@@ -50,31 +62,51 @@ def run(args: argparse.Namespace) -> int:
     from portal.cli.common import build_predictor
 
     settings = get_settings()
-    config = TrainConfig(mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                         lr=args.lr, bbox_shift=args.bbox_shift, seed=args.seed, early_stopping=args.early_stopping)
+    config = TrainConfig(
+        mode=args.mode,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        bbox_shift=args.bbox_shift,
+        seed=args.seed,
+        early_stopping=args.early_stopping,
+    )
     config.validate()
     if not 0 < args.val_fraction < 1:
         raise MedsamError("--val-fraction must be between 0 and 1")
     samples = folder_samples(args.data_dir, settings.max_image_pixels)
     if len(samples) < settings.min_training_images:
-        raise MedsamError(f"{args.data_dir} has {len(samples)} labelled images; fine-tuning needs at least "
-                          f"{settings.min_training_images} (MEDSAM_MIN_TRAINING_IMAGES)")
+        raise MedsamError(
+            f"{args.data_dir} has {len(samples)} labelled images; fine-tuning needs at least "
+            f"{settings.min_training_images} (MEDSAM_MIN_TRAINING_IMAGES)"
+        )
     train, val = split_by_group(samples, args.val_fraction, args.seed)
     bar = _ProgressBar()
-    sink = FolderSink(args.out, resume=args.resume, on_step=bar.show,
-                      on_epoch=(lambda record: print(json.dumps(record), flush=True)) if args.json else None)
+    sink = FolderSink(
+        args.out,
+        resume=args.resume,
+        on_step=bar.show,
+        on_epoch=(lambda record: print(json.dumps(record), flush=True)) if args.json else None,
+    )
     predictor = build_predictor(args, settings)
-    check_mode(args.mode, predictor.model.device.type == "cuda", settings.allow_full_finetune_without_gpu,
-               remedy=" (about a minute per step on a CPU); use --mode decoder, "
-                      "or set MEDSAM_ALLOW_FULL_FINETUNE_WITHOUT_GPU=true to insist")
+    check_mode(
+        args.mode,
+        predictor.model.device.type == "cuda",
+        settings.allow_full_finetune_without_gpu,
+        remedy=" (about a minute per step on a CPU); use --mode decoder, "
+        "or set MEDSAM_ALLOW_FULL_FINETUNE_WITHOUT_GPU=true to insist",
+    )
     result = finetune(predictor.model, train, val, config, sink, predictor=predictor)
     bar.close()
     summary = {**result.summary(), "epochs": len(result.history), "out": str(args.out)}
     if args.json:
         print(json.dumps({k: summary[k] for k in SUMMARY_KEYS}))
     else:
-        print(f"validation Dice {summary['baseline_val_dice']:.4f} before, {summary['best_val_dice']:.4f} best "
-              f"(epoch {result.best_epoch}); checkpoints in {args.out}")
+        print(
+            f"validation Dice {summary['baseline_val_dice']:.4f} before, {summary['best_val_dice']:.4f} best "
+            f"(epoch {result.best_epoch}); checkpoints in {args.out}"
+        )
     return 0
 
 

@@ -16,10 +16,16 @@ def register(sub) -> None:
     add.add_argument("name")
     add.add_argument("--role", choices=ROLES, default="annotator")
     how = add.add_mutually_exclusive_group()
-    how.add_argument("--password-stdin", action="store_true",
-                     help="read the password from standard input (for scripts) instead of prompting")
-    how.add_argument("--generate-password", action="store_true",
-                     help="generate a password and print it once (pass it on; it is stored only as a hash)")
+    how.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (for scripts) instead of prompting",
+    )
+    how.add_argument(
+        "--generate-password",
+        action="store_true",
+        help="generate a password and print it once (pass it on; it is stored only as a hash)",
+    )
     add.set_defaults(handler=add_user)
     pw = usub.add_parser("passwd", help="set a new password (revokes the user's API tokens)")
     pw.add_argument("name")
@@ -90,8 +96,7 @@ def revoke_tokens(args: argparse.Namespace) -> int:
     try:
         with store.transaction() as session:
             count = revoke(session, args.name)
-        print(f"revoked {count} API token{'' if count == 1 else 's'} of '{args.name}'; "
-              "its clients must log in again")
+        print(f"revoked {count} API token{'' if count == 1 else 's'} of '{args.name}'; its clients must log in again")
     finally:
         store.close()
     return 0

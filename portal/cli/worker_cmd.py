@@ -8,10 +8,13 @@ from workers.names import QUEUES
 
 
 def register(sub) -> None:
-    p = sub.add_parser("worker", help="run a Celery worker for the inference and/or training queue",
-                       description="A thin wrapper over `celery -A workers worker`: the prefork pool (a killed "
-                                   "task process is noticed and its task requeued) and concurrency 1, since "
-                                   "one encode or one fine-tune already uses the whole CPU or GPU.")
+    p = sub.add_parser(
+        "worker",
+        help="run a Celery worker for the inference and/or training queue",
+        description="A thin wrapper over `celery -A workers worker`: the prefork pool (a killed "
+        "task process is noticed and its task requeued) and concurrency 1, since "
+        "one encode or one fine-tune already uses the whole CPU or GPU.",
+    )
     p.add_argument("--queues", "-Q", default="inference", help="comma-separated: inference, training")
     p.add_argument("--concurrency", "-c", type=int, default=1, help="task processes (default 1)")
     p.add_argument("--pool", "-P", default="prefork", choices=("prefork", "solo", "threads"))
@@ -34,6 +37,21 @@ def run(args: argparse.Namespace) -> int:
 
     app = make_app(get_settings())
     name = args.hostname or f"{'+'.join(queues)}@%h"
-    app.worker_main(["worker", "-Q", ",".join(queues), "-c", str(args.concurrency), "-P", args.pool,
-                     "-l", args.loglevel, "-n", name, "--without-gossip", "--without-mingle"])
+    app.worker_main(
+        [
+            "worker",
+            "-Q",
+            ",".join(queues),
+            "-c",
+            str(args.concurrency),
+            "-P",
+            args.pool,
+            "-l",
+            args.loglevel,
+            "-n",
+            name,
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
     return 0

@@ -23,8 +23,11 @@ TOUCH_EVERY = timedelta(minutes=1)
 
 
 def _match(key: CacheKey) -> tuple[ColumnElement[bool], ColumnElement[bool], ColumnElement[bool]]:
-    return (EmbeddingEntry.pixel_sha256 == key.pixel_sha256, EmbeddingEntry.family == key.family,
-            EmbeddingEntry.encoder_digest == key.encoder_digest)
+    return (
+        EmbeddingEntry.pixel_sha256 == key.pixel_sha256,
+        EmbeddingEntry.family == key.family,
+        EmbeddingEntry.encoder_digest == key.encoder_digest,
+    )
 
 
 class BlobEmbeddingStore:
@@ -51,12 +54,24 @@ class BlobEmbeddingStore:
         blob = self.store.blobs.put_bytes(data)  # blob before row
         try:
             with self.store.transaction() as session:
-                updated = cast("CursorResult[Any]", session.execute(update(EmbeddingEntry).where(*_match(key)).values(
-                    blob_sha=blob, size_bytes=len(data), last_used_at=utcnow()))).rowcount
+                updated = cast(
+                    "CursorResult[Any]",
+                    session.execute(
+                        update(EmbeddingEntry)
+                        .where(*_match(key))
+                        .values(blob_sha=blob, size_bytes=len(data), last_used_at=utcnow())
+                    ),
+                ).rowcount
                 if not updated:
-                    session.add(EmbeddingEntry(pixel_sha256=key.pixel_sha256, family=key.family,
-                                               encoder_digest=key.encoder_digest, blob_sha=blob,
-                                               size_bytes=len(data)))
+                    session.add(
+                        EmbeddingEntry(
+                            pixel_sha256=key.pixel_sha256,
+                            family=key.family,
+                            encoder_digest=key.encoder_digest,
+                            blob_sha=blob,
+                            size_bytes=len(data),
+                        )
+                    )
         except IntegrityError:
             pass  # another worker cached the same embedding at the same moment: same bytes, nothing to do
         self.evict()
@@ -69,8 +84,9 @@ class BlobEmbeddingStore:
             if total <= self.budget_bytes:
                 return 0
             victims = []
-            for entry in session.scalars(select(EmbeddingEntry).order_by(EmbeddingEntry.last_used_at,
-                                                                           EmbeddingEntry.id)):
+            for entry in session.scalars(
+                select(EmbeddingEntry).order_by(EmbeddingEntry.last_used_at, EmbeddingEntry.id)
+            ):
                 if total <= self.budget_bytes:
                     break
                 victims.append(entry.blob_sha)

@@ -48,11 +48,15 @@ def ensure_current(engine: Engine, auto_upgrade: bool) -> None:
         return
     where = engine.url.render_as_string(hide_password=True)
     if current is not None and current not in _known_revisions():
-        raise StoreError(f"database {where} is at schema revision {current}, which this version of medsam does "
-                         "not know (it was made by a newer version); upgrade medsam")
+        raise StoreError(
+            f"database {where} is at schema revision {current}, which this version of medsam does "
+            "not know (it was made by a newer version); upgrade medsam"
+        )
     if not auto_upgrade:
-        raise StoreError(f"database {where} is at schema revision {current or 'empty'} but this version needs "
-                         f"{head}; run `medsam db upgrade` (or set MEDSAM_AUTO_MIGRATE=true)")
+        raise StoreError(
+            f"database {where} is at schema revision {current or 'empty'} but this version needs "
+            f"{head}; run `medsam db upgrade` (or set MEDSAM_AUTO_MIGRATE=true)"
+        )
     log.warning("database %s is at schema revision %s, upgrading to %s", where, current or "(empty)", head)
     upgrade(engine)
 

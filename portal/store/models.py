@@ -25,20 +25,23 @@ def utcnow() -> datetime:
 
 
 class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention={
-        "ix": "ix_%(column_0_label)s",
-        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "ck": "ck_%(table_name)s_%(constraint_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    })
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
 
 
 def _enum(cls: type[enum.Enum], length: int = 16) -> Enum:
     # Stored as plain strings with a CHECK, so adding a state is a small migration on both databases.
-    return Enum(cls, native_enum=False, validate_strings=True, length=length,
-                values_callable=lambda e: [m.value for m in e])
+    return Enum(
+        cls, native_enum=False, validate_strings=True, length=length, values_callable=lambda e: [m.value for m in e]
+    )
 
 
 class Role(str, enum.Enum):
@@ -94,7 +97,8 @@ class Project(Base):
     modality: Mapped[str] = mapped_column(String(32), default="other")
     label_classes: Mapped[list[Any]] = mapped_column(default=list)  # [{"name": ..., "color": "#rrggbb"}]
     active_model_version_id: Mapped[int | None] = mapped_column(
-        ForeignKey("model_versions.id", use_alter=True, ondelete="SET NULL"))
+        ForeignKey("model_versions.id", use_alter=True, ondelete="SET NULL")
+    )
     # Image ids frozen by the first training job, so every version is compared on the same images.
     validation_image_ids: Mapped[list[Any] | None]
     # Off by default: a DICOM file's name often carries the patient's name or MRN.
@@ -139,7 +143,8 @@ class ModelVersion(Base):
     project_id: Mapped[int | None] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id", ondelete="SET NULL"))
     training_job_id: Mapped[int | None] = mapped_column(  # the fine-tune (a ``Job``) that made it
-        ForeignKey("jobs.id", use_alter=True, ondelete="SET NULL"))
+        ForeignKey("jobs.id", use_alter=True, ondelete="SET NULL")
+    )
     checkpoint_blob: Mapped[str | None] = mapped_column(SHA)  # None: the bundled weights
     encoder_digest: Mapped[str] = mapped_column(SHA)
     model_digest: Mapped[str] = mapped_column(SHA, index=True)
@@ -261,7 +266,6 @@ class Job(Base):
     epoch_metrics: Mapped[list[Any] | None]
     checkpoint_blob: Mapped[str | None] = mapped_column(SHA)  # last epoch's training checkpoint, for resume
     curves_blob: Mapped[str | None] = mapped_column(SHA)  # loss and validation-Dice PNG
-
 
 
 class ModelEvaluation(Base):

@@ -28,15 +28,22 @@ from portal.store.store import Store
 
 def build_predictor(settings: Settings, model: LoadedModel, cache: EmbeddingCache | None) -> Predictor:
     """Every Predictor anyone builds comes from here, so backend and chunking never differ between callers."""
-    return Predictor(model, cache, backend=settings.inference_backend, onnx_dir=settings.onnx_dir,
-                     chunk_boxes=settings.decode_chunk_boxes)
+    return Predictor(
+        model,
+        cache,
+        backend=settings.inference_backend,
+        onnx_dir=settings.onnx_dir,
+        chunk_boxes=settings.decode_chunk_boxes,
+    )
 
 
 def shared_embedding_cache(store: Store) -> EmbeddingCache:
     """Memory in front of the blob store: what the web process and the workers share."""
     settings = store.settings
-    return EmbeddingCache(BlobEmbeddingStore(store, settings.embedding_cache_mb * 1024 * 1024),
-                          memory_items=settings.embedding_memory_items)
+    return EmbeddingCache(
+        BlobEmbeddingStore(store, settings.embedding_cache_mb * 1024 * 1024),
+        memory_items=settings.embedding_memory_items,
+    )
 
 
 def checkpoint_file(store: Store, blob: str) -> Path:

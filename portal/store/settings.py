@@ -50,8 +50,11 @@ class Settings(BaseSettings):
     decode_chunk_boxes: int = Field(8, ge=1, description="Boxes decoded together; bounds a prompt's peak memory.")
     login_max_failures: int = Field(5, ge=1, description="Failed logins per account or address before a lock.")
     login_address_max_failures: int = Field(20, ge=1, description="Failed logins from one address before a lock.")
-    forwarded_allow_ips: str = Field("127.0.0.1", description="Proxies whose X-Forwarded-For is believed "
-                                     "(uvicorn's forwarded_allow_ips); set your reverse proxy's address.")
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Proxies whose X-Forwarded-For is believed "
+        "(uvicorn's forwarded_allow_ips); set your reverse proxy's address.",
+    )
     login_lock_s: float = Field(60.0, ge=0, description="First lock after too many failures; doubles each time.")
     login_lock_max_s: float = Field(900.0, ge=0, description="Longest lock after repeated failures.")
     metrics_public: bool = Field(False, description="Serve /metrics without a token (the embedded demo only).")

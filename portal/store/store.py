@@ -37,14 +37,17 @@ class Store:
         self.engine.dispose()
 
 
-def open_store(settings: Settings | None = None, *, auto_migrate: bool | None = None,
-               register_base: bool = True) -> Store:
+def open_store(
+    settings: Settings | None = None, *, auto_migrate: bool | None = None, register_base: bool = True
+) -> Store:
     settings = settings or get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     ensure_current(engine, settings.auto_migrate if auto_migrate is None else auto_migrate)
     store = Store(
-        settings=settings, engine=engine, sessions=make_sessionmaker(engine),
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
         blobs=open_blob_store(settings.resolved_storage_url, s3_endpoint_url=settings.s3_endpoint_url),
     )
     if register_base:
@@ -63,20 +66,31 @@ def bundled_lite_digests() -> tuple[str, str]:
 def register_base_models(store: Store) -> ModelVersion:
     """The bundled LiteMedSAM as a base version, so that every mask can point to the model that made it."""
     with store.transaction() as session:
-        existing = session.scalar(select(ModelVersion).where(
-            ModelVersion.family == "lite", ModelVersion.project_id.is_(None),
-            ModelVersion.checkpoint_blob.is_(None)))
+        existing = session.scalar(
+            select(ModelVersion).where(
+                ModelVersion.family == "lite", ModelVersion.project_id.is_(None), ModelVersion.checkpoint_blob.is_(None)
+            )
+        )
         if existing is not None:
             return existing
     encoder_digest, model_digest = bundled_lite_digests()
     with store.transaction() as session:
-        again = session.scalar(select(ModelVersion).where(
-            ModelVersion.family == "lite", ModelVersion.project_id.is_(None),
-            ModelVersion.model_digest == model_digest))
+        again = session.scalar(
+            select(ModelVersion).where(
+                ModelVersion.family == "lite",
+                ModelVersion.project_id.is_(None),
+                ModelVersion.model_digest == model_digest,
+            )
+        )
         if again is not None:
             return again
-        version = ModelVersion(name="LiteMedSAM (bundled)", family="lite", encoder_digest=encoder_digest,
-                               model_digest=model_digest, metrics={})
+        version = ModelVersion(
+            name="LiteMedSAM (bundled)",
+            family="lite",
+            encoder_digest=encoder_digest,
+            model_digest=model_digest,
+            metrics={},
+        )
         session.add(version)
         log.info("registered the bundled LiteMedSAM as base model version")
     return version

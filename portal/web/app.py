@@ -49,9 +49,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store.close()
 
     # Swagger UI and ReDoc from the installed package, not a CDN: /api/docs works on a closed network.
-    app = FastAPIOffline(title="medsam-portal", version="0.1.0", docs_url="/api/docs", redoc_url="/api/redoc",
-                         static_url="/api/docs/assets", openapi_url="/api/openapi.json",
-                         swagger_ui_oauth2_redirect_url="/api/docs/oauth2-redirect", lifespan=lifespan)
+    app = FastAPIOffline(
+        title="medsam-portal",
+        version="0.1.0",
+        docs_url="/api/docs",
+        redoc_url="/api/redoc",
+        static_url="/api/docs/assets",
+        openapi_url="/api/openapi.json",
+        swagger_ui_oauth2_redirect_url="/api/docs/oauth2-redirect",
+        lifespan=lifespan,
+    )
     app.state.store = store
     app.state.settings = settings
     app.state.queue = queue

@@ -31,9 +31,11 @@ def _unauthorised(message: str) -> HTTPException:
 
 
 def too_many_logins(retry_after: int) -> HTTPException:
-    return HTTPException(status_code=429, headers={"Retry-After": str(retry_after)},
-                         detail="too many failed logins for this account or from this address; "
-                                f"try again in {retry_after} s")
+    return HTTPException(
+        status_code=429,
+        headers={"Retry-After": str(retry_after)},
+        detail=f"too many failed logins for this account or from this address; try again in {retry_after} s",
+    )
 
 
 def client_address(scope) -> str | None:
@@ -45,8 +47,10 @@ def client_address(scope) -> str | None:
 def current_user(request: Request, token: str | None = Depends(_bearer)) -> User:
     """The user behind ``Authorization: Bearer …``; 401 (with WWW-Authenticate) otherwise."""
     if not token:
-        raise _unauthorised(f"log in first: POST {TOKEN_URL} with username and password, then send "
-                            "'Authorization: Bearer <access_token>'")
+        raise _unauthorised(
+            f"log in first: POST {TOKEN_URL} with username and password, then send "
+            "'Authorization: Bearer <access_token>'"
+        )
     with request.app.state.store.transaction() as session:
         user = users.user_for_token(session, token)
     if user is None:
@@ -59,8 +63,9 @@ def login(request: Request, form: OAuth2PasswordRequestForm = Depends()) -> Toke
     # Its own transaction, not the request's: the failed or refused attempt is committed (counted,
     # audited) before the refusal goes out, where the request's would roll it back with the error.
     with request.app.state.store.transaction() as session:
-        outcome = users.login(session, form.username, form.password, client_address(request.scope),
-                              request.app.state.settings)
+        outcome = users.login(
+            session, form.username, form.password, client_address(request.scope), request.app.state.settings
+        )
         token = users.issue_token(session, outcome.user) if outcome.user is not None else None
     if outcome.retry_after:
         raise too_many_logins(outcome.retry_after)
@@ -91,7 +96,15 @@ def ensure_first_admin(store: Store) -> str | None:
         return None  # another process of this deployment created it first
     if created is None:
         return None
-    print("\n" + "=" * 72 + "\nmedsam: created the first account, 'admin', with password:\n\n    " + password +
-          "\n\nIt is shown only this once. Log in and change it with:\n    medsam user passwd admin\n"
-          + "=" * 72 + "\n", file=sys.stderr, flush=True)
+    print(
+        "\n"
+        + "=" * 72
+        + "\nmedsam: created the first account, 'admin', with password:\n\n    "
+        + password
+        + "\n\nIt is shown only this once. Log in and change it with:\n    medsam user passwd admin\n"
+        + "=" * 72
+        + "\n",
+        file=sys.stderr,
+        flush=True,
+    )
     return password

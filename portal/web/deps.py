@@ -49,5 +49,3 @@ AppSettings = Annotated[Settings, Depends(settings_of)]
 def queue_of(request: Request) -> JobQueue:
     """The app's one job queue (a FastAPI dependency: ``queue: JobQueue = Depends(queue_of)``)."""
     return request.app.state.queue
-
-

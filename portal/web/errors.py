@@ -69,8 +69,9 @@ async def validation_error(_request: Request, exc: RequestValidationError) -> JS
 
 async def internal_error(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
-    return JSONResponse({"detail": f"internal error: {type(exc).__name__}; it was logged, please report it"},
-                        status_code=500)
+    return JSONResponse(
+        {"detail": f"internal error: {type(exc).__name__}; it was logged, please report it"}, status_code=500
+    )
 
 
 def install(app) -> None:

@@ -22,13 +22,22 @@ from portal.store.services import users
 # Interactive latencies live between a few ms and tens of seconds (a first encode on a CPU).
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
-REQUEST_SECONDS = Histogram("medsam_http_request_duration_seconds", "HTTP request latency by route template",
-                            ("method", "route", "status"), buckets=_BUCKETS)
-DECODE_SECONDS = Histogram("medsam_segment_decode_seconds",
-                           "Prompt encoder + mask decoder + post-processing time in the web process", buckets=_BUCKETS)
-ENCODE_WAIT_SECONDS = Histogram("medsam_segment_encode_wait_seconds",
-                                "Time a prompt waited for a worker to encode its image (cache misses only)",
-                                buckets=_BUCKETS)
+REQUEST_SECONDS = Histogram(
+    "medsam_http_request_duration_seconds",
+    "HTTP request latency by route template",
+    ("method", "route", "status"),
+    buckets=_BUCKETS,
+)
+DECODE_SECONDS = Histogram(
+    "medsam_segment_decode_seconds",
+    "Prompt encoder + mask decoder + post-processing time in the web process",
+    buckets=_BUCKETS,
+)
+ENCODE_WAIT_SECONDS = Histogram(
+    "medsam_segment_encode_wait_seconds",
+    "Time a prompt waited for a worker to encode its image (cache misses only)",
+    buckets=_BUCKETS,
+)
 SEGMENTS = Counter("medsam_segment_requests_total", "Prompts answered, by embedding cache outcome", ("cache",))
 QUEUE_DEPTH = Gauge("medsam_queue_depth", "Jobs waiting in the queue, from the job rows", ("queue",))
 ENCODES_IN_FLIGHT = Gauge("medsam_encodes_in_flight", "Encodes the web process is waiting for")
@@ -58,7 +67,8 @@ class RequestTimer:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             REQUEST_SECONDS.labels(scope.get("method", ""), template, str(status["code"])).observe(
-                time.perf_counter() - start)
+                time.perf_counter() - start
+            )
 
 
 router = APIRouter(tags=["health"])
@@ -88,9 +98,13 @@ TRAINING_KINDS = (JobKind.finetune, JobKind.evaluate)
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request) -> Response:
     if not _may_scrape(request):
-        return Response("metrics need 'Authorization: Bearer <MEDSAM_METRICS_TOKEN>' (or an admin's API token); "
-                        "set MEDSAM_METRICS_PUBLIC=true to serve them openly\n", status_code=401,
-                        media_type="text/plain", headers={"WWW-Authenticate": "Bearer"})
+        return Response(
+            "metrics need 'Authorization: Bearer <MEDSAM_METRICS_TOKEN>' (or an admin's API token); "
+            "set MEDSAM_METRICS_PUBLIC=true to serve them openly\n",
+            status_code=401,
+            media_type="text/plain",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     store = request.app.state.store
     try:
         with store.transaction() as session:

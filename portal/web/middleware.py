@@ -17,12 +17,18 @@ API_PREFIX = "/api/"
 # js_on_load snippets of gr.HTML, hence 'unsafe-inline' and 'unsafe-eval'. What
 # the policy still buys: no scripts, styles, fonts or frames from other origins, no
 # framing by other sites (clickjacking), no plugins, and forms post only here.
-CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
-       "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
-       "connect-src 'self' ws: wss:; media-src 'self' data: blob:; worker-src 'self' blob:; "
-       "frame-ancestors 'self'; object-src 'none'; base-uri 'self'; form-action 'self'")
-_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"same-origin"),
-            (b"x-frame-options", b"SAMEORIGIN"), (b"cross-origin-opener-policy", b"same-origin")]
+CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
+    "connect-src 'self' ws: wss:; media-src 'self' data: blob:; worker-src 'self' blob:; "
+    "frame-ancestors 'self'; object-src 'none'; base-uri 'self'; form-action 'self'"
+)
+_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+    (b"x-frame-options", b"SAMEORIGIN"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+]
 _CSP = CSP.encode()  # the API docs are served from here too (portal.web.docs), so one policy fits all
 
 
@@ -74,15 +80,17 @@ class JsonBodyLimit:
         path = scope.get("path", "")
         root = scope.get("root_path", "")
         if root and path.startswith(root):
-            path = path[len(root):]
+            path = path[len(root) :]
         if UPLOAD_ROUTES.match(path):
             return None
         return self.limit if path.startswith(API_PREFIX) else max(self.limit, UI_LIMIT_BYTES)
 
     @staticmethod
     def _message(limit: int) -> str:
-        return (f"the request body exceeds the limit of {limit // 1024} KiB for API calls "
-                "(MEDSAM_MAX_JSON_KB); send fewer boxes or items per request")
+        return (
+            f"the request body exceeds the limit of {limit // 1024} KiB for API calls "
+            "(MEDSAM_MAX_JSON_KB); send fewer boxes or items per request"
+        )
 
     async def __call__(self, scope, receive, send):
         limit = self._limit_for(scope)
@@ -91,8 +99,9 @@ class JsonBodyLimit:
             return
         declared = _header(scope, b"content-length")
         if declared.isdigit() and int(declared) > limit:
-            await JSONResponse({"detail": self._message(limit)}, status_code=413,
-                               headers={"Connection": "close"})(scope, receive, send)
+            await JSONResponse({"detail": self._message(limit)}, status_code=413, headers={"Connection": "close"})(
+                scope, receive, send
+            )
             return
         received = 0
 

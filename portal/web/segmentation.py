@@ -87,8 +87,9 @@ class SegmentationService:
         self._inflight: dict[Any, Future] = {}
         self._pixels: OrderedDict[tuple, tuple[np.ndarray, str]] = OrderedDict()
 
-    def _embedded(self, actor: User | None, image_id: int, model_version_id: int | None, boxes, points,
-                  prompted: bool = True) -> _Embedded:
+    def _embedded(
+        self, actor: User | None, image_id: int, model_version_id: int | None, boxes, points, prompted: bool = True
+    ) -> _Embedded:
         """Everything up to the decode: access, prompt checks, the version and its cached embedding."""
         settings = self.store.settings
         # Counted before anything else: an oversized prompt costs neither a lookup nor a decode.
@@ -116,8 +117,9 @@ class SegmentationService:
             prediction = ready.predictor.decode_prompts(ready.embedding, ready.prompts)
         return label_map(prediction.masks) > 0, float(np.mean(prediction.iou)), ready.version_id
 
-    def segment(self, actor: User | None, image_id: int, boxes=None, points=None,
-                model_version_id: int | None = None) -> SegmentPublic:
+    def segment(
+        self, actor: User | None, image_id: int, boxes=None, points=None, model_version_id: int | None = None
+    ) -> SegmentPublic:
         started = time.perf_counter()
         ready = self._embedded(actor, image_id, model_version_id, boxes, points)
         assert ready.prompts is not None
@@ -133,17 +135,26 @@ class SegmentationService:
         del prediction
         prompt = {"boxes": _plain(boxes), "points": _plain(points)}
         with self.store.transaction() as db:  # only now: none is held while the encode is awaited
-            mask = record_mask(db, self.store.blobs, actor, image.id, labels, version_id, prompt,
-                               float(np.mean(ious)), label_map=True)
+            mask = record_mask(
+                db, self.store.blobs, actor, image.id, labels, version_id, prompt, float(np.mean(ious)), label_map=True
+            )
         metrics.DECODE_SECONDS.observe(decode_ms / 1000)
         metrics.SEGMENTS.labels("hit" if hit else "miss").inc()
         release_after(n_masks)
         return SegmentPublic(
-            mask_id=mask.id, image_id=image.id, area=int(np.count_nonzero(labels)),
-            predicted_iou=round(float(np.mean(ious)), 4), model_version_id=version_id,
-            cache_hit=hit, areas=areas, predicted_ious=ious,
-            timing_ms=SegmentTiming(encode_wait=round(wait_ms, 1), decode=round(decode_ms, 1),
-                                    total=round((time.perf_counter() - started) * 1000, 1)),
+            mask_id=mask.id,
+            image_id=image.id,
+            area=int(np.count_nonzero(labels)),
+            predicted_iou=round(float(np.mean(ious)), 4),
+            model_version_id=version_id,
+            cache_hit=hit,
+            areas=areas,
+            predicted_ious=ious,
+            timing_ms=SegmentTiming(
+                encode_wait=round(wait_ms, 1),
+                decode=round(decode_ms, 1),
+                total=round((time.perf_counter() - started) * 1000, 1),
+            ),
         )
 
     def predictor(self, version_id: int):
@@ -190,8 +201,9 @@ class SegmentationService:
                 self._pixels.popitem(last=False)
         return found
 
-    def _ensure_embedding(self, predictor, rgb: np.ndarray, digest: str, image_id: int,
-                          version_id: int) -> tuple[float, bool]:
+    def _ensure_embedding(
+        self, predictor, rgb: np.ndarray, digest: str, image_id: int, version_id: int
+    ) -> tuple[float, bool]:
         """(ms waited, was it cached). A miss is encoded by a worker, never here."""
         key = predictor.cache_key(rgb, digest)
         if self.pool.cache.get(key) is not None:
@@ -227,7 +239,8 @@ class SegmentationService:
             raise EncodeUnavailableError(
                 f"a worker encoded image {image_id}, but its embedding is not in the shared cache; the web "
                 "process and the workers must use the same database and blob store (MEDSAM_DATABASE_URL, "
-                "MEDSAM_STORAGE_URL)")
+                "MEDSAM_STORAGE_URL)"
+            )
         return waited, False
 
     def _remote_encode(self, image_id: int, version_id: int) -> None:

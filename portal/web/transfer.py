@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-import stat
 import zipfile
-import zlib
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
@@ -40,15 +38,19 @@ from portal.store.services.masks import load_mask
 from portal.store.services.projects import get_project, label_names
 from portal.web.api.masks import mask_npy_bytes, png_bytes
 from portal.web.api.uploads import sniff_suffix
+from portal.web.zip_reading import (
+    _DAMAGED,
+    UNZIP_FACTOR,
+    _Budget,
+    _entries,
+    _extract,
+    _shown,
+    _stem,
+    _why,
+)
 
-MAX_ZIP_ENTRIES = 20_000
-UNZIP_FACTOR = 4  # a zip may expand to this many times the upload limit, no more (zip bombs)
 FORMATS = ("npy", "png", "seed")
 STEM_CHARS = 40  # of an image's name inside an export; the id in front keeps names unique
-_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
-# What zipfile raises while READING a damaged or hostile entry, not only when opening the archive.
-_DAMAGED = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
-            ValueError, OSError, OverflowError)
 
 
 def scratch_dir(settings) -> Path:
@@ -56,11 +58,6 @@ def scratch_dir(settings) -> Path:
     folder = settings.data_dir / "exports"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def _stem(name: str) -> str:
-    """A file name without its suffix; images/x.png and masks/x.npy pair up by it."""
-    return re.sub(r"(\.nii\.gz|\.[A-Za-z0-9]+)$", "", name)
 
 
 def _safe(text: str) -> str:
@@ -79,8 +76,9 @@ def build_export(store, user: User, pid: int, fmt: str, approved_only: bool, siz
     with store.transaction() as session:
         project = get_project(session, user, pid)
         labels, project_name = label_names(project), project.name
-        rows = annotations.current_annotations(session, user, pid,
-                                               {AnnotationStatus.approved} if approved_only else None)
+        rows = annotations.current_annotations(
+            session, user, pid, {AnnotationStatus.approved} if approved_only else None
+        )
         by_id = {i.id: i for i in images.list_images(session, user, pid)}
     zip_path = folder / f"{_safe(project_name)}_{fmt}.zip"
     items = []
@@ -99,16 +97,36 @@ def build_export(store, user: User, pid: int, fmt: str, approved_only: bool, siz
                         written[image.id] = f"images/{_name(image)}{sniff_suffix(data[:544]) or ''}"
                         zf.writestr(written[image.id], data)
                     image_path = written[image.id]
-                items.append({"image_id": image.id, "filename": image.filename, "slice_index": image.slice_index,
-                              "label": ann.label, "status": ann.status.value, "revision": rev.number,
-                              "author": row["author"], "model_version_id": rev.model_version_id,
-                              "mask": path, "image": image_path})
+                items.append(
+                    {
+                        "image_id": image.id,
+                        "filename": image.filename,
+                        "slice_index": image.slice_index,
+                        "label": ann.label,
+                        "status": ann.status.value,
+                        "revision": rev.number,
+                        "author": row["author"],
+                        "model_version_id": rev.model_version_id,
+                        "mask": path,
+                        "image": image_path,
+                    }
+                )
         else:
             items = _seed(store, rows, by_id, labels, size, folder, zf)
-        zf.writestr("manifest.json", json.dumps({
-            "project": {"id": pid, "name": project_name, "labels": labels}, "format": fmt,
-            "approved_only": approved_only, "exported_at": datetime.now(timezone.utc).isoformat(),
-            "exported_by": user.username, "items": items}, indent=1))
+        zf.writestr(
+            "manifest.json",
+            json.dumps(
+                {
+                    "project": {"id": pid, "name": project_name, "labels": labels},
+                    "format": fmt,
+                    "approved_only": approved_only,
+                    "exported_at": datetime.now(timezone.utc).isoformat(),
+                    "exported_by": user.username,
+                    "items": items,
+                },
+                indent=1,
+            ),
+        )
     return zip_path
 
 
@@ -123,8 +141,9 @@ def _seed(store, rows, by_id, labels, size: int, folder: Path, zf: zipfile.ZipFi
     for row in rows:
         ann, image = row["annotation"], by_id[row["annotation"].image_id]
         target = maps.setdefault(image.id, np.zeros((image.height, image.width), np.uint8))
-        target[load_mask(store.blobs, row["revision"].blob_sha) > 0] = labels.index(ann.label) + 1 \
-            if ann.label in labels else 0
+        target[load_mask(store.blobs, row["revision"].blob_sha) > 0] = (
+            labels.index(ann.label) + 1 if ann.label in labels else 0
+        )
     for image_id, label_map in maps.items():
         image = by_id[image_id]
         rgb = images.display_pixels(store.blobs, image, store.settings)
@@ -135,112 +154,17 @@ def _seed(store, rows, by_id, labels, size: int, folder: Path, zf: zipfile.ZipFi
     for sub in ("imgs", "gts"):
         for path in sorted((out / sub).glob("*.npy")) if (out / sub).is_dir() else []:
             zf.write(path, f"{sub}/{path.name}")
-    return [{"image_id": i, "filename": by_id[i].filename, "slice_index": by_id[i].slice_index,
-             "name": _name(by_id[i]), "label_ids": {lab: k + 1 for k, lab in enumerate(labels)},
-             "written": (out / "gts" / f"{_name(by_id[i])}.npy").exists()} for i in maps]
-
-
-def _shown(name: str) -> str:
-    return "".join(c if c.isprintable() else "?" for c in name)[:120]
-
-
-def _refuse_entry(info: zipfile.ZipInfo) -> None:
-    """Refuse what an archive of images/ and masks/ never needs, before anything is read from it."""
-    name = info.filename.replace("\\", "/")
-    if name.startswith("/") or re.match(r"[A-Za-z]:", name) or ".." in PurePosixPath(name).parts:
-        raise StoreError(f"nothing was imported: the zip entry '{_shown(info.filename)}' points outside the zip's "
-                         "own folders (an absolute path or '..'); zip the images/ and masks/ folders themselves")
-    if stat.S_ISLNK(info.external_attr >> 16):
-        raise StoreError(f"nothing was imported: the zip entry '{_shown(info.filename)}' is a symbolic link; "
-                         "a zip of images/ and masks/ holds plain files only (zip without --symlinks)")
-    if info.flag_bits & 0x1:
-        raise StoreError(f"nothing was imported: the zip entry '{_shown(info.filename)}' is encrypted; "
-                         "zip the files again without a password")
-    if info.compress_type not in _METHODS:
-        raise StoreError(f"nothing was imported: the zip entry '{_shown(info.filename)}' uses compression method "
-                         f"{info.compress_type}, which cannot be read here; zip it again with the default (deflate)")
-
-
-def _entries(zf: zipfile.ZipFile, limit_bytes: int) -> tuple[dict, dict]:
-    """({stem: image entry}, {(stem, label folder or None): mask entry})."""
-    everything = zf.infolist()
-    if len(everything) > MAX_ZIP_ENTRIES:
-        raise StoreError(f"the zip holds {len(everything)} entries; at most {MAX_ZIP_ENTRIES}")
-    for info in everything:
-        _refuse_entry(info)
-    infos = [i for i in everything if not i.is_dir()]
-    if sum(i.file_size for i in infos) > limit_bytes * UNZIP_FACTOR:
-        raise StoreError("the zip expands to more than "
-                         f"{UNZIP_FACTOR}x the upload limit; split it")
-    found_images, found_masks = {}, {}
-    for info in infos:
-        parts = PurePosixPath(info.filename.replace("\\", "/")).parts
-        if any(p.startswith(".") or p == "__MACOSX" for p in parts) or info.filename.endswith("manifest.json"):
-            continue
-        stem = _stem(parts[-1])
-        if len(parts) >= 2 and parts[-2] == "images":
-            found_images[stem] = info
-        elif len(parts) >= 2 and parts[-2] == "masks":
-            found_masks[(stem, None)] = info
-        elif len(parts) >= 3 and parts[-3] == "masks":
-            found_masks[(stem, parts[-2])] = info
-    return found_images, found_masks
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, zlib.error):
-        return "its compressed data is corrupt"
-    if isinstance(exc, EOFError):
-        return "it ends before the data its headers announce"
-    if isinstance(exc, NotImplementedError):
-        return "it uses a compression method that cannot be read here"
-    if isinstance(exc, RuntimeError) and "encrypted" in str(exc):
-        return "it is encrypted"
-    if isinstance(exc, zipfile.BadZipFile):
-        return str(exc).replace("for file", "for")
-    return f"its headers are inconsistent ({type(exc).__name__})"
-
-
-class _Budget:
-    """Bytes actually written while extracting, against the limit: headers can lie about sizes."""
-
-    def __init__(self, limit: int):
-        self.left = limit
-
-    def spend(self, n: int, info: zipfile.ZipInfo, so_far: int) -> None:
-        self.left -= n
-        if self.left < 0:
-            raise StoreError(f"nothing was imported: the zip expands to more than {UNZIP_FACTOR}x the upload "
-                             "limit (a zip bomb, or simply too much); split it")
-        if so_far > info.file_size:
-            raise StoreError(f"nothing was imported: the zip entry '{_shown(info.filename)}' holds more data than "
-                             "its header says; the zip is damaged, make it again")
-
-
-def _chunks(zf: zipfile.ZipFile, info: zipfile.ZipInfo, zip_name: str):
-    """The entry's bytes; whatever zipfile raises on a damaged entry becomes a StoreError (400, not 500)."""
-    try:
-        with zf.open(info) as src:
-            while chunk := src.read(1 << 20):
-                yield chunk
-    except _DAMAGED as exc:
-        raise StoreError(f"nothing was imported: '{_shown(zip_name)}' is damaged and cannot be read "
-                         f"({_shown(info.filename)}: {_why(exc)}); make the zip again") from None
-
-
-def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, folder: Path, name: str, budget: _Budget,
-             zip_name: str) -> Path:
-    """Written under our own name (never the entry's: no zip slip), suffixed by content for the readers."""
-    part = folder / f"{name}.part"
-    written = 0
-    with open(part, "wb") as dst:
-        for chunk in _chunks(zf, info, zip_name):
-            written += len(chunk)
-            budget.spend(len(chunk), info, written)
-            dst.write(chunk)
-    with open(part, "rb") as fh:
-        suffix = sniff_suffix(fh.read(544)) or ""
-    return part.rename(folder / f"{name}{suffix}")
+    return [
+        {
+            "image_id": i,
+            "filename": by_id[i].filename,
+            "slice_index": by_id[i].slice_index,
+            "name": _name(by_id[i]),
+            "label_ids": {lab: k + 1 for k, lab in enumerate(labels)},
+            "written": (out / "gts" / f"{_name(by_id[i])}.npy").exists(),
+        }
+        for i in maps
+    ]
 
 
 def _plain(exc: Exception, path: Path, entry: str) -> str:
@@ -248,8 +172,9 @@ def _plain(exc: Exception, path: Path, entry: str) -> str:
     return f"{_shown(entry)}: " + str(exc).replace(f"{path}: ", "").replace(str(path), "the file")
 
 
-def _plan(store, zf: zipfile.ZipFile, zip_name: str, labels: list[str], folder: Path,
-          notes: list[str]) -> tuple[list, list]:
+def _plan(
+    store, zf: zipfile.ZipFile, zip_name: str, labels: list[str], folder: Path, notes: list[str]
+) -> tuple[list, list]:
     """Every image and mask read and checked; (plan, problems), with what was inferred appended to ``notes``.
     Damaged or hostile zips raise StoreError."""
     settings = store.settings
@@ -275,8 +200,10 @@ def _plan(store, zf: zipfile.ZipFile, zip_name: str, labels: list[str], folder: 
             try:
                 mask = read_labels(mpath, settings.max_image_pixels)
                 if image.num_slices > 1 or mask.shape != (image.height, image.width):
-                    raise MedsamError(f"the mask is {mask.shape}; the image is "
-                                      f"{image.height}x{image.width} with {image.num_slices} slice(s)")
+                    raise MedsamError(
+                        f"the mask is {mask.shape}; the image is "
+                        f"{image.height}x{image.width} with {image.num_slices} slice(s)"
+                    )
                 pairs, note = _label_masks(mask, folder_label, labels, "the mask")
                 targets += pairs
                 if note:
@@ -312,21 +239,21 @@ def import_zip(store, user: User, pid: int, zip_path: Path, folder: Path, zip_na
 
 def _store_plan(session, blobs, settings, user: User, pid: int, plan: list, zip_name: str) -> dict:
     report: dict = {"images": 0, "annotations": 0, "skipped": []}
-    for _stem, filename, path, targets in plan:
+    for _key, filename, path, targets in plan:
         rows = images.add_image(session, blobs, settings, user, pid, path, PurePosixPath(filename).name)
         report["images"] += 1
         for label, mask in targets:
             try:  # a lost race rolls back only its own savepoint
-                annotations.save_revision(session, blobs, user, rows[0].id, label, mask, 0, submit=True,
-                                          comment=f"imported from {zip_name}")
+                annotations.save_revision(
+                    session, blobs, user, rows[0].id, label, mask, 0, submit=True, comment=f"imported from {zip_name}"
+                )
                 report["annotations"] += 1
             except ConflictError:
                 report["skipped"].append(f"{filename} '{label}': already annotated; kept the existing work")
     return report
 
 
-def _label_masks(mask: np.ndarray, folder_label: str | None, labels: list[str],
-                 name: str) -> tuple[list, str | None]:
+def _label_masks(mask: np.ndarray, folder_label: str | None, labels: list[str], name: str) -> tuple[list, str | None]:
     """The (label, mask) pairs of one mask file, and a note when a label was inferred rather than given.
 
     A mask with one non-zero value (the ordinary 0/255 or 0/1 file) in a
@@ -337,18 +264,26 @@ def _label_masks(mask: np.ndarray, folder_label: str | None, labels: list[str],
     values = [int(v) for v in np.unique(mask) if v != 0]
     if folder_label is not None:
         if folder_label not in labels:
-            raise MedsamError(f"'{folder_label}' is not a label class of this project ({', '.join(labels)}); "
-                              f"use {_folders(labels)}")
+            raise MedsamError(
+                f"'{folder_label}' is not a label class of this project ({', '.join(labels)}); use {_folders(labels)}"
+            )
         return ([(folder_label, mask > 0)] if values else []), None
     if values and max(values) <= len(labels):
         return [(labels[v - 1], mask == v) for v in values], None
     if len(values) == 1:
-        note = None if len(labels) == 1 else (
-            f"a one-value mask (0/{values[0]}) was taken as '{labels[0]}', the first label; "
-            f"put it in {_folders(labels[1:])} for another label")
+        note = (
+            None
+            if len(labels) == 1
+            else (
+                f"a one-value mask (0/{values[0]}) was taken as '{labels[0]}', the first label; "
+                f"put it in {_folders(labels[1:])} for another label"
+            )
+        )
         return [(labels[0], mask > 0)], note
-    raise MedsamError(f"{name} has values {values[:10]}; use 0/255 for one label, values 1..{len(labels)} for "
-                      f"the classes {', '.join(labels)} in order, or one folder per label: {_folders(labels)}")
+    raise MedsamError(
+        f"{name} has values {values[:10]}; use 0/255 for one label, values 1..{len(labels)} for "
+        f"the classes {', '.join(labels)} in order, or one folder per label: {_folders(labels)}"
+    )
 
 
 def _folders(labels: list[str]) -> str:

@@ -35,10 +35,21 @@ from portal.store.services.projects import get_project, label_names, not_found
 from portal.store.services.users import require_role
 
 
-def save_revision(db: Session, blobs: BlobStore, actor: User, image_id: int, label: str, mask: np.ndarray,
-                  base_revision: int, *, base_mask_id: int | None = None, model_version_id: int | None = None,
-                  prompt: dict[str, Any] | None = None, comment: str | None = None,
-                  submit: bool = False) -> AnnotationRevision:
+def save_revision(
+    db: Session,
+    blobs: BlobStore,
+    actor: User,
+    image_id: int,
+    label: str,
+    mask: np.ndarray,
+    base_revision: int,
+    *,
+    base_mask_id: int | None = None,
+    model_version_id: int | None = None,
+    prompt: dict[str, Any] | None = None,
+    comment: str | None = None,
+    submit: bool = False,
+) -> AnnotationRevision:
     """Append revision ``base_revision + 1``; 0 means "there was nothing yet".
 
     The write runs in a savepoint so that a lost race leaves the caller's
@@ -49,45 +60,78 @@ def save_revision(db: Session, blobs: BlobStore, actor: User, image_id: int, lab
         raise not_found(f"image {image_id}")
     project = get_project(db, actor, image.project_id, what=f"image {image_id}")
     if label not in label_names(project):
-        raise StoreError(f"'{label}' is not a label class of project '{project.name}': "
-                         f"{', '.join(label_names(project))}")
+        raise StoreError(
+            f"'{label}' is not a label class of project '{project.name}': {', '.join(label_names(project))}"
+        )
     check_mask_shape(image, mask)
     # Blob before row: content-addressed, so a crash leaves an orphan for gc, never a dangling row.
     blob = blobs.put_bytes(mask_to_bytes(mask))
     try:
         with db.begin_nested():
-            revision = _append(db, actor, image_id, label, base_revision, blob, submit=submit,
-                               base_mask_id=base_mask_id, model_version_id=model_version_id, prompt=prompt,
-                               comment=comment)
+            revision = _append(
+                db,
+                actor,
+                image_id,
+                label,
+                base_revision,
+                blob,
+                submit=submit,
+                base_mask_id=base_mask_id,
+                model_version_id=model_version_id,
+                prompt=prompt,
+                comment=comment,
+            )
     except IntegrityError:
         annotation = db.scalar(select(Annotation).where(Annotation.image_id == image_id, Annotation.label == label))
         raise _conflict(db, annotation.id if annotation else None, base_revision) from None
-    record(db, actor, "annotation.save", "annotation", revision.annotation_id, image.project_id,
-           revision=revision.number, submitted=submit)
+    record(
+        db,
+        actor,
+        "annotation.save",
+        "annotation",
+        revision.annotation_id,
+        image.project_id,
+        revision=revision.number,
+        submitted=submit,
+    )
     return revision
 
 
-def _append(db: Session, actor: User, image_id: int, label: str, base_revision: int, blob: str, *, submit: bool,
-            **provenance: Any) -> AnnotationRevision:
+def _append(
+    db: Session,
+    actor: User,
+    image_id: int,
+    label: str,
+    base_revision: int,
+    blob: str,
+    *,
+    submit: bool,
+    **provenance: Any,
+) -> AnnotationRevision:
     """The race itself: a conditional UPDATE decides it, the unique revision number backs it up."""
     annotation = db.scalar(select(Annotation).where(Annotation.image_id == image_id, Annotation.label == label))
     if annotation is None:
         if base_revision != 0:
-            raise NotFoundError(f"no annotation '{label}' on image {image_id} to continue from revision "
-                                f"{base_revision}")
+            raise NotFoundError(
+                f"no annotation '{label}' on image {image_id} to continue from revision {base_revision}"
+            )
         annotation = Annotation(image_id=image_id, label=label, created_by=actor.id)
         db.add(annotation)
         db.flush()
     status = AnnotationStatus.submitted if submit else AnnotationStatus.draft
-    won = cast("CursorResult[Any]", db.execute(
-        update(Annotation)
-        .where(Annotation.id == annotation.id, Annotation.current_revision == base_revision)
-        .values(current_revision=base_revision + 1, status=status, updated_at=utcnow())
-    )).rowcount
+    won = cast(
+        "CursorResult[Any]",
+        db.execute(
+            update(Annotation)
+            .where(Annotation.id == annotation.id, Annotation.current_revision == base_revision)
+            .values(current_revision=base_revision + 1, status=status, updated_at=utcnow())
+        ),
+    ).rowcount
     if won != 1:
         raise _conflict(db, annotation.id, base_revision)
-    revision = AnnotationRevision(annotation_id=annotation.id, number=base_revision + 1, author_id=actor.id,
-                                  blob_sha=blob, **provenance)
+    revision = AnnotationRevision(
+        annotation_id=annotation.id, number=base_revision + 1, author_id=actor.id, blob_sha=blob, **provenance
+    )
     db.add(revision)
     db.flush()
     return revision
@@ -96,17 +140,26 @@ def _append(db: Session, actor: User, image_id: int, label: str, base_revision: 
 def _conflict(session: Session, annotation_id: int | None, base_revision: int) -> ConflictError:
     latest = None
     if annotation_id is not None:
-        latest = session.scalar(select(AnnotationRevision).where(AnnotationRevision.annotation_id == annotation_id)
-                                .order_by(AnnotationRevision.number.desc()).limit(1))
+        latest = session.scalar(
+            select(AnnotationRevision)
+            .where(AnnotationRevision.annotation_id == annotation_id)
+            .order_by(AnnotationRevision.number.desc())
+            .limit(1)
+        )
     if latest is None:
-        return ConflictError(f"someone else started this annotation at the same moment; reload it "
-                             f"(you saved from revision {base_revision})", current_revision=None)
+        return ConflictError(
+            f"someone else started this annotation at the same moment; reload it "
+            f"(you saved from revision {base_revision})",
+            current_revision=None,
+        )
     author = session.get(User, latest.author_id) if latest.author_id else None
     name = author.username if author else "a deleted user"
     return ConflictError(
         f"revision {latest.number} by {name} was saved after revision {base_revision}, which you started from; "
         "nothing was overwritten: compare both and save again from the newer one",
-        current_revision=latest.number, author=name)
+        current_revision=latest.number,
+        author=name,
+    )
 
 
 def _visible(session: Session, actor: User, annotation_id: int) -> tuple[Annotation, Image, Project]:
@@ -127,17 +180,27 @@ def _check_not_own(session: Session, actor: User, annotation: Annotation, projec
     """
     if project.allow_self_review:
         return
-    author = session.scalar(select(AnnotationRevision.author_id).where(
-        AnnotationRevision.annotation_id == annotation.id, AnnotationRevision.number == annotation.current_revision))
+    author = session.scalar(
+        select(AnnotationRevision.author_id).where(
+            AnnotationRevision.annotation_id == annotation.id, AnnotationRevision.number == annotation.current_revision
+        )
+    )
     if author == actor.id:
         raise PermissionDeniedError(
             f"you saved revision {annotation.current_revision} of annotation {annotation.id} yourself, so someone "
             "else must approve it: ask another reviewer or an admin of the project (an admin may allow "
-            "self-review for a one-person project with its allow_self_review setting)")
+            "self-review for a one-person project with its allow_self_review setting)"
+        )
 
 
-def _transition(db: Session, actor: User, annotation_id: int, to: AnnotationStatus,
-                allowed_from: set[AnnotationStatus], comment: str | None = None) -> Annotation:
+def _transition(
+    db: Session,
+    actor: User,
+    annotation_id: int,
+    to: AnnotationStatus,
+    allowed_from: set[AnnotationStatus],
+    comment: str | None = None,
+) -> Annotation:
     annotation, image, project = _visible(db, actor, annotation_id)
     if annotation.status not in allowed_from or annotation.current_revision == 0:
         raise StoreError(f"annotation {annotation_id} is {annotation.status.value}; it cannot become {to.value}")
@@ -146,25 +209,53 @@ def _transition(db: Session, actor: User, annotation_id: int, to: AnnotationStat
         _check_not_own(db, actor, annotation, project)
     # Conditional on what was checked: a save landing meanwhile (a new revision, perhaps the
     # reviewer's own) must not be approved in its place.
-    moved = cast("CursorResult[Any]", db.execute(update(Annotation).where(
-        Annotation.id == annotation_id, Annotation.status == seen_status,
-        Annotation.current_revision == seen_revision,
-    ).values(status=to, updated_at=utcnow()).execution_options(synchronize_session=False))).rowcount
+    moved = cast(
+        "CursorResult[Any]",
+        db.execute(
+            update(Annotation)
+            .where(
+                Annotation.id == annotation_id,
+                Annotation.status == seen_status,
+                Annotation.current_revision == seen_revision,
+            )
+            .values(status=to, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        ),
+    ).rowcount
     if moved != 1:
-        raise ConflictError(f"annotation {annotation_id} changed while you looked at it; reload it and decide "
-                            "again", current_revision=None, author=None)
+        raise ConflictError(
+            f"annotation {annotation_id} changed while you looked at it; reload it and decide again",
+            current_revision=None,
+            author=None,
+        )
     db.refresh(annotation)
     if to in (AnnotationStatus.approved, AnnotationStatus.rejected):
-        db.add(Review(annotation_id=annotation_id, revision_number=annotation.current_revision,
-                      reviewer_id=actor.id, decision=to, comment=comment))
-    record(db, actor, f"annotation.{to.value}", "annotation", annotation_id, image.project_id,
-           revision=annotation.current_revision, comment=comment)
+        db.add(
+            Review(
+                annotation_id=annotation_id,
+                revision_number=annotation.current_revision,
+                reviewer_id=actor.id,
+                decision=to,
+                comment=comment,
+            )
+        )
+    record(
+        db,
+        actor,
+        f"annotation.{to.value}",
+        "annotation",
+        annotation_id,
+        image.project_id,
+        revision=annotation.current_revision,
+        comment=comment,
+    )
     return annotation
 
 
 def submit(db: Session, actor: User, annotation_id: int) -> Annotation:
-    return _transition(db, actor, annotation_id, AnnotationStatus.submitted,
-                       {AnnotationStatus.draft, AnnotationStatus.rejected})
+    return _transition(
+        db, actor, annotation_id, AnnotationStatus.submitted, {AnnotationStatus.draft, AnnotationStatus.rejected}
+    )
 
 
 def approve(db: Session, actor: User, annotation_id: int, comment: str | None = None) -> Annotation:
@@ -182,8 +273,13 @@ def reject(db: Session, actor: User, annotation_id: int, comment: str) -> Annota
 
 def revisions(db: Session, actor: User, annotation_id: int) -> list[AnnotationRevision]:
     _visible(db, actor, annotation_id)
-    return list(db.scalars(select(AnnotationRevision).where(AnnotationRevision.annotation_id == annotation_id)
-                           .order_by(AnnotationRevision.number)))
+    return list(
+        db.scalars(
+            select(AnnotationRevision)
+            .where(AnnotationRevision.annotation_id == annotation_id)
+            .order_by(AnnotationRevision.number)
+        )
+    )
 
 
 def revision_history(db: Session, actor: User, annotation_id: int) -> list[tuple[AnnotationRevision, str | None]]:
@@ -196,24 +292,48 @@ def revision_history(db: Session, actor: User, annotation_id: int) -> list[tuple
 
 def get_revision(db: Session, actor: User, annotation_id: int, number: int) -> AnnotationRevision:
     _visible(db, actor, annotation_id)
-    found = db.scalar(select(AnnotationRevision).where(AnnotationRevision.annotation_id == annotation_id,
-                                                       AnnotationRevision.number == number))
+    found = db.scalar(
+        select(AnnotationRevision).where(
+            AnnotationRevision.annotation_id == annotation_id, AnnotationRevision.number == number
+        )
+    )
     if found is None:
         raise NotFoundError(f"annotation {annotation_id} has no revision {number}")
     return found
 
 
-def save_proposal(db: Session, blobs: BlobStore, actor: User, image_id: int, label: str, mask_id: int,
-                  base_revision: int, *, comment: str | None = None, submit: bool = False) -> AnnotationRevision:
+def save_proposal(
+    db: Session,
+    blobs: BlobStore,
+    actor: User,
+    image_id: int,
+    label: str,
+    mask_id: int,
+    base_revision: int,
+    *,
+    comment: str | None = None,
+    submit: bool = False,
+) -> AnnotationRevision:
     """Save a model's mask as proposed, keeping where it came from (mask, model version, prompt)."""
     get_image(db, actor, image_id)  # the image answers first: its 404 is what a stranger to it sees
     proposal = get_mask(db, actor, mask_id)
     if proposal.image_id != image_id:
         raise StoreError(f"mask {mask_id} belongs to image {proposal.image_id}, not {image_id}")
     mask = mask_from_bytes(blobs.get_bytes(proposal.blob_sha)) > 0
-    return save_revision(db, blobs, actor, image_id, label, mask, base_revision, base_mask_id=proposal.id,
-                         model_version_id=proposal.model_version_id, prompt=proposal.prompt, comment=comment,
-                         submit=submit)
+    return save_revision(
+        db,
+        blobs,
+        actor,
+        image_id,
+        label,
+        mask,
+        base_revision,
+        base_mask_id=proposal.id,
+        model_version_id=proposal.model_version_id,
+        prompt=proposal.prompt,
+        comment=comment,
+        submit=submit,
+    )
 
 
 def training_set(db: Session, project_id: int) -> list[tuple[Image, str, str]]:
@@ -221,24 +341,34 @@ def training_set(db: Session, project_id: int) -> list[tuple[Image, str, str]]:
     rows = db.execute(
         select(Image, Annotation.label, AnnotationRevision.blob_sha)
         .join(Annotation, Annotation.image_id == Image.id)
-        .join(AnnotationRevision, (AnnotationRevision.annotation_id == Annotation.id)
-              & (AnnotationRevision.number == Annotation.current_revision))
+        .join(
+            AnnotationRevision,
+            (AnnotationRevision.annotation_id == Annotation.id)
+            & (AnnotationRevision.number == Annotation.current_revision),
+        )
         .where(Image.project_id == project_id, Annotation.status == AnnotationStatus.approved)
         .order_by(Image.id, Annotation.label)
     ).all()
     return [(image, label, blob) for image, label, blob in rows]
 
 
-def current_annotations(db: Session, actor: User, project_id: int,
-                        statuses: set[AnnotationStatus] | None = None) -> list[dict[str, Any]]:
+def current_annotations(
+    db: Session, actor: User, project_id: int, statuses: set[AnnotationStatus] | None = None
+) -> list[dict[str, Any]]:
     """Each annotation of a project at its latest revision, with who saved it: for queues and exports."""
     get_project(db, actor, project_id)
-    query = (select(Annotation, AnnotationRevision, User.username)
-             .join(Image, Image.id == Annotation.image_id)
-             .join(AnnotationRevision, (AnnotationRevision.annotation_id == Annotation.id)
-                   & (AnnotationRevision.number == Annotation.current_revision))
-             .outerjoin(User, User.id == AnnotationRevision.author_id)
-             .where(Image.project_id == project_id).order_by(Annotation.image_id, Annotation.label))
+    query = (
+        select(Annotation, AnnotationRevision, User.username)
+        .join(Image, Image.id == Annotation.image_id)
+        .join(
+            AnnotationRevision,
+            (AnnotationRevision.annotation_id == Annotation.id)
+            & (AnnotationRevision.number == Annotation.current_revision),
+        )
+        .outerjoin(User, User.id == AnnotationRevision.author_id)
+        .where(Image.project_id == project_id)
+        .order_by(Annotation.image_id, Annotation.label)
+    )
     if statuses:
         query = query.where(Annotation.status.in_(statuses))
     return [{"annotation": a, "revision": r, "author": name} for a, r, name in db.execute(query)]

@@ -38,22 +38,27 @@ def validation_set(db: Session, project_id: int, min_training_images: int) -> li
     if frozen:
         return list(frozen)
     rows = training_set(db, project_id)
-    samples = [Sample(key=str(image.id), group=image.sha256, load_rgb=None, load_labels=None)  # type: ignore[arg-type]
-               for image, _, _ in rows]
+    samples = [
+        Sample(key=str(image.id), group=image.sha256, load_rgb=None, load_labels=None)  # type: ignore[arg-type]
+        for image, _, _ in rows
+    ]
     defaults = FinetuneParams()
     train, val = split_by_group(samples, defaults.val_fraction, defaults.seed)
     minimum = min_training_images
     if not val or len({s.key for s in train}) < minimum:
         labelled = len({s.key for s in samples})
-        raise StoreError(f"evaluation needs the project's validation images, and none are chosen yet: they are "
-                         f"taken from approved labels once a share of them still leaves {minimum} images for "
-                         f"training; the project has {labelled} images with approved labels. Approve more labels, "
-                         "then queue the evaluation again")
+        raise StoreError(
+            f"evaluation needs the project's validation images, and none are chosen yet: they are "
+            f"taken from approved labels once a share of them still leaves {minimum} images for "
+            f"training; the project has {labelled} images with approved labels. Approve more labels, "
+            "then queue the evaluation again"
+        )
     return freeze_validation_set(db, project_id, sorted({int(s.key) for s in val}))
 
 
-def create_evaluation(db: Session, actor: User | None, project_id: int, version_id: int, *,
-                      min_training_images: int) -> Job:
+def create_evaluation(
+    db: Session, actor: User | None, project_id: int, version_id: int, *, min_training_images: int
+) -> Job:
     """An evaluation job for ``version_id``, not yet sent; a queued or running one for it is reused.
 
     Membership first (404), then role (403: admins and reviewers, who queue
@@ -64,13 +69,21 @@ def create_evaluation(db: Session, actor: User | None, project_id: int, version_
         require_role(actor, Role.admin, Role.reviewer, doing="queue evaluations")
     usable_version(db, actor, version_id, project_id)
     images = validation_set(db, project_id, min_training_images)
-    pending = db.scalars(select(Job).where(Job.project_id == project_id, Job.kind == JobKind.evaluate,
-                                           Job.state.in_(PENDING)).order_by(Job.id))
+    pending = db.scalars(
+        select(Job)
+        .where(Job.project_id == project_id, Job.kind == JobKind.evaluate, Job.state.in_(PENDING))
+        .order_by(Job.id)
+    )
     for job in pending:
         if job.params.get("model_version_id") == version_id:
             return job
-    return jobs.create_job(db, JobKind.evaluate, {"model_version_id": version_id, "images": len(images)},
-                           project_id=project_id, actor=actor)
+    return jobs.create_job(
+        db,
+        JobKind.evaluate,
+        {"model_version_id": version_id, "images": len(images)},
+        project_id=project_id,
+        actor=actor,
+    )
 
 
 def validation_image_ids(db: Session, project_id: int) -> set[int]:

@@ -23,8 +23,13 @@ from portal.store.models import (
 )
 
 BLOB_COLUMNS = (
-    Image.blob_sha, Mask.blob_sha, AnnotationRevision.blob_sha, ModelVersion.checkpoint_blob,
-    Job.checkpoint_blob, Job.curves_blob, EmbeddingEntry.blob_sha,
+    Image.blob_sha,
+    Mask.blob_sha,
+    AnnotationRevision.blob_sha,
+    ModelVersion.checkpoint_blob,
+    Job.checkpoint_blob,
+    Job.curves_blob,
+    EmbeddingEntry.blob_sha,
 )
 
 

@@ -85,14 +85,30 @@ class Added:
     new: bool
 
 
-def add_image(db: Session, blobs: BlobStore, settings: Settings, actor: User, project_id: int,
-              path: str | os.PathLike[str], filename: str | None = None, window: str | None = None) -> list[Image]:
+def add_image(
+    db: Session,
+    blobs: BlobStore,
+    settings: Settings,
+    actor: User,
+    project_id: int,
+    path: str | os.PathLike[str],
+    filename: str | None = None,
+    window: str | None = None,
+) -> list[Image]:
     """Store an upload and return its rows (``add_or_find_image``, for callers that need only the rows)."""
     return add_or_find_image(db, blobs, settings, actor, project_id, path, filename, window).rows
 
 
-def add_or_find_image(db: Session, blobs: BlobStore, settings: Settings, actor: User, project_id: int,
-                      path: str | os.PathLike[str], filename: str | None = None, window: str | None = None) -> Added:
+def add_or_find_image(
+    db: Session,
+    blobs: BlobStore,
+    settings: Settings,
+    actor: User,
+    project_id: int,
+    path: str | os.PathLike[str],
+    filename: str | None = None,
+    window: str | None = None,
+) -> Added:
     """Store an upload: one row for a 2-D image, one per slice for a volume; ``new`` False when the project
     already held the same content (those rows come back and nothing is added), so a screen can say so.
 
@@ -133,15 +149,35 @@ def add_or_find_image(db: Session, blobs: BlobStore, settings: Settings, actor: 
     if again:  # someone uploaded the same file while the blob was written (visible under READ COMMITTED)
         return Added(again, new=False)
     rows = [
-        Image(project_id=project_id, filename=filename, sha256=sha, blob_sha=blob_sha, width=image.width,
-              height=image.height, modality=project.modality, window=window, slice_index=index,
-              num_slices=image.num_slices, uploaded_by=actor.id)
+        Image(
+            project_id=project_id,
+            filename=filename,
+            sha256=sha,
+            blob_sha=blob_sha,
+            width=image.width,
+            height=image.height,
+            modality=project.modality,
+            window=window,
+            slice_index=index,
+            num_slices=image.num_slices,
+            uploaded_by=actor.id,
+        )
         for index in range(image.num_slices)
     ]
     db.add_all(rows)
     db.flush()
-    record(db, actor, "image.upload", "image", rows[0].id, project_id, filename=filename, sha256=sha,
-           slices=image.num_slices, format=image.source_format)
+    record(
+        db,
+        actor,
+        "image.upload",
+        "image",
+        rows[0].id,
+        project_id,
+        filename=filename,
+        sha256=sha,
+        slices=image.num_slices,
+        format=image.source_format,
+    )
     return Added(rows, new=True)
 
 
@@ -170,8 +206,11 @@ def get_image(db: Session, actor: User, image_id: int) -> Image:
 
 def fetch_image_file(blobs: BlobStore, image: Image, dest_dir: str | os.PathLike[str]) -> Path:
     """Copy the stored file out (streamed, digest-verified) so the core reader can open it."""
-    suffix = "".join(Path(image.filename).suffixes[-2:]) if image.filename.lower().endswith(".nii.gz") \
+    suffix = (
+        "".join(Path(image.filename).suffixes[-2:])
+        if image.filename.lower().endswith(".nii.gz")
         else Path(image.filename).suffix
+    )
     target = Path(dest_dir) / f"{image.blob_sha}{suffix}"
     if not target.exists():
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
@@ -185,10 +224,18 @@ def delete_image(db: Session, actor: User, image_id: int) -> None:
     """Rows go at once (masks, annotations and revisions cascade); blobs at the next gc; the audit event stays."""
     require_role(actor, Role.admin, Role.reviewer, doing="delete images")
     image = get_image(db, actor, image_id)
-    siblings = list(db.scalars(select(Image).where(Image.project_id == image.project_id,
-                                                   Image.sha256 == image.sha256)))
-    record(db, actor, "image.delete", "image", image_id, image.project_id, filename=image.filename,
-           sha256=image.sha256, slices=len(siblings))
+    siblings = list(db.scalars(select(Image).where(Image.project_id == image.project_id, Image.sha256 == image.sha256)))
+    record(
+        db,
+        actor,
+        "image.delete",
+        "image",
+        image_id,
+        image.project_id,
+        filename=image.filename,
+        sha256=image.sha256,
+        slices=len(siblings),
+    )
     for row in siblings:  # a volume's slices share one file: patient data goes as a whole
         db.delete(row)
 

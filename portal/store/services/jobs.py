@@ -30,10 +30,16 @@ class JobCancelled(Exception):
     """Raised inside a task between steps when someone asked to cancel."""
 
 
-def create_job(db: Session, kind: JobKind, params: dict[str, Any], *, project_id: int | None = None,
-               actor: User | None = None) -> Job:
-    job = Job(kind=kind, params=params, project_id=project_id, requested_by=actor.id if actor else None,
-              epoch_metrics=[] if kind == JobKind.finetune else None)
+def create_job(
+    db: Session, kind: JobKind, params: dict[str, Any], *, project_id: int | None = None, actor: User | None = None
+) -> Job:
+    job = Job(
+        kind=kind,
+        params=params,
+        project_id=project_id,
+        requested_by=actor.id if actor else None,
+        epoch_metrics=[] if kind == JobKind.finetune else None,
+    )
     db.add(job)
     db.flush()
     details = params if kind == JobKind.finetune else {}
@@ -57,14 +63,16 @@ def _visible(db: Session, job_id: int, actor: User | None, kinds: Collection[Job
         if job is None:
             raise not_found(_label(kinds, job_id), trusted=True)
         return job
-    if job is None or not (is_member(db, actor, job.project_id) if job.project_id is not None
-                           else actor.role == Role.admin or job.requested_by == actor.id):
+    if job is None or not (
+        is_member(db, actor, job.project_id)
+        if job.project_id is not None
+        else actor.role == Role.admin or job.requested_by == actor.id
+    ):
         raise not_found(_label(kinds, job_id))
     return job
 
 
-def get_job(db: Session, job_id: int, actor: User | None = None, *,
-            kinds: Collection[JobKind] | None = None) -> Job:
+def get_job(db: Session, job_id: int, actor: User | None = None, *, kinds: Collection[JobKind] | None = None) -> Job:
     """``actor`` None is a trusted caller (a worker, the reaper) that sees every job."""
     return _visible(db, job_id, actor, kinds)
 
@@ -109,8 +117,9 @@ def heartbeat(db: Session, job_id: int, progress: dict[str, Any] | None = None) 
     return bool(db.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
-def _finish(db: Session, job: Job, state: JobState, error: str | None = None,
-            result: dict[str, Any] | None = None) -> None:
+def _finish(
+    db: Session, job: Job, state: JobState, error: str | None = None, result: dict[str, Any] | None = None
+) -> None:
     job.state = state
     job.finished_at = utcnow()
     job.error = error
@@ -119,15 +128,17 @@ def _finish(db: Session, job: Job, state: JobState, error: str | None = None,
     record(db, None, f"job.{state.value}", TARGET, job.id, job.project_id, error=error)
 
 
-def finish(db: Session, job_id: int, state: JobState, *, error: str | None = None,
-           result: dict[str, Any] | None = None) -> None:
+def finish(
+    db: Session, job_id: int, state: JobState, *, error: str | None = None, result: dict[str, Any] | None = None
+) -> None:
     job = db.get(Job, job_id)
     if job is not None and job.state not in FINISHED:
         _finish(db, job, state, error, result)
 
 
-def request_cancel(db: Session, job_id: int, actor: User | None = None, *,
-                   kinds: Collection[JobKind] | None = None) -> Job:
+def request_cancel(
+    db: Session, job_id: int, actor: User | None = None, *, kinds: Collection[JobKind] | None = None
+) -> Job:
     """Flag the job; a queued job is cancelled at once, a running one at its next step.
 
     Only whoever queued it, or an admin, may cancel: a colleague's fine-tune
@@ -139,8 +150,9 @@ def request_cancel(db: Session, job_id: int, actor: User | None = None, *,
         what = _label(kinds, job_id)
         if owner is None:
             raise PermissionDeniedError(f"{what} was not queued by you; ask an admin to cancel it")
-        raise PermissionDeniedError(f"{what} was queued by {owner.username}; only they or an "
-                                    "admin may cancel it: ask them")
+        raise PermissionDeniedError(
+            f"{what} was queued by {owner.username}; only they or an admin may cancel it: ask them"
+        )
     if job.state in FINISHED:
         raise StoreError(f"job {job_id} is already {job.state.value}")
     job.cancel_requested = True
@@ -158,10 +170,14 @@ def stale_jobs(db: Session, stale_after: timedelta) -> list[int]:
 def requeue_if_stale(db: Session, job_id: int, stale_after: timedelta) -> bool:
     """Move a silent running job back to queued; only one reaper wins the conditional update."""
     cutoff = datetime.now(timezone.utc) - stale_after
-    won = cast("CursorResult[Any]", db.execute(
-        update(Job).where(Job.id == job_id, Job.state == JobState.running, Job.heartbeat_at < cutoff)
-        .values(state=JobState.queued, heartbeat_at=None)
-    )).rowcount
+    won = cast(
+        "CursorResult[Any]",
+        db.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.running, Job.heartbeat_at < cutoff)
+            .values(state=JobState.queued, heartbeat_at=None)
+        ),
+    ).rowcount
     if won:
         record(db, None, "job.requeued", TARGET, job_id, None, reason="stale heartbeat")
     return bool(won)

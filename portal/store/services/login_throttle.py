@@ -64,8 +64,9 @@ def seconds_locked(rows: Iterable[LoginThrottle], now: datetime | None = None) -
     return math.ceil(left) if left > 0 else 0
 
 
-def count_failure(session: Session, rows: Iterable[LoginThrottle], settings: Settings,
-                  now: datetime | None = None) -> None:
+def count_failure(
+    session: Session, rows: Iterable[LoginThrottle], settings: Settings, now: datetime | None = None
+) -> None:
     now = now or _now()
     for row in rows:
         if _quiet(row, now, settings):
@@ -75,7 +76,7 @@ def count_failure(session: Session, rows: Iterable[LoginThrottle], settings: Set
         limit = _limit(row, settings)
         if row.failures % limit == 0:
             doublings = min(row.failures // limit - 1, MAX_DOUBLINGS)
-            lock_s = min(settings.login_lock_s * 2 ** doublings, settings.login_lock_max_s)
+            lock_s = min(settings.login_lock_s * 2**doublings, settings.login_lock_max_s)
             row.locked_until = now + timedelta(seconds=lock_s)
     _prune(session, now, settings)
 
@@ -128,10 +129,16 @@ def _prune(session: Session, now: datetime, settings: Settings) -> None:
     waited for: two logins pruning each other's rows would otherwise deadlock.
     """
     cutoff = now - timedelta(seconds=2 * settings.login_lock_max_s)
-    stale = (select(LoginThrottle.key).where(LoginThrottle.last_failure_at < cutoff)
-             .limit(PRUNE_BATCH).with_for_update(skip_locked=True))
-    session.execute(delete(LoginThrottle).where(LoginThrottle.key.in_(stale.scalar_subquery())),
-                    execution_options={"synchronize_session": False})
+    stale = (
+        select(LoginThrottle.key)
+        .where(LoginThrottle.last_failure_at < cutoff)
+        .limit(PRUNE_BATCH)
+        .with_for_update(skip_locked=True)
+    )
+    session.execute(
+        delete(LoginThrottle).where(LoginThrottle.key.in_(stale.scalar_subquery())),
+        execution_options={"synchronize_session": False},
+    )
 
 
 def _now() -> datetime:

@@ -51,9 +51,20 @@ def check_mask_shape(image: Image, mask: np.ndarray) -> None:
         raise StoreError(f"mask is {np.shape(mask)} but image {image.id} is {image.height}x{image.width} (HxW)")
 
 
-def record_mask(db: Session, blobs: BlobStore, actor: User | None, image_id: int, mask: np.ndarray,
-                model_version_id: int | None, prompt: dict[str, Any], predicted_iou: float | None = None, *,
-                job_id: int | None = None, item_index: int | None = None, label_map: bool = False) -> Mask:
+def record_mask(
+    db: Session,
+    blobs: BlobStore,
+    actor: User | None,
+    image_id: int,
+    mask: np.ndarray,
+    model_version_id: int | None,
+    prompt: dict[str, Any],
+    predicted_iou: float | None = None,
+    *,
+    job_id: int | None = None,
+    item_index: int | None = None,
+    label_map: bool = False,
+) -> Mask:
     """Store a model output. With ``job_id``/``item_index`` it is idempotent: a redelivered
     batch task gets the existing row back instead of a duplicate. ``label_map`` keeps values
     1..K (one per box) instead of binarising."""
@@ -67,9 +78,16 @@ def record_mask(db: Session, blobs: BlobStore, actor: User | None, image_id: int
     blob = blobs.put_bytes(mask_to_bytes(mask, labels=label_map))
     try:
         with db.begin_nested():  # a redelivered task's duplicate must not spoil the caller's transaction
-            row = Mask(image_id=image_id, model_version_id=model_version_id, prompt=prompt,
-                       predicted_iou=None if predicted_iou is None else float(predicted_iou), blob_sha=blob,
-                       created_by=actor.id if actor else None, job_id=job_id, item_index=item_index)
+            row = Mask(
+                image_id=image_id,
+                model_version_id=model_version_id,
+                prompt=prompt,
+                predicted_iou=None if predicted_iou is None else float(predicted_iou),
+                blob_sha=blob,
+                created_by=actor.id if actor else None,
+                job_id=job_id,
+                item_index=item_index,
+            )
             db.add(row)
             db.flush()
     except IntegrityError:

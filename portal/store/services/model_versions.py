@@ -24,17 +24,31 @@ if TYPE_CHECKING:
 
 
 def base_version(db: Session, family: str = "lite") -> ModelVersion:
-    version = db.scalar(select(ModelVersion).where(
-        ModelVersion.family == family, ModelVersion.project_id.is_(None)).order_by(ModelVersion.id))
+    version = db.scalar(
+        select(ModelVersion)
+        .where(ModelVersion.family == family, ModelVersion.project_id.is_(None))
+        .order_by(ModelVersion.id)
+    )
     if version is None:
         raise NotFoundError(f"no base model version of family '{family}' is registered")
     return version
 
 
-def register_version(db: Session, blobs: BlobStore, *, name: str, family: str, encoder_digest: str,
-                     model_digest: str, project_id: int | None, parent_id: int | None = None,
-                     training_job_id: int | None = None, checkpoint_blob: str | None = None,
-                     metrics: dict[str, Any] | None = None, actor: User | None = None) -> ModelVersion:
+def register_version(
+    db: Session,
+    blobs: BlobStore,
+    *,
+    name: str,
+    family: str,
+    encoder_digest: str,
+    model_digest: str,
+    project_id: int | None,
+    parent_id: int | None = None,
+    training_job_id: int | None = None,
+    checkpoint_blob: str | None = None,
+    metrics: dict[str, Any] | None = None,
+    actor: User | None = None,
+) -> ModelVersion:
     """Idempotent per (project, training job): a redelivered training task registers its result once."""
     if checkpoint_blob is not None and not blobs.exists(checkpoint_blob):
         raise StoreError(f"checkpoint blob {checkpoint_blob[:12]}… is not in the blob store; write it first")
@@ -42,13 +56,30 @@ def register_version(db: Session, blobs: BlobStore, *, name: str, family: str, e
         existing = db.scalar(select(ModelVersion).where(ModelVersion.training_job_id == training_job_id))
         if existing is not None:
             return existing
-    version = ModelVersion(name=name, family=family, encoder_digest=encoder_digest, model_digest=model_digest,
-                           project_id=project_id, parent_id=parent_id, training_job_id=training_job_id,
-                           checkpoint_blob=checkpoint_blob, metrics=metrics or {})
+    version = ModelVersion(
+        name=name,
+        family=family,
+        encoder_digest=encoder_digest,
+        model_digest=model_digest,
+        project_id=project_id,
+        parent_id=parent_id,
+        training_job_id=training_job_id,
+        checkpoint_blob=checkpoint_blob,
+        metrics=metrics or {},
+    )
     db.add(version)
     db.flush()
-    record(db, actor, "model.register", "model_version", version.id, project_id, family=family,
-           parent_id=parent_id, training_job_id=training_job_id)
+    record(
+        db,
+        actor,
+        "model.register",
+        "model_version",
+        version.id,
+        project_id,
+        family=family,
+        parent_id=parent_id,
+        training_job_id=training_job_id,
+    )
     return version
 
 
@@ -76,8 +107,9 @@ def usable_version(db: Session, actor: User | None, version_id: int, project_id:
     exactly like a missing one; only its members learn that it belongs elsewhere.
     """
     version = db.get(ModelVersion, version_id)
-    if version is None or (actor is not None and version.project_id is not None
-                           and not is_member(db, actor, version.project_id)):
+    if version is None or (
+        actor is not None and version.project_id is not None and not is_member(db, actor, version.project_id)
+    ):
         raise not_found(f"model version {version_id}", trusted=actor is None)
     if version.project_id not in (None, project_id):
         raise StoreError(f"model version {version_id} belongs to another project")
@@ -99,8 +131,11 @@ def rollback(db: Session, actor: User, project_id: int) -> Project:
     """Re-activate the version that was active before the current one."""
     require_role(actor, Role.admin, doing="roll back model versions")
     project = get_project(db, actor, project_id)
-    history = list(db.scalars(select(ModelActivation).where(ModelActivation.project_id == project_id)
-                              .order_by(ModelActivation.id.desc())))
+    history = list(
+        db.scalars(
+            select(ModelActivation).where(ModelActivation.project_id == project_id).order_by(ModelActivation.id.desc())
+        )
+    )
     current = project.active_model_version_id
     earlier = next((h.model_version_id for h in history if h.model_version_id != current), None)
     if earlier is None:
@@ -112,8 +147,13 @@ def rollback(db: Session, actor: User, project_id: int) -> Project:
 
 def list_versions(db: Session, actor: User, project_id: int) -> list[ModelVersion]:
     get_project(db, actor, project_id)
-    return list(db.scalars(select(ModelVersion).where(
-        (ModelVersion.project_id == project_id) | ModelVersion.project_id.is_(None)).order_by(ModelVersion.id)))
+    return list(
+        db.scalars(
+            select(ModelVersion)
+            .where((ModelVersion.project_id == project_id) | ModelVersion.project_id.is_(None))
+            .order_by(ModelVersion.id)
+        )
+    )
 
 
 def check_may_register(db: Session, actor: User, project_id: int) -> None:
@@ -130,20 +170,39 @@ def load_checkpoint(family: str, path: str | Path) -> LoadedModel:
     return load_model(family, path, device="cpu")
 
 
-def register_checkpoint(db: Session, blobs: BlobStore, actor: User, project_id: int, loaded: LoadedModel,
-                        path: str | Path, name: str | None = None) -> ModelVersion:
+def register_checkpoint(
+    db: Session,
+    blobs: BlobStore,
+    actor: User,
+    project_id: int,
+    loaded: LoadedModel,
+    path: str | Path,
+    name: str | None = None,
+) -> ModelVersion:
     """Register a user's MedSAM/SAM checkpoint, already loaded by ``load_checkpoint``, as a project version.
 
     A file that doesn't fit its family was refused by the load, before
     anything is stored. The same weights twice give one version.
     """
     check_may_register(db, actor, project_id)
-    existing = db.scalar(select(ModelVersion).where(ModelVersion.project_id == project_id,
-                                                    ModelVersion.model_digest == loaded.model_digest))
+    existing = db.scalar(
+        select(ModelVersion).where(
+            ModelVersion.project_id == project_id, ModelVersion.model_digest == loaded.model_digest
+        )
+    )
     if existing is not None:
         return existing
     blob, _ = blobs.put_file(path)
     family = loaded.family.name
-    return register_version(db, blobs, name=name or f"uploaded {family}", family=family,
-                            encoder_digest=loaded.encoder_digest, model_digest=loaded.model_digest,
-                            project_id=project_id, checkpoint_blob=blob, metrics={"source": "upload"}, actor=actor)
+    return register_version(
+        db,
+        blobs,
+        name=name or f"uploaded {family}",
+        family=family,
+        encoder_digest=loaded.encoder_digest,
+        model_digest=loaded.model_digest,
+        project_id=project_id,
+        checkpoint_blob=blob,
+        metrics={"source": "upload"},
+        actor=actor,
+    )

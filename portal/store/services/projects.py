@@ -47,8 +47,14 @@ def _switches(values: dict[str, Any]) -> dict[str, bool]:
     return dict(values)
 
 
-def create_project(session: Session, actor: User, name: str, modality: str = "other",
-                   label_classes: list[Any] | None = None, **switches: bool) -> Project:
+def create_project(
+    session: Session,
+    actor: User,
+    name: str,
+    modality: str = "other",
+    label_classes: list[Any] | None = None,
+    **switches: bool,
+) -> Project:
     """``switches``: keep_original_names (DICOM upload names, off: they often name the patient) and
     allow_self_review (for single-person projects), both off unless asked for."""
     require_role(actor, Role.admin, doing="create projects")
@@ -60,13 +66,26 @@ def create_project(session: Session, actor: User, name: str, modality: str = "ot
         raise StoreError("a modality is a short name such as ct, mr, us, endoscopy or other")
     if session.scalar(select(Project).where(Project.name == name)):
         raise DuplicateError(f"a project named '{name}' already exists")
-    project = Project(name=name, modality=modality, label_classes=_label_classes(label_classes or []),
-                      created_by=actor.id, **{k: switches.get(k, False) for k in SWITCHES})
+    project = Project(
+        name=name,
+        modality=modality,
+        label_classes=_label_classes(label_classes or []),
+        created_by=actor.id,
+        **{k: switches.get(k, False) for k in SWITCHES},
+    )
     session.add(project)
     session.flush()
     session.add(ProjectMember(project_id=project.id, user_id=actor.id))
-    record(session, actor, "project.create", "project", project.id, project.id, name=name,
-           **{k: getattr(project, k) for k in SWITCHES})
+    record(
+        session,
+        actor,
+        "project.create",
+        "project",
+        project.id,
+        project.id,
+        name=name,
+        **{k: getattr(project, k) for k in SWITCHES},
+    )
     return project
 
 
@@ -75,8 +94,9 @@ def update_project(session: Session, actor: User, project_id: int, **switches: b
     same answer as for a missing project before the role is even considered."""
     project = get_project(session, actor, project_id)
     require_role(actor, Role.admin, doing="change project settings")
-    changes = {k: {"from": getattr(project, k), "to": v} for k, v in _switches(switches).items()
-               if getattr(project, k) != v}
+    changes = {
+        k: {"from": getattr(project, k), "to": v} for k, v in _switches(switches).items() if getattr(project, k) != v
+    }
     for key, change in changes.items():
         setattr(project, key, change["to"])
     if changes:
@@ -84,8 +104,7 @@ def update_project(session: Session, actor: User, project_id: int, **switches: b
     return project
 
 
-def add_member_by_name(session: Session, actor: User, project_id: int, username: str,
-                       role: str | None = None) -> User:
+def add_member_by_name(session: Session, actor: User, project_id: int, username: str, role: str | None = None) -> User:
     """Rights first, then the lookup: only an admin may learn whether an account exists and its role."""
     require_role(actor, Role.admin, doing="add project members")
     get_project(session, actor, project_id)
@@ -93,8 +112,10 @@ def add_member_by_name(session: Session, actor: User, project_id: int, username:
     if member is None:
         raise NotFoundError(f"no user '{username}'; create it with `medsam user add`")
     if role is not None and role != member.role.value:
-        raise StoreError(f"{member.username} is an {member.role.value}; roles belong to accounts, not projects "
-                         "(leave 'role' out, or change the account's role)")
+        raise StoreError(
+            f"{member.username} is an {member.role.value}; roles belong to accounts, not projects "
+            "(leave 'role' out, or change the account's role)"
+        )
     add_member(session, actor, project_id, member)
     return member
 
@@ -111,8 +132,14 @@ def members(session: Session, actor: User, project_id: int) -> list[User]:
     """Who works on a project, by name; an admin's view (it tells which accounts exist)."""
     require_role(actor, Role.admin, doing="list project members")
     get_project(session, actor, project_id)
-    return list(session.scalars(select(User).join(ProjectMember, ProjectMember.user_id == User.id)
-                                .where(ProjectMember.project_id == project_id).order_by(User.username)))
+    return list(
+        session.scalars(
+            select(User)
+            .join(ProjectMember, ProjectMember.user_id == User.id)
+            .where(ProjectMember.project_id == project_id)
+            .order_by(User.username)
+        )
+    )
 
 
 def is_member(session: Session, user: User, project_id: int | None) -> bool:

@@ -38,16 +38,17 @@ class PrelabelItem(BaseModel):
 
     image_id: int = Field(description="an image of this project")
     boxes: list[Annotated[list[float], Field(min_length=4, max_length=4)]] | None = Field(
-        None, max_length=1, description="at most one box [x0, y0, x1, y1] per item (one mask each)")
+        None, max_length=1, description="at most one box [x0, y0, x1, y1] per item (one mask each)"
+    )
     points: list[Annotated[list[float], Field(min_length=3, max_length=3)]] | None = Field(
-        None, description="[[x, y, label], ...], label 1 include or 0 exclude")
+        None, description="[[x, y, label], ...], label 1 include or 0 exclude"
+    )
 
 
 ITEMS = TypeAdapter(list[PrelabelItem])
 
 
-def _authorise(db: Session, actor: User | None, project_id: int, model_version_id: int | None,
-               doing: str) -> int:
+def _authorise(db: Session, actor: User | None, project_id: int, model_version_id: int | None, doing: str) -> int:
     """Membership (404 outside one's projects), then role (403), then the version; ``actor`` None is trusted."""
     if actor is not None:
         get_project(db, actor, project_id)
@@ -71,8 +72,9 @@ def _items(items: Any, settings: Settings) -> list[PrelabelItem]:
         loc = first["loc"]
         which = f"item {loc[0] + 1}: " if loc and isinstance(loc[0], int) else ""
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:]).lstrip(".") or "items"
-        raise StoreError(f"{which}{where}: {first['msg'][0].lower()}{first['msg'][1:]} "
-                         f"(got {repr(first['input'])[:60]})") from None
+        raise StoreError(
+            f"{which}{where}: {first['msg'][0].lower()}{first['msg'][1:]} (got {repr(first['input'])[:60]})"
+        ) from None
     for n, item in enumerate(checked, start=1):
         try:
             check_prompt_size(item.boxes, item.points, settings.max_boxes_per_prompt, settings.max_points_per_prompt)
@@ -81,8 +83,9 @@ def _items(items: Any, settings: Settings) -> list[PrelabelItem]:
     return checked
 
 
-def create_segment_batch(db: Session, settings: Settings, actor: User | None, project_id: int,
-                         model_version_id: int | None, items: Any) -> Job:
+def create_segment_batch(
+    db: Session, settings: Settings, actor: User | None, project_id: int, model_version_id: int | None, items: Any
+) -> Job:
     """items: ``[{"image_id": 1, "boxes": [[x0, y0, x1, y1]], "points": [[x, y, 1]]}, ...]``, one object each.
 
     ``model_version_id`` None: the project's active version. Returns the queued row, not yet sent.
@@ -101,12 +104,14 @@ def create_segment_batch(db: Session, settings: Settings, actor: User | None, pr
         if boxes is None and points is None:
             raise StoreError(f"item {n}: give a box or points")
         clean.append({"image_id": image.id, "boxes": item.boxes, "points": item.points})
-    return jobs.create_job(db, JobKind.segment_batch, {"model_version_id": version_id, "items": clean},
-                           project_id=project_id, actor=actor)
+    return jobs.create_job(
+        db, JobKind.segment_batch, {"model_version_id": version_id, "items": clean}, project_id=project_id, actor=actor
+    )
 
 
 def create_precompute(db: Session, actor: User | None, project_id: int, model_version_id: int | None) -> Job:
     """``model_version_id`` None: the project's active version. Returns the queued row, not yet sent."""
     version_id = _authorise(db, actor, project_id, model_version_id, "queue embedding precompute")
-    return jobs.create_job(db, JobKind.precompute_embeddings, {"model_version_id": version_id},
-                           project_id=project_id, actor=actor)
+    return jobs.create_job(
+        db, JobKind.precompute_embeddings, {"model_version_id": version_id}, project_id=project_id, actor=actor
+    )

@@ -64,12 +64,14 @@ def parse_params(params: Any) -> dict[str, Any]:
             raise StoreError(f"unknown training parameter(s): {', '.join(unknown)}") from None
         first = errors[0]
         if not first["loc"]:
-            raise StoreError("training parameters are a JSON object such as {\"epochs\": 5}") from None
+            raise StoreError('training parameters are a JSON object such as {"epochs": 5}') from None
         name = str(first["loc"][0])
         if name == "mode":
             raise StoreError(unknown_mode_message(first["input"])) from None
-        raise StoreError(f"{name.replace('_', ' ')} must be {FinetuneParams.model_fields[name].description}; "
-                         f"got {repr(first['input'])[:60]}") from None
+        raise StoreError(
+            f"{name.replace('_', ' ')} must be {FinetuneParams.model_fields[name].description}; "
+            f"got {repr(first['input'])[:60]}"
+        ) from None
 
 
 def training_gpu(settings: Settings) -> bool:
@@ -80,8 +82,9 @@ def training_gpu(settings: Settings) -> bool:
     return torch.cuda.is_available()
 
 
-def validate_request(db: Session, blobs: BlobStore, settings: Settings, actor: User, project_id: int,
-                     params: dict[str, Any]) -> dict[str, Any]:
+def validate_request(
+    db: Session, blobs: BlobStore, settings: Settings, actor: User, project_id: int, params: dict[str, Any]
+) -> dict[str, Any]:
     """Every reason a fine-tune would fail, found before anything is queued.
 
     Membership first (404 outside one's projects), then role (403), then the parameters.
@@ -89,44 +92,62 @@ def validate_request(db: Session, blobs: BlobStore, settings: Settings, actor: U
     get_project(db, actor, project_id)
     require_role(actor, Role.admin, Role.reviewer, doing="queue fine-tuning")
     clean = parse_params(params)
-    check_mode(clean["mode"], training_gpu(settings), settings.allow_full_finetune_without_gpu,
-               remedy=" worker, and none is configured (MEDSAM_TRAINING_GPU); use decoder mode, which trains on a "
-                      "CPU in seconds per epoch", error=StoreError)
-    parent = (active_version(db, project_id) if clean.get("parent_version_id") is None
-              else usable_version(db, actor, clean["parent_version_id"], project_id))
+    check_mode(
+        clean["mode"],
+        training_gpu(settings),
+        settings.allow_full_finetune_without_gpu,
+        remedy=" worker, and none is configured (MEDSAM_TRAINING_GPU); use decoder mode, which trains on a "
+        "CPU in seconds per epoch",
+        error=StoreError,
+    )
+    parent = (
+        active_version(db, project_id)
+        if clean.get("parent_version_id") is None
+        else usable_version(db, actor, clean["parent_version_id"], project_id)
+    )
     if parent.family not in FAMILIES:
         raise StoreError(f"unknown model family '{parent.family}'")
     if parent.family != "lite" and (parent.checkpoint_blob is None or not blobs.exists(parent.checkpoint_blob)):
-        raise StoreError(f"model version {parent.id} ({parent.family}) has no checkpoint in the blob store; "
-                         "register the ViT checkpoint first")
+        raise StoreError(
+            f"model version {parent.id} ({parent.family}) has no checkpoint in the blob store; "
+            "register the ViT checkpoint first"
+        )
     rows = training_set(db, project_id)
     labelled = {image.id for image, _, _ in rows}
     if len(labelled) < settings.min_training_images:
-        raise StoreError(f"the project has {len(labelled)} images with approved labels; fine-tuning needs at least "
-                         f"{settings.min_training_images}")
+        raise StoreError(
+            f"the project has {len(labelled)} images with approved labels; fine-tuning needs at least "
+            f"{settings.min_training_images}"
+        )
     _check_training_split(db, settings.min_training_images, project_id, rows, clean)
     clean["parent_version_id"] = parent.id
     return clean
 
 
-def _check_training_split(db: Session, minimum: int, project_id: int, rows: list[tuple[Image, str, str]],
-                          clean: dict[str, Any]) -> None:
+def _check_training_split(
+    db: Session, minimum: int, project_id: int, rows: list[tuple[Image, str, str]], clean: dict[str, Any]
+) -> None:
     """The worker's own split, done now: a job that can only fail later must be refused at once."""
     frozen = existing_project(db, project_id).validation_image_ids
-    samples = [Sample(key=str(image.id), group=image.sha256, load_rgb=None, load_labels=None)  # type: ignore[arg-type]
-               for image, _, _ in rows]
+    samples = [
+        Sample(key=str(image.id), group=image.sha256, load_rgb=None, load_labels=None)  # type: ignore[arg-type]
+        for image, _, _ in rows
+    ]
     if frozen is None:
         train, _ = split_by_group(samples, clean["val_fraction"], clean["seed"])
     else:
         train, _ = split_by_group(samples, 0, fixed_val_keys={str(i) for i in frozen})
     if len(train) < minimum:
         held = "the project's frozen validation set" if frozen is not None else "validation"
-        raise StoreError(f"only {len(train)} labelled images would be left for training once {held} takes its "
-                         f"share; fine-tuning needs at least {minimum}. Approve more labelled images")
+        raise StoreError(
+            f"only {len(train)} labelled images would be left for training once {held} takes its "
+            f"share; fine-tuning needs at least {minimum}. Approve more labelled images"
+        )
 
 
-def create_job(db: Session, blobs: BlobStore, settings: Settings, actor: User, project_id: int,
-               params: dict[str, Any]) -> Job:
+def create_job(
+    db: Session, blobs: BlobStore, settings: Settings, actor: User, project_id: int, params: dict[str, Any]
+) -> Job:
     """A fine-tune: a job of kind ``finetune``, checked, queued, not yet sent."""
     clean = validate_request(db, blobs, settings, actor, project_id, params)
     return jobs.create_job(db, JobKind.finetune, clean, project_id=project_id, actor=actor)
@@ -134,20 +155,32 @@ def create_job(db: Session, blobs: BlobStore, settings: Settings, actor: User, p
 
 def freeze_validation_set(db: Session, project_id: int, image_ids: list[int]) -> list[int]:
     """The first job's choice wins for the project's lifetime; later callers get the frozen set."""
-    db.execute(update(Project).where(Project.id == project_id, Project.validation_image_ids.is_(None))
-               .values(validation_image_ids=sorted(image_ids)))
+    db.execute(
+        update(Project)
+        .where(Project.id == project_id, Project.validation_image_ids.is_(None))
+        .values(validation_image_ids=sorted(image_ids))
+    )
     frozen = db.scalar(select(Project.validation_image_ids).where(Project.id == project_id))
     return list(frozen or [])
 
 
-def record_evaluation(db: Session, version_id: int, project_id: int, val_dice: float, val_nsd: float | None,
-                      images: int, *, replace: bool = False) -> ModelEvaluation:
+def record_evaluation(
+    db: Session,
+    version_id: int,
+    project_id: int,
+    val_dice: float,
+    val_nsd: float | None,
+    images: int,
+    *,
+    replace: bool = False,
+) -> ModelEvaluation:
     row = evaluation(db, version_id, project_id)
     if row is not None and not replace:
         return row
     if row is None:
-        row = ModelEvaluation(model_version_id=version_id, project_id=project_id, val_dice=val_dice,
-                              val_nsd=val_nsd, images=images)
+        row = ModelEvaluation(
+            model_version_id=version_id, project_id=project_id, val_dice=val_dice, val_nsd=val_nsd, images=images
+        )
         db.add(row)
     else:
         row.val_dice, row.val_nsd, row.images = val_dice, val_nsd, images
@@ -155,8 +188,11 @@ def record_evaluation(db: Session, version_id: int, project_id: int, val_dice: f
 
 
 def evaluation(db: Session, version_id: int, project_id: int) -> ModelEvaluation | None:
-    return db.scalar(select(ModelEvaluation).where(ModelEvaluation.model_version_id == version_id,
-                                                   ModelEvaluation.project_id == project_id))
+    return db.scalar(
+        select(ModelEvaluation).where(
+            ModelEvaluation.model_version_id == version_id, ModelEvaluation.project_id == project_id
+        )
+    )
 
 
 class GateError(StoreError):
@@ -176,16 +212,23 @@ def promote(db: Session, actor: User, project_id: int, version_id: int, *, force
     if candidate is None or current is None:
         missing = version_id if candidate is None else active.id
         if not force:
-            raise GateError(f"model version {missing} has not been evaluated on this project's validation images "
-                            "yet; an uploaded version's evaluation is queued when it is registered, and any "
-                            "version's can be queued (Evaluate in the UI, POST .../evaluate in the API); "
-                            "promote it once it has a score, or force it")
+            raise GateError(
+                f"model version {missing} has not been evaluated on this project's validation images "
+                "yet; an uploaded version's evaluation is queued when it is registered, and any "
+                "version's can be queued (Evaluate in the UI, POST .../evaluate in the API); "
+                "promote it once it has a score, or force it"
+            )
     elif candidate.val_dice < current.val_dice and not force:
-        raise GateError(f"model version {version_id} scores validation Dice {candidate.val_dice:.4f}, below the "
-                        f"active version {active.id}'s {current.val_dice:.4f} on the same {current.images} images; "
-                        "not promoted (an admin may force it)")
-    gate = {"candidate_dice": candidate.val_dice if candidate else None,
-            "active_dice": current.val_dice if current else None, "forced": force}
+        raise GateError(
+            f"model version {version_id} scores validation Dice {candidate.val_dice:.4f}, below the "
+            f"active version {active.id}'s {current.val_dice:.4f} on the same {current.images} images; "
+            "not promoted (an admin may force it)"
+        )
+    gate = {
+        "candidate_dice": candidate.val_dice if candidate else None,
+        "active_dice": current.val_dice if current else None,
+        "forced": force,
+    }
     project = set_active(db, actor, project_id, version_id, reason="promote.forced" if force else "promote")
     record(db, actor, "model.gate", "model_version", version_id, project_id, **gate)
     return project
@@ -193,9 +236,13 @@ def promote(db: Session, actor: User, project_id: int, version_id: int, *, force
 
 def activate_earlier(db: Session, actor: User, project_id: int, version_id: int) -> Project:
     """Roll back to any version that was active before; no gate, but audited."""
-    was_active = db.scalar(select(ModelActivation.id).where(
-        ModelActivation.project_id == project_id, ModelActivation.model_version_id == version_id).limit(1))
+    was_active = db.scalar(
+        select(ModelActivation.id)
+        .where(ModelActivation.project_id == project_id, ModelActivation.model_version_id == version_id)
+        .limit(1)
+    )
     if was_active is None and version_id != base_version(db).id:
-        raise PermissionDeniedError(f"model version {version_id} was never active in this project; promote it "
-                                    "through the gate instead")
+        raise PermissionDeniedError(
+            f"model version {version_id} was never active in this project; promote it through the gate instead"
+        )
     return set_active(db, actor, project_id, version_id, reason="rollback")

@@ -31,8 +31,9 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_user(session: Session, username: str, password: str, role: Role | str = Role.annotator,
-                actor: User | None = None) -> User:
+def create_user(
+    session: Session, username: str, password: str, role: Role | str = Role.annotator, actor: User | None = None
+) -> User:
     if not USERNAME.match(username):
         raise StoreError("a username is 2-64 letters, digits or . _ @ -")
     if len(password) < MIN_PASSWORD:
@@ -56,8 +57,9 @@ class NewAccount:
     password: str | None  # the generated password, to be shown once; None when the creator chose it
 
 
-def add_account(session: Session, actor: User | None, username: str, role: Role | str,
-                password: str | None = None) -> NewAccount:
+def add_account(
+    session: Session, actor: User | None, username: str, role: Role | str, password: str | None = None
+) -> NewAccount:
     """An account created by an admin in the UI, or from the shell (``actor`` None: ``medsam user add``).
 
     Without a password one is generated and handed back once: it is stored
@@ -103,8 +105,15 @@ def authenticate(session: Session, username: str, password: str, address: str | 
         ok = _hasher.verify(user.password_hash if user is not None and usable else _dummy_hash(), password) and usable
     except (VerificationError, InvalidHashError):
         ok = False
-    record(session, user if ok else None, "login" if ok else "login.failed", "user",
-           user.id if user else None, username=username[:SHOWN_NAME], address=address)
+    record(
+        session,
+        user if ok else None,
+        "login" if ok else "login.failed",
+        "user",
+        user.id if user else None,
+        username=username[:SHOWN_NAME],
+        address=address,
+    )
     return user if ok else None
 
 
@@ -127,8 +136,16 @@ def login(session: Session, username: str, password: str, address: str | None, s
     if wait:
         login_throttle.release_unused(session, rows)
         user = session.scalar(select(User).where(User.username == username))
-        record(session, None, "login.locked", "user", user.id if user else None,
-               username=username[:SHOWN_NAME], address=address, retry_after=wait)
+        record(
+            session,
+            None,
+            "login.locked",
+            "user",
+            user.id if user else None,
+            username=username[:SHOWN_NAME],
+            address=address,
+            retry_after=wait,
+        )
         return LoginOutcome(None, wait)
     user = authenticate(session, username, password, address)
     if user is None:
@@ -149,9 +166,18 @@ def issue_token(session: Session, user: User, name: str = "api", ttl_days: int |
 
 def revoke_token(session: Session, user: User, token: str) -> bool:
     """Log out one API client: only the caller's own token, found by its digest."""
-    done = cast("CursorResult[Any]", session.execute(update(ApiToken).where(
-        ApiToken.token_sha256 == token_digest(token), ApiToken.user_id == user.id, ApiToken.revoked.is_(False),
-    ).values(revoked=True))).rowcount
+    done = cast(
+        "CursorResult[Any]",
+        session.execute(
+            update(ApiToken)
+            .where(
+                ApiToken.token_sha256 == token_digest(token),
+                ApiToken.user_id == user.id,
+                ApiToken.revoked.is_(False),
+            )
+            .values(revoked=True)
+        ),
+    ).rowcount
     if done:
         record(session, user, "token.revoke", "user", user.id, count=done)
     return bool(done)
@@ -168,8 +194,9 @@ def revoke_tokens(session: Session, username: str, actor: User | None = None) ->
 
 
 def _revoke_all(session: Session, user: User) -> int:
-    result = session.execute(update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked.is_(False))
-                             .values(revoked=True))
+    result = session.execute(
+        update(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked.is_(False)).values(revoked=True)
+    )
     return cast("CursorResult[Any]", result).rowcount
 
 

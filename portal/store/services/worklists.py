@@ -105,8 +105,9 @@ def unannotated_images(session: Session, actor: User, project_id: int) -> list[I
     """Images (2-D, or each slice) with no saved annotation of any label: what pre-labelling fills."""
     get_project(session, actor, project_id)
     done = select(Annotation.image_id).where(Annotation.current_revision > 0)
-    return list(session.scalars(select(Image).where(Image.project_id == project_id, Image.id.not_in(done))
-                                .order_by(Image.id)))
+    return list(
+        session.scalars(select(Image).where(Image.project_id == project_id, Image.id.not_in(done)).order_by(Image.id))
+    )
 
 
 def status_counts(session: Session, actor: User) -> list[list[Any]]:
@@ -114,12 +115,20 @@ def status_counts(session: Session, actor: User) -> list[list[Any]]:
     out = []
     for project in list_projects(session, actor):
         images = session.scalar(select(func.count()).select_from(Image).where(Image.project_id == project.id)) or 0
-        saved = (select(Annotation.status, func.count()).join(Image, Image.id == Annotation.image_id)
-                 .where(Image.project_id == project.id, Annotation.current_revision > 0))
+        saved = (
+            select(Annotation.status, func.count())
+            .join(Image, Image.id == Annotation.image_id)
+            .where(Image.project_id == project.id, Annotation.current_revision > 0)
+        )
         by_status = dict(session.execute(saved.group_by(Annotation.status)).all())
-        labelled = session.scalar(
-            select(func.count(func.distinct(Annotation.image_id))).join(Image, Image.id == Annotation.image_id)
-            .where(Image.project_id == project.id, Annotation.current_revision > 0)) or 0
+        labelled = (
+            session.scalar(
+                select(func.count(func.distinct(Annotation.image_id)))
+                .join(Image, Image.id == Annotation.image_id)
+                .where(Image.project_id == project.id, Annotation.current_revision > 0)
+            )
+            or 0
+        )
         out.append([project.name, images, images - labelled, *(by_status.get(s, 0) for s in COUNTED)])
     return out
 
@@ -143,11 +152,14 @@ def image_queue(session: Session, actor: User, project_id: int, label: str, mode
     """
     get_project(session, actor, project_id)
     rows = session.execute(
-        select(Image, Annotation).outerjoin(Annotation, (Annotation.image_id == Image.id)
-                                            & (Annotation.label == label))
-        .where(Image.project_id == project_id).order_by(Image.id)).all()
-    mine = set(session.scalars(
-        select(AnnotationRevision.annotation_id).where(AnnotationRevision.author_id == actor.id)))
+        select(Image, Annotation)
+        .outerjoin(Annotation, (Annotation.image_id == Image.id) & (Annotation.label == label))
+        .where(Image.project_id == project_id)
+        .order_by(Image.id)
+    ).all()
+    mine = set(
+        session.scalars(select(AnnotationRevision.annotation_id).where(AnnotationRevision.author_id == actor.id))
+    )
     rejected = [ann.id for _, ann in rows if ann is not None and ann.status == AnnotationStatus.rejected]
     rejections = _rejections(session, rejected)
     out: list[dict[str, Any]] = []
@@ -155,10 +167,17 @@ def image_queue(session: Session, actor: User, project_id: int, label: str, mode
         status = "unlabelled" if ann is None or ann.current_revision == 0 else ann.status.value
         if mode == "fix" and not (status == "rejected" and (ann.created_by == actor.id or ann.id in mine)):
             continue
-        out.append({"image_id": image.id, "filename": image.filename, "slice": image.slice_index,
-                    "status": status, "revision": 0 if ann is None else ann.current_revision,
-                    "annotation_id": None if ann is None else ann.id,
-                    "rejection": rejections.get(ann.id) if status == "rejected" else None})
+        out.append(
+            {
+                "image_id": image.id,
+                "filename": image.filename,
+                "slice": image.slice_index,
+                "status": status,
+                "revision": 0 if ann is None else ann.current_revision,
+                "annotation_id": None if ann is None else ann.id,
+                "rejection": rejections.get(ann.id) if status == "rejected" else None,
+            }
+        )
     out.sort(key=lambda r: (QUEUE_ORDER.get(r["status"], 9), r["image_id"]))
     return out
 
@@ -166,10 +185,15 @@ def image_queue(session: Session, actor: User, project_id: int, label: str, mode
 def _review_rows(session: Session, where: Any) -> list[tuple[int, ReviewRow]]:
     """(annotation id, row) for the reviews matching ``where``, newest first."""
     found = session.execute(
-        select(Review, User.username).outerjoin(User, User.id == Review.reviewer_id).where(where)
-        .order_by(Review.created_at.desc(), Review.id.desc())).all()
-    return [(r.annotation_id, ReviewRow(r.revision_number, r.decision.value, name, r.created_at, r.comment))
-            for r, name in found]
+        select(Review, User.username)
+        .outerjoin(User, User.id == Review.reviewer_id)
+        .where(where)
+        .order_by(Review.created_at.desc(), Review.id.desc())
+    ).all()
+    return [
+        (r.annotation_id, ReviewRow(r.revision_number, r.decision.value, name, r.created_at, r.comment))
+        for r, name in found
+    ]
 
 
 def _rejections(session: Session, annotation_ids: list[int]) -> dict[int, ReviewRow]:
@@ -177,8 +201,9 @@ def _rejections(session: Session, annotation_ids: list[int]) -> dict[int, Review
     if not annotation_ids:
         return {}
     out: dict[int, ReviewRow] = {}
-    for aid, row in _review_rows(session, Review.annotation_id.in_(annotation_ids)
-                                 & (Review.decision == AnnotationStatus.rejected)):
+    for aid, row in _review_rows(
+        session, Review.annotation_id.in_(annotation_ids) & (Review.decision == AnnotationStatus.rejected)
+    ):
         out.setdefault(aid, row)
     return out
 
@@ -223,12 +248,17 @@ def _annotation(session: Session, actor: User, annotation_id: int) -> tuple[Anno
 
 
 def _latest(session: Session, annotation_id: int) -> AnnotationRevision | None:
-    return session.scalar(select(AnnotationRevision).where(AnnotationRevision.annotation_id == annotation_id)
-                          .order_by(AnnotationRevision.number.desc()).limit(1))
+    return session.scalar(
+        select(AnnotationRevision)
+        .where(AnnotationRevision.annotation_id == annotation_id)
+        .order_by(AnnotationRevision.number.desc())
+        .limit(1)
+    )
 
 
-def current_annotation(session: Session, actor: User, image_id: int, label: str
-                       ) -> tuple[Annotation | None, AnnotationRevision | None]:
+def current_annotation(
+    session: Session, actor: User, image_id: int, label: str
+) -> tuple[Annotation | None, AnnotationRevision | None]:
     """The image's ``label`` annotation and its newest revision (either None when nothing is there)."""
     _image(session, actor, image_id)
     found = session.scalar(select(Annotation).where(Annotation.image_id == image_id, Annotation.label == label))
@@ -239,8 +269,11 @@ def revision_history(session: Session, actor: User, annotation_id: int) -> list[
     """Newest first, with each author's name."""
     _annotation(session, actor, annotation_id)
     rows = session.execute(
-        select(AnnotationRevision, User.username).outerjoin(User, User.id == AnnotationRevision.author_id)
-        .where(AnnotationRevision.annotation_id == annotation_id).order_by(AnnotationRevision.number.desc())).all()
+        select(AnnotationRevision, User.username)
+        .outerjoin(User, User.id == AnnotationRevision.author_id)
+        .where(AnnotationRevision.annotation_id == annotation_id)
+        .order_by(AnnotationRevision.number.desc())
+    ).all()
     return [RevisionRow(r.number, name, r.created_at, r.model_version_id, r.prompt, r.comment) for r, name in rows]
 
 
@@ -253,8 +286,9 @@ def review_history(session: Session, actor: User, annotation_id: int) -> list[Re
 def prelabel_mask(session: Session, actor: User, image_id: int) -> Mask | None:
     """The newest mask a bulk pre-label job stored for this image, if any."""
     _image(session, actor, image_id)
-    return session.scalar(select(Mask).where(Mask.image_id == image_id, Mask.job_id.is_not(None))
-                          .order_by(Mask.id.desc()).limit(1))
+    return session.scalar(
+        select(Mask).where(Mask.image_id == image_id, Mask.job_id.is_not(None)).order_by(Mask.id.desc()).limit(1)
+    )
 
 
 # ---------------------------------------------------------------------------- reviewing
@@ -264,13 +298,26 @@ def submitted(session: Session, actor: User, project_id: int) -> list[dict[str, 
     rows = session.execute(
         select(Annotation, Image, User.username)
         .join(Image, Image.id == Annotation.image_id)
-        .outerjoin(AnnotationRevision, (AnnotationRevision.annotation_id == Annotation.id)
-                   & (AnnotationRevision.number == Annotation.current_revision))
+        .outerjoin(
+            AnnotationRevision,
+            (AnnotationRevision.annotation_id == Annotation.id)
+            & (AnnotationRevision.number == Annotation.current_revision),
+        )
         .outerjoin(User, User.id == AnnotationRevision.author_id)
         .where(Image.project_id == project_id, Annotation.status == AnnotationStatus.submitted)
-        .order_by(Annotation.updated_at)).all()
-    return [{"annotation_id": a.id, "image_id": i.id, "filename": i.filename, "label": a.label,
-             "revision": a.current_revision, "author": name or ""} for a, i, name in rows]
+        .order_by(Annotation.updated_at)
+    ).all()
+    return [
+        {
+            "annotation_id": a.id,
+            "image_id": i.id,
+            "filename": i.filename,
+            "label": a.label,
+            "revision": a.current_revision,
+            "author": name or "",
+        }
+        for a, i, name in rows
+    ]
 
 
 def review_item(session: Session, actor: User, annotation_id: int) -> tuple[Image, AnnotationRevision]:
@@ -286,20 +333,39 @@ def review_item(session: Session, actor: User, annotation_id: int) -> tuple[Imag
 def training_jobs(session: Session, actor: User, project_id: int) -> list[Job]:
     """The project's fine-tunes, newest first."""
     get_project(session, actor, project_id)
-    return list(session.scalars(select(Job).where(Job.project_id == project_id, Job.kind == JobKind.finetune)
-                                .order_by(Job.id.desc())))
+    return list(
+        session.scalars(
+            select(Job).where(Job.project_id == project_id, Job.kind == JobKind.finetune).order_by(Job.id.desc())
+        )
+    )
 
 
 def version_rows(session: Session, actor: User, project_id: int) -> list[VersionRow]:
     """Base versions and the project's own, oldest first; the active one is the base model until a promotion."""
     project = get_project(session, actor, project_id)
-    rows = list(session.scalars(select(ModelVersion).where(
-        (ModelVersion.project_id == project_id) | ModelVersion.project_id.is_(None)).order_by(ModelVersion.id)))
-    evals = {e.model_version_id: e for e in session.scalars(
-        select(ModelEvaluation).where(ModelEvaluation.project_id == project_id))}
-    pending = {j.params.get("model_version_id"): j.id for j in session.scalars(
-        select(Job).where(Job.project_id == project_id, Job.kind == JobKind.evaluate,
-                          Job.state.in_((JobState.queued, JobState.running))).order_by(Job.id.desc()))}
+    rows = list(
+        session.scalars(
+            select(ModelVersion)
+            .where((ModelVersion.project_id == project_id) | ModelVersion.project_id.is_(None))
+            .order_by(ModelVersion.id)
+        )
+    )
+    evals = {
+        e.model_version_id: e
+        for e in session.scalars(select(ModelEvaluation).where(ModelEvaluation.project_id == project_id))
+    }
+    pending = {
+        j.params.get("model_version_id"): j.id
+        for j in session.scalars(
+            select(Job)
+            .where(
+                Job.project_id == project_id,
+                Job.kind == JobKind.evaluate,
+                Job.state.in_((JobState.queued, JobState.running)),
+            )
+            .order_by(Job.id.desc())
+        )
+    }
     active = project.active_model_version_id
     if active is None:
         active = next((v.id for v in rows if v.project_id is None and v.family == "lite"), None)
@@ -309,6 +375,7 @@ def version_rows(session: Session, actor: User, project_id: int) -> list[Version
         parent = evals.get(v.parent_id) if v.parent_id is not None else None
         before = parent.val_dice if parent is not None else metrics.get("baseline_val_dice")
         after = own.val_dice if own is not None else metrics.get("best_val_dice")
-        out.append(VersionRow(v, v.id == active, before, after, own.images if own is not None else None,
-                              pending.get(v.id)))
+        out.append(
+            VersionRow(v, v.id == active, before, after, own.images if own is not None else None, pending.get(v.id))
+        )
     return out

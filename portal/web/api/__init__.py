@@ -5,13 +5,22 @@ queued work goes through the queue port (``workers.queue.JobQueue``), which
 calls the same services, so the UI and the API cannot disagree.
 """
 
-
 from fastapi import APIRouter
 
 from portal.web.deps import AppSettings, Blobs, Db, blobs_of, db_session, queue_of, settings_of, store_of
 
-__all__ = ["PREFIX", "AppSettings", "Blobs", "Db", "blobs_of", "db_session", "queue_of", "routers", "settings_of",
-           "store_of"]
+__all__ = [
+    "PREFIX",
+    "AppSettings",
+    "Blobs",
+    "Db",
+    "blobs_of",
+    "db_session",
+    "queue_of",
+    "routers",
+    "settings_of",
+    "store_of",
+]
 PREFIX = "/api/v1"
 
 

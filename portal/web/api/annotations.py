@@ -53,19 +53,22 @@ def _png_mask(data: str, width: int, height: int) -> np.ndarray:
 
 
 @router.put("/images/{iid}/annotations/{label}", response_model=AnnotationSaved)
-def save_annotation(iid: int, label: str, body: AnnotationIn, db: Db, blobs: Blobs,
-                    user: User = Depends(current_user)) -> AnnotationSaved:
+def save_annotation(
+    iid: int, label: str, body: AnnotationIn, db: Db, blobs: Blobs, user: User = Depends(current_user)
+) -> AnnotationSaved:
     if (body.mask_id is None) == (body.mask_png_base64 is None):  # the body's shape, not a rule
         raise StoreError("give exactly one of mask_id and mask_png_base64")
     submit = body.status == "submitted"
     if body.mask_id is not None:
-        revision = annotations.save_proposal(db, blobs, user, iid, label, body.mask_id, body.base_revision,
-                                             comment=body.comment, submit=submit)
+        revision = annotations.save_proposal(
+            db, blobs, user, iid, label, body.mask_id, body.base_revision, comment=body.comment, submit=submit
+        )
     else:
         image = get_image(db, user, iid)
         mask = _png_mask(body.mask_png_base64 or "", image.width, image.height)
-        revision = annotations.save_revision(db, blobs, user, iid, label, mask, body.base_revision,
-                                             comment=body.comment, submit=submit)
+        revision = annotations.save_revision(
+            db, blobs, user, iid, label, mask, body.base_revision, comment=body.comment, submit=submit
+        )
     return AnnotationSaved(annotation_id=revision.annotation_id, revision=revision.number, status=body.status)
 
 
@@ -75,22 +78,33 @@ def review(aid: int, body: ReviewIn, db: Db, user: User = Depends(current_user))
         annotation = annotations.approve(db, user, aid, body.comment)
     else:
         annotation = annotations.reject(db, user, aid, body.comment or "")
-    return AnnotationReviewed(annotation_id=annotation.id, status=annotation.status.value,
-                              revision=annotation.current_revision)
+    return AnnotationReviewed(
+        annotation_id=annotation.id, status=annotation.status.value, revision=annotation.current_revision
+    )
 
 
 @router.get("/annotations/{aid}/revisions", response_model=list[RevisionPublic])
 def revisions(aid: int, db: Db, user: User = Depends(current_user)) -> list[RevisionPublic]:
-    return [RevisionPublic(number=r.number, author=author, created_at=r.created_at,
-                           model_version_id=r.model_version_id, base_mask_id=r.base_mask_id, prompt=r.prompt,
-                           comment=r.comment) for r, author in annotations.revision_history(db, user, aid)]
+    return [
+        RevisionPublic(
+            number=r.number,
+            author=author,
+            created_at=r.created_at,
+            model_version_id=r.model_version_id,
+            base_mask_id=r.base_mask_id,
+            prompt=r.prompt,
+            comment=r.comment,
+        )
+        for r, author in annotations.revision_history(db, user, aid)
+    ]
 
 
 @router.get("/annotations/{aid}/revisions/{number}.npy", response_class=Response, responses={200: {"content": NPY}})
 def revision_npy(aid: int, number: int, db: Db, blobs: Blobs, user: User = Depends(current_user)) -> Response:
     blob = annotations.get_revision(db, user, aid, number).blob_sha
-    return download(mask_npy_bytes(load_mask(blobs, blob)), "application/octet-stream",
-                    f"annotation_{aid}_r{number}.npy")
+    return download(
+        mask_npy_bytes(load_mask(blobs, blob)), "application/octet-stream", f"annotation_{aid}_r{number}.npy"
+    )
 
 
 @router.get("/annotations/{aid}/revisions/{number}.png", response_class=Response, responses={200: {"content": PNG}})

@@ -25,18 +25,26 @@ router = APIRouter(prefix=PREFIX, tags=["export"])
 
 
 @router.get("/projects/{pid}/export", response_class=FileResponse, responses={200: {"content": ZIP}})
-def export(pid: int, request: Request, user: User = Depends(current_user),
-           format: Literal["npy", "png", "seed"] = "npy",
-           approved_only: bool = Query(False, description="only approved annotations (the seed format's use)"),
-           size: int = Query(1024, ge=64, le=4096, description="seed format: output side in pixels")):
+def export(
+    pid: int,
+    request: Request,
+    user: User = Depends(current_user),
+    format: Literal["npy", "png", "seed"] = "npy",
+    approved_only: bool = Query(False, description="only approved annotations (the seed format's use)"),
+    size: int = Query(1024, ge=64, le=4096, description="seed format: output side in pixels"),
+):
     folder = Path(tempfile.mkdtemp(prefix="export-", dir=_scratch(request)))
     try:
         path = build_export(store_of(request), user, pid, format, approved_only, size, folder)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    return FileResponse(path, media_type="application/zip", filename=path.name,
-                        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
+    return FileResponse(
+        path,
+        media_type="application/zip",
+        filename=path.name,
+        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True),
+    )
 
 
 def _scratch(request: Request) -> Path:

@@ -31,16 +31,28 @@ def annotation_states(db: Session, user: User, project_id: int) -> dict[int, dic
     for row in annotations.current_annotations(db, user, project_id):
         a = row["annotation"]
         out.setdefault(a.image_id, {})[a.label] = AnnotationState(
-            annotation_id=a.id, status=a.status.value, revision=a.current_revision, author=row["author"],
-            updated_at=a.updated_at)
+            annotation_id=a.id,
+            status=a.status.value,
+            revision=a.current_revision,
+            author=row["author"],
+            updated_at=a.updated_at,
+        )
     return out
 
 
 def _store_upload(store: Store, user: User, pid: int, upload: Upload) -> UploadedImagePublic:
     """The transaction starts only once the file is in: SQLite's write lock is never held while bytes stream."""
     with store.transaction() as db:
-        rows = images.add_image(db, store.blobs, store.settings, user, pid, upload.path, upload.filename,
-                                upload.fields.get("window") or None)
+        rows = images.add_image(
+            db,
+            store.blobs,
+            store.settings,
+            user,
+            pid,
+            upload.path,
+            upload.filename,
+            upload.fields.get("window") or None,
+        )
         return UploadedImagePublic.of(rows[0], slices=[SliceRef(id=r.id, slice_index=r.slice_index) for r in rows])
 
 
@@ -75,5 +87,6 @@ def delete_image(iid: int, db: Db, user: User = Depends(current_user)) -> Delete
 def segment(iid: int, body: SegmentIn, request: Request, user: User = Depends(current_user)) -> SegmentPublic:
     """Decodes here against the cached embedding; a new image waits for a worker's encode
     (``timing_ms.encode_wait``), or 503 when none answers in time. No transaction is held while it waits."""
-    return request.app.state.segmentation.segment(user, iid, boxes=body.boxes, points=body.points,
-                                                  model_version_id=body.model_version_id)
+    return request.app.state.segmentation.segment(
+        user, iid, boxes=body.boxes, points=body.points, model_version_id=body.model_version_id
+    )

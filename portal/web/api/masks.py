@@ -29,14 +29,16 @@ def png_bytes(labels: np.ndarray) -> bytes:
 
 
 def download(data: bytes, media_type: str, filename: str) -> Response:
-    return Response(data, media_type=media_type,
-                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    return Response(data, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
 @router.get("/masks/{mid}.npy", response_class=Response, responses={200: {"content": NPY}})
 def mask_npy(mid: int, db: Db, blobs: Blobs, user: User = Depends(current_user)) -> Response:
-    return download(mask_npy_bytes(load_mask(blobs, get_mask(db, user, mid).blob_sha)), "application/octet-stream",
-                    f"mask_{mid}.npy")
+    return download(
+        mask_npy_bytes(load_mask(blobs, get_mask(db, user, mid).blob_sha)),
+        "application/octet-stream",
+        f"mask_{mid}.npy",
+    )
 
 
 @router.get("/masks/{mid}.png", response_class=Response, responses={200: {"content": PNG}})

@@ -34,13 +34,16 @@ router = APIRouter(prefix=PREFIX, tags=["models"])
 def list_models(pid: int, db: Db, user: User = Depends(current_user)) -> ModelListPublic:
     versions = model_versions.list_versions(db, user, pid)
     active = model_versions.active_version(db, pid).id
-    return ModelListPublic(active_model_version_id=active, versions=[
-        ModelVersionPublic.of(v, active, training.evaluation(db, v.id, pid)) for v in versions])
+    return ModelListPublic(
+        active_model_version_id=active,
+        versions=[ModelVersionPublic.of(v, active, training.evaluation(db, v.id, pid)) for v in versions],
+    )
 
 
 @router.post("/projects/{pid}/models/{vid}/activate", response_model=ActiveVersionPublic)
-def activate(pid: int, vid: int, db: Db, user: User = Depends(current_user),
-             body: ActivateIn | None = None) -> ActiveVersionPublic:
+def activate(
+    pid: int, vid: int, db: Db, user: User = Depends(current_user), body: ActivateIn | None = None
+) -> ActiveVersionPublic:
     """Promotion through the gate: the candidate must score at least the active version's
     validation Dice on the project's frozen images (409 with the reason otherwise, also while
     either has no score yet); ``{"force": true}`` lets an admin override it, and the override is audited."""
@@ -49,8 +52,9 @@ def activate(pid: int, vid: int, db: Db, user: User = Depends(current_user),
 
 
 @router.post("/projects/{pid}/models/{vid}/evaluate", status_code=201, response_model=JobPublic)
-def evaluate(pid: int, vid: int, request: Request, user: User = Depends(current_user),
-             queue: JobQueue = Depends(queue_of)) -> JobPublic:
+def evaluate(
+    pid: int, vid: int, request: Request, user: User = Depends(current_user), queue: JobQueue = Depends(queue_of)
+) -> JobPublic:
     """Admins and reviewers: queue an evaluation job (see /jobs/{id}) that scores the version, and the
     active one if it has no score yet, on the project's frozen validation images. Without a frozen set,
     one is chosen from approved labels, the split a first fine-tune would take; too few approved labels
@@ -68,8 +72,9 @@ def _register(store: Store, user: User, pid: int, family: str, path, name: str |
 
 
 @router.post("/projects/{pid}/models", status_code=201, response_model=UploadedVersionPublic)
-async def upload_checkpoint(pid: int, request: Request, user: User = Depends(current_user),
-                            queue: JobQueue = Depends(queue_of)) -> UploadedVersionPublic:
+async def upload_checkpoint(
+    pid: int, request: Request, user: User = Depends(current_user), queue: JobQueue = Depends(queue_of)
+) -> UploadedVersionPublic:
     """Multipart ``file`` (a PyTorch checkpoint) and form field ``family`` (medsam_vit_b, sam_vit_b, ...,
     or lite); optional ``name``. Loaded weights-only into that family first: a file that doesn't fit is a
     400 naming the family and the first mismatched keys, and nothing is stored.
@@ -82,8 +87,9 @@ async def upload_checkpoint(pid: int, request: Request, user: User = Depends(cur
     # torch.save writes a zip; the limit is MEDSAM_MAX_CHECKPOINT_MB, not the image limit.
     async with received_file(request, expect={".zip"}, limit_mb=store.settings.max_checkpoint_mb) as upload:
         family = upload.fields.get("family") or "medsam_vit_b"
-        version = await run_in_threadpool(_register, store, user, pid, family, upload.path,
-                                          upload.fields.get("name") or None)
+        version = await run_in_threadpool(
+            _register, store, user, pid, family, upload.path, upload.fields.get("name") or None
+        )
     try:
         job = await run_in_threadpool(queue.submit_evaluation, store, user, pid, version.id)
         queued = {"evaluation_job_id": job.id, "evaluation_note": None}

@@ -21,9 +21,17 @@ def list_projects(db: Db, user: User = Depends(current_user)) -> list[ProjectPub
 
 @router.post("/projects", status_code=201, response_model=ProjectPublic)
 def create_project(body: ProjectIn, db: Db, user: User = Depends(current_user)) -> ProjectPublic:
-    return ProjectPublic.of(projects.create_project(db, user, body.name, body.modality, body.labels,
-                                                    keep_original_names=body.keep_original_names,
-                                                    allow_self_review=body.allow_self_review))
+    return ProjectPublic.of(
+        projects.create_project(
+            db,
+            user,
+            body.name,
+            body.modality,
+            body.labels,
+            keep_original_names=body.keep_original_names,
+            allow_self_review=body.allow_self_review,
+        )
+    )
 
 
 @router.get("/projects/{pid}", response_model=ProjectPublic)

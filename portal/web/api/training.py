@@ -23,10 +23,15 @@ FINETUNES = {JobKind.finetune}
 
 
 @router.post("/projects/{pid}/training-jobs", status_code=201, response_model=TrainingJobPublic)
-def create_training_job(pid: int, request: Request, user: User = Depends(current_user),
-                        queue: JobQueue = Depends(queue_of),
-                        params: FinetuneParams | None = Body(None, examples=[{
-                            "mode": "decoder", "epochs": 5, "lr": 1e-4, "batch_size": 8}])) -> JobPublic:
+def create_training_job(
+    pid: int,
+    request: Request,
+    user: User = Depends(current_user),
+    queue: JobQueue = Depends(queue_of),
+    params: FinetuneParams | None = Body(
+        None, examples=[{"mode": "decoder", "epochs": 5, "lr": 1e-4, "batch_size": 8}]
+    ),
+) -> JobPublic:
     """Reviewers and admins. Every parameter is optional; a wrong type or a value out of range is a 422
     naming the field. Needs approved labels on enough images."""
     given = params.model_dump(exclude_unset=True) if params else {}
@@ -40,22 +45,33 @@ def get_training_job(jid: int, db: Db, user: User = Depends(current_user)) -> Jo
 
 
 @router.delete("/training-jobs/{jid}", response_model=TrainingJobPublic)
-def cancel_training_job(jid: int, request: Request, user: User = Depends(current_user),
-                        queue: JobQueue = Depends(queue_of)) -> JobPublic:
+def cancel_training_job(
+    jid: int, request: Request, user: User = Depends(current_user), queue: JobQueue = Depends(queue_of)
+) -> JobPublic:
     """Whoever queued the job, or an admin."""
     return JobPublic.of(queue.cancel(store_of(request), jid, user, kinds=FINETUNES))
 
 
 @router.post("/projects/{pid}/prelabel", status_code=201, response_model=JobPublic)
-def prelabel(pid: int, body: PrelabelIn, request: Request, user: User = Depends(current_user),
-             queue: JobQueue = Depends(queue_of)) -> JobPublic:
+def prelabel(
+    pid: int,
+    body: PrelabelIn,
+    request: Request,
+    user: User = Depends(current_user),
+    queue: JobQueue = Depends(queue_of),
+) -> JobPublic:
     """Admins only, like the admin tab that offers it."""
     return JobPublic.of(queue.submit_segment_batch(store_of(request), user, pid, body.model_version_id, body.items))
 
 
 @router.post("/projects/{pid}/precompute", status_code=201, response_model=JobPublic)
-def precompute(pid: int, request: Request, user: User = Depends(current_user), queue: JobQueue = Depends(queue_of),
-               body: PrecomputeIn | None = None) -> JobPublic:
+def precompute(
+    pid: int,
+    request: Request,
+    user: User = Depends(current_user),
+    queue: JobQueue = Depends(queue_of),
+    body: PrecomputeIn | None = None,
+) -> JobPublic:
     """Admins only, like the admin tab that offers it."""
     version = body.model_version_id if body else None
     return JobPublic.of(queue.submit_precompute(store_of(request), user, pid, version))
@@ -69,7 +85,8 @@ def get_job(jid: int, db: Db, user: User = Depends(current_user)) -> JobPublic:
 
 
 @router.delete("/jobs/{jid}", response_model=AnyJobPublic)
-def cancel_job(jid: int, request: Request, user: User = Depends(current_user),
-               queue: JobQueue = Depends(queue_of)) -> JobPublic:
+def cancel_job(
+    jid: int, request: Request, user: User = Depends(current_user), queue: JobQueue = Depends(queue_of)
+) -> JobPublic:
     """Whoever queued the job, or an admin."""
     return JobPublic.of(queue.cancel(store_of(request), jid, user))

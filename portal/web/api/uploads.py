@@ -76,8 +76,9 @@ def _named(filename: str, suffix: str) -> str:
 async def _parse(request: Request, limit: int):
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + ENVELOPE_BYTES:
-        raise HTTPException(413, f"the upload is {int(declared) / 1e6:.1f} MB; the limit is "
-                                 f"{limit / 1e6:.0f} MB (MEDSAM_MAX_UPLOAD_MB)")
+        raise HTTPException(
+            413, f"the upload is {int(declared) / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB (MEDSAM_MAX_UPLOAD_MB)"
+        )
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise HTTPException(400, "send the file as multipart/form-data in a field named 'file'")
 
@@ -86,8 +87,7 @@ async def _parse(request: Request, limit: int):
         async for chunk in request.stream():
             received += len(chunk)
             if received > limit + ENVELOPE_BYTES:
-                raise HTTPException(413, f"the upload exceeds the limit of {limit / 1e6:.0f} MB "
-                                         "(MEDSAM_MAX_UPLOAD_MB)")
+                raise HTTPException(413, f"the upload exceeds the limit of {limit / 1e6:.0f} MB (MEDSAM_MAX_UPLOAD_MB)")
             yield chunk
 
     try:
@@ -104,8 +104,11 @@ def _spill(source: UploadFile, folder: Path, expect: set[str] | None) -> tuple[P
         wanted = ", ".join(sorted(expect)) if expect else SUPPORTED
         raise HTTPException(400, f"'{source.filename}' is not a supported file (its content is none of: {wanted})")
     if expect is None and suffix == ".zip":
-        raise HTTPException(400, f"'{source.filename}' is a zip; upload images one by one here, or use the "
-                                 "project's import route for a zip of images/ and masks/")
+        raise HTTPException(
+            400,
+            f"'{source.filename}' is a zip; upload images one by one here, or use the "
+            "project's import route for a zip of images/ and masks/",
+        )
     folder.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=suffix, dir=folder)
     with os.fdopen(fd, "wb") as out:
@@ -130,8 +133,10 @@ class received_file:
             if not isinstance(source, UploadFile):
                 raise HTTPException(400, "no file: send it in a multipart field named 'file'")
             if source.size is not None and source.size > limit:
-                raise HTTPException(413, f"the file is {source.size / 1e6:.1f} MB; the limit is "
-                                         f"{limit / 1e6:.0f} MB (MEDSAM_MAX_UPLOAD_MB)")
+                raise HTTPException(
+                    413,
+                    f"the file is {source.size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB (MEDSAM_MAX_UPLOAD_MB)",
+                )
             if not source.size:
                 raise HTTPException(400, f"'{source.filename}' is empty (0 bytes)")
             path, name = await run_in_threadpool(_spill, source, settings.data_dir / "uploads", self.expect)
@@ -147,5 +152,8 @@ class received_file:
         self.upload.path.unlink(missing_ok=True)
         if isinstance(exc, MedsamError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
             # The readers name the file they opened, our temporary copy; the user knows it by their own name.
-            exc.args = (exc.args[0].replace(str(self.upload.path), self.upload.filename)
-                        .replace(self.upload.path.name, self.upload.filename),)
+            exc.args = (
+                exc.args[0]
+                .replace(str(self.upload.path), self.upload.filename)
+                .replace(self.upload.path.name, self.upload.filename),
+            )

@@ -11,8 +11,9 @@ from portal.web.schemas.common import IsoDatetime
 
 class AnnotationIn(BaseModel):
     mask_id: int | None = Field(None, description="a mask from /segment, saved as proposed")
-    mask_png_base64: str | None = Field(None, description="a corrected mask: PNG at the image's size, "
-                                                          "non-zero (or opaque, non-black) = foreground")
+    mask_png_base64: str | None = Field(
+        None, description="a corrected mask: PNG at the image's size, non-zero (or opaque, non-black) = foreground"
+    )
     base_revision: int = Field(ge=0, description="the revision you started from; 0 for a new annotation")
     status: Literal["draft", "submitted"] = "draft"
     comment: str | None = None

@@ -79,5 +79,7 @@ class ImportReportPublic(BaseModel):
     images: int
     annotations: int
     skipped: list[str]
-    notes: list[str] = Field(default_factory=list, description="what was inferred, e.g. the label of a 0/255 "
-                             "mask in a project of several labels")
+    notes: list[str] = Field(
+        default_factory=list,
+        description="what was inferred, e.g. the label of a 0/255 mask in a project of several labels",
+    )

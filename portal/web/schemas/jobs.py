@@ -47,9 +47,11 @@ AnyJobPublic = Annotated[TrainingJobPublic | JobPublic, Field(union_mode="left_t
 
 class PrelabelIn(BaseModel):
     model_config = STRICT
-    items: list[PrelabelItem] = Field(min_length=1, max_length=MAX_BATCH_ITEMS,
-                                      description='[{"image_id": 1, "boxes": [[x0, y0, x1, y1]]}, ...]; '
-                                                  "one box (or points) per item")
+    items: list[PrelabelItem] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_ITEMS,
+        description='[{"image_id": 1, "boxes": [[x0, y0, x1, y1]]}, ...]; one box (or points) per item',
+    )
     model_version_id: int | None = Field(None, description="default: the project's active version")
 
 

@@ -33,10 +33,18 @@ class ModelVersionPublic(EvaluationPublic):
 
     @classmethod
     def of(cls, version: Any, active_id: int, evaluation: Any | None, **extra: Any) -> Any:
-        fields = {k: getattr(version, k) for k in ModelVersionPublic.model_fields
-                  if k not in ("active", "val_dice", "val_nsd")}
-        return cls(**fields, active=version.id == active_id, val_dice=evaluation.val_dice if evaluation else None,
-                   val_nsd=evaluation.val_nsd if evaluation else None, **extra)
+        fields = {
+            k: getattr(version, k)
+            for k in ModelVersionPublic.model_fields
+            if k not in ("active", "val_dice", "val_nsd")
+        }
+        return cls(
+            **fields,
+            active=version.id == active_id,
+            val_dice=evaluation.val_dice if evaluation else None,
+            val_nsd=evaluation.val_nsd if evaluation else None,
+            **extra,
+        )
 
 
 class ModelListPublic(BaseModel):

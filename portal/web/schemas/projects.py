@@ -12,8 +12,9 @@ from portal.web.schemas.common import IsoDatetime
 class ProjectIn(BaseModel):
     name: str
     modality: str = "other"
-    labels: list[str | dict[str, Any]] = Field(default_factory=lambda: ["lesion"],
-                                              description='label class names, or {"name", "color": "#rrggbb"}')
+    labels: list[str | dict[str, Any]] = Field(
+        default_factory=lambda: ["lesion"], description='label class names, or {"name", "color": "#rrggbb"}'
+    )
     keep_original_names: bool = Field(False, description="keep DICOM upload names (they often name the patient)")
     allow_self_review: bool = Field(False, description="let a reviewer approve their own work (one-person projects)")
 
@@ -52,8 +53,12 @@ class ProjectPublic(BaseModel):
     @classmethod
     def of(cls, project: Any) -> ProjectPublic:
         """``labels`` is derived from the row's label classes; everything else is read as it is."""
-        return cls.model_validate({**{k: getattr(project, k) for k in cls.model_fields if k != "labels"},
-                                   "labels": [c["name"] for c in project.label_classes]})
+        return cls.model_validate(
+            {
+                **{k: getattr(project, k) for k in cls.model_fields if k != "labels"},
+                "labels": [c["name"] for c in project.label_classes],
+            }
+        )
 
 
 class MemberPublic(BaseModel):

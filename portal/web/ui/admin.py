@@ -24,10 +24,12 @@ from portal.web.ui.context import PortalContext
 EXPORT_TTL_S = 30 * 60
 JOB_POLL_S = 2.0
 MODALITIES = ["ct", "mr", "us", "xray", "endoscopy", "pathology", "other"]
-PRELABEL_NOTE = ("Queues one `segment_batch` job with the project's active model for every image that has no "
-                 "saved annotation yet. The prompt is the whole image minus the margin below (no per-image box), "
-                 "so it suits images where the structure fills most of the frame. The masks become proposals "
-                 "in the Annotate tab: nothing is saved as an annotation until someone saves or submits it.")
+PRELABEL_NOTE = (
+    "Queues one `segment_batch` job with the project's active model for every image that has no "
+    "saved annotation yet. The prompt is the whole image minus the margin below (no per-image box), "
+    "so it suits images where the structure fills most of the frame. The masks become proposals "
+    "in the Annotate tab: nothing is saved as an annotation until someone saves or submits it."
+)
 
 
 def prelabel_items(rows, margin_pct: float) -> list[dict]:
@@ -71,8 +73,9 @@ def _job_rows(c: SimpleNamespace) -> None:
     with gr.Accordion("Pre-label with the active model", open=True):
         gr.Markdown(PRELABEL_NOTE)
         with gr.Row():
-            c.margin = gr.Slider(0, 30, value=5, step=1, label="Margin of the box (% of each side)",
-                                 elem_id="admin-prelabel-margin")
+            c.margin = gr.Slider(
+                0, 30, value=5, step=1, label="Margin of the box (% of each side)", elem_id="admin-prelabel-margin"
+            )
             c.prelabel = gr.Button("Pre-label with the active model", elem_id="admin-prelabel")
             c.precompute = gr.Button("Precompute embeddings", elem_id="admin-precompute")
         c.job_id = gr.State(None)
@@ -113,8 +116,11 @@ def _project_handlers(ctx: PortalContext) -> SimpleNamespace:
             created = projects.create_project(session, user, name or "", modality or "other", names)
             pid, pname = created.id, created.name
         gr.Info(f"Created project {pname}")
-        return (f"✓ Created project **{pname}** (#{pid}).",
-                gr.update(choices=ctx.read(worklists.project_choices, user)), pid)
+        return (
+            f"✓ Created project **{pname}** (#{pid}).",
+            gr.update(choices=ctx.read(worklists.project_choices, user)),
+            pid,
+        )
 
     def select(pid):
         return gr.skip() if pid is None else pid
@@ -169,8 +175,10 @@ def _job_and_export_handlers(ctx: PortalContext) -> SimpleNamespace:
         pid = need_project(pid)
         sweep("export", EXPORT_TTL_S)
         path = build_export(store, user, pid, fmt, bool(approved_only), 1024, new_work_dir("export"))
-        return (f"✓ Export ready: {path.name} ({path.stat().st_size / 1e6:.2f} MB).",
-                gr.DownloadButton(f"Download {path.name}", value=str(path), visible=True))
+        return (
+            f"✓ Export ready: {path.name} ({path.stat().st_size / 1e6:.2f} MB).",
+            gr.DownloadButton(f"Download {path.name}", value=str(path), visible=True),
+        )
 
     return SimpleNamespace(prelabel=prelabel, precompute=precompute, poll=poll, export=export)
 
@@ -183,7 +191,8 @@ def build_admin_tab(ctx: PortalContext) -> None:
     created = gr.State(None)
     project.change(lambda: gr.DownloadButton(visible=False), None, [c.download])
     c.create.click(p.create, [c.name, c.modality, c.labels], [c.status, project, created]).then(
-        p.select, [created], [project])
+        p.select, [created], [project]
+    )
     people.wire(ctx, c)
     admin_images.wire(ctx, c)
     c.prelabel.click(j.prelabel, [project, c.margin], [c.status, c.job_id])

@@ -33,17 +33,25 @@ def layout(c: SimpleNamespace) -> None:
         c.window = gr.Dropdown(WINDOW_CHOICES, value=WINDOW_CHOICES[0], label="CT window")
         c.upload = gr.Button("Add to project", elem_id="admin-upload-btn")
     with gr.Row():
-        c.zip = gr.File(label="Import a zip: images/ + masks/ (masks become submitted annotations)",
-                        file_types=[".zip"], elem_id="admin-import")
+        c.zip = gr.File(
+            label="Import a zip: images/ + masks/ (masks become submitted annotations)",
+            file_types=[".zip"],
+            elem_id="admin-import",
+        )
         c.zip_btn = gr.Button("Import zip", elem_id="admin-import-btn")
-    c.images = gr.Gallery(label="Images (click one to select it)", columns=8, height=340, allow_preview=False,
-                          object_fit="contain", elem_id="admin-images")
+    c.images = gr.Gallery(
+        label="Images (click one to select it)",
+        columns=8,
+        height=340,
+        allow_preview=False,
+        object_fit="contain",
+        elem_id="admin-images",
+    )
     c.image_ids = gr.State([])
     c.selected = gr.State(None)
     with gr.Row():
         c.selected_md = gr.Markdown(NOTHING_SELECTED, elem_id="admin-selected")
-        c.del_image_ok = gr.Checkbox(label="Yes, delete it with its masks and annotations",
-                                     elem_id="admin-delete-ok")
+        c.del_image_ok = gr.Checkbox(label="Yes, delete it with its masks and annotations", elem_id="admin-delete-ok")
         c.del_image_btn = gr.Button("Delete the selected image", variant="stop", elem_id="admin-delete-image")
 
 
@@ -79,12 +87,21 @@ def _upload_lines(ctx: PortalContext, user, pid: int, files, window_choice, prog
     for path in progress.tqdm(files, desc="Uploading"):
         name = Path(path).name
         try:
-            added = ctx.run(images.add_or_find_image, ctx.blobs, ctx.settings, user, pid, path, filename=name,
-                            window=window_value(window_choice))
+            added = ctx.run(
+                images.add_or_find_image,
+                ctx.blobs,
+                ctx.settings,
+                user,
+                pid,
+                path,
+                filename=name,
+                window=window_value(window_choice),
+            )
             rows = added.rows
             if not added.new:
-                lines.append(f"- = {name}: already in the project as image {rows[0].id} ({rows[0].filename}); "
-                             "nothing was added")
+                lines.append(
+                    f"- = {name}: already in the project as image {rows[0].id} ({rows[0].filename}); nothing was added"
+                )
                 continue
             good += 1
             lines.append(f"- ✓ {name}: image {rows[0].id}" + (f" ({len(rows)} slices)" if len(rows) > 1 else ""))
@@ -130,8 +147,11 @@ def handlers(ctx: PortalContext) -> SimpleNamespace:
         lines = "".join(f"\n- skipped: {s}" for s in report["skipped"])
         lines += "".join(f"\n- note: {s}" for s in report.get("notes", []))
         gr.Info(f"Imported {report['images']} images")
-        return (f"✓ Imported {report['images']} images and {report['annotations']} annotations (submitted, "
-                f"waiting for review).{lines}", *gallery(ctx, user, pid))
+        return (
+            f"✓ Imported {report['images']} images and {report['annotations']} annotations (submitted, "
+            f"waiting for review).{lines}",
+            *gallery(ctx, user, pid),
+        )
 
     def pick(ids, evt: gr.SelectData):
         index = evt.index if isinstance(evt.index, int) else evt.index[0]
@@ -150,8 +170,9 @@ def handlers(ctx: PortalContext) -> SimpleNamespace:
         ctx.run(images.delete_image, user, int(image_id))
         return (f"✓ Deleted image {int(image_id)}.", *gallery(ctx, user, pid), None, NOTHING_SELECTED)
 
-    return SimpleNamespace(refresh=refresh, upload=upload, import_zip_file=import_zip_file, pick=pick,
-                           delete_image=delete_image)
+    return SimpleNamespace(
+        refresh=refresh, upload=upload, import_zip_file=import_zip_file, pick=pick, delete_image=delete_image
+    )
 
 
 def wire(ctx: PortalContext, c: SimpleNamespace) -> None:
@@ -162,5 +183,6 @@ def wire(ctx: PortalContext, c: SimpleNamespace) -> None:
     c.upload.click(i.upload, [ctx.project, c.files, c.window], [c.status, *listing])
     c.zip_btn.click(i.import_zip_file, [ctx.project, c.zip], [c.status, *listing])
     c.images.select(i.pick, [c.image_ids], [c.selected, c.selected_md])
-    c.del_image_btn.click(i.delete_image, [ctx.project, c.selected, c.del_image_ok],
-                          [c.status, *listing, c.selected, c.selected_md])
+    c.del_image_btn.click(
+        i.delete_image, [ctx.project, c.selected, c.del_image_ok], [c.status, *listing, c.selected, c.selected_md]
+    )

@@ -40,11 +40,20 @@ def _editors(c: SimpleNamespace, ctx: PortalContext) -> None:
             c.boxes = live_widget(ctx, "ann-annotator")  # decodes as the mouse moves; mouse-up proposes
         with gr.Column():
             c.editor = gr.ImageEditor(
-                label="2. Correct with the brush / eraser (undo in the toolbar)", type="numpy",
-                image_mode="RGBA", format="png", layers=False, transforms=(), sources=(),
+                label="2. Correct with the brush / eraser (undo in the toolbar)",
+                type="numpy",
+                image_mode="RGBA",
+                format="png",
+                layers=False,
+                transforms=(),
+                sources=(),
                 brush=gr.Brush(colors=["#ff2828"], default_color="#ff2828", color_mode="fixed", default_size=12),
-                eraser=gr.Eraser(default_size=12), elem_id="ann-editor", height=560,
-                canvas_size=(EDITOR_MAX_SIDE, EDITOR_MAX_SIDE), fixed_canvas=True)
+                eraser=gr.Eraser(default_size=12),
+                elem_id="ann-editor",
+                height=560,
+                canvas_size=(EDITOR_MAX_SIDE, EDITOR_MAX_SIDE),
+                fixed_canvas=True,
+            )
 
 
 def _layout(ctx: PortalContext) -> SimpleNamespace:
@@ -59,8 +68,10 @@ def _layout(ctx: PortalContext) -> SimpleNamespace:
         c.reload = gr.Button("Reload", size="sm", elem_id="ann-reload")
     _editors(c, ctx)
     c.status = gr.Markdown(elem_id="ann-status")
-    gr.Markdown(f"Drafts are saved automatically (at most every {AUTOSAVE_S:g} s after a proposal or a stroke).",
-                elem_id="ann-autosave-note")
+    gr.Markdown(
+        f"Drafts are saved automatically (at most every {AUTOSAVE_S:g} s after a proposal or a stroke).",
+        elem_id="ann-autosave-note",
+    )
     with gr.Row():
         c.save = gr.Button("Save draft (Alt+S)", elem_id="ann-save")
         c.submit = gr.Button("Submit for review (Alt+Enter)", variant="primary", elem_id="ann-submit")
@@ -70,8 +81,9 @@ def _layout(ctx: PortalContext) -> SimpleNamespace:
             c.mine_view = gr.AnnotatedImage(label="Your unsaved mask", format="png")
             c.theirs_view = gr.AnnotatedImage(label="The newer saved revision", format="png")
         c.take_newer = gr.Button("Load the newer revision (your edit is discarded)", elem_id="ann-load-newer")
-    c.history = gr.Dataframe(headers=HISTORY_HEADERS, label="Revision history", interactive=False,
-                             elem_id="ann-history")
+    c.history = gr.Dataframe(
+        headers=HISTORY_HEADERS, label="Revision history", interactive=False, elem_id="ann-history"
+    )
     c.timer = gr.Timer(AUTOSAVE_S)
     return c
 
@@ -83,9 +95,19 @@ def _loaded(ctx: PortalContext, user, lbl: str, image_id: int) -> tuple:
     rgb = display_pixels(store.blobs, image, store.settings)
     found, latest = ctx.read(worklists.current_annotation, user, image.id, lbl)
     st: dict[str, Any] = {
-        "image_id": image.id, "label": lbl, "rgb": rgb, "base_revision": 0,
-        "annotation_id": found.id if found else None, "mask": None, "shown": None, "unsaved": False,
-        "pending": None, "mask_id": None, "model_version_id": None, "prompt": None}
+        "image_id": image.id,
+        "label": lbl,
+        "rgb": rgb,
+        "base_revision": 0,
+        "annotation_id": found.id if found else None,
+        "mask": None,
+        "shown": None,
+        "unsaved": False,
+        "pending": None,
+        "mask_id": None,
+        "model_version_id": None,
+        "prompt": None,
+    }
     status, note = "unlabelled", ""
     if found is not None and latest is not None and found.current_revision > 0:
         mask = load_mask(store.blobs, latest.blob_sha)
@@ -95,15 +117,16 @@ def _loaded(ctx: PortalContext, user, lbl: str, image_id: int) -> tuple:
         pre = ctx.read(worklists.prelabel_mask, user, image.id)  # a bulk pre-label job's mask, as the proposal
         if pre is not None:
             mask = load_mask(store.blobs, pre.blob_sha)
-            st.update(mask=mask, shown=mask, mask_id=pre.id, model_version_id=pre.model_version_id,
-                      prompt=pre.prompt)
+            st.update(mask=mask, shown=mask, mask_id=pre.id, model_version_id=pre.model_version_id, prompt=pre.prompt)
             note = f" · pre-labelled by job {pre.job_id}: correct it, then save or submit"
     rows = history(ctx, user, found.id if found else None)
     if status == "rejected":
         note += rejection_note(ctx.read(worklists.review_history, user, found.id))
     base = st["base_revision"]
-    text = (f"Image #{image.id} **{image.filename}** ({image.width}x{image.height}) · label **{lbl}** · "
-            f"{status}" + (f", revision {base}" if base else "") + note)
+    text = (
+        f"Image #{image.id} **{image.filename}** ({image.width}x{image.height}) · label **{lbl}** · "
+        f"{status}" + (f", revision {base}" if base else "") + note
+    )
     return st, widget_value(image.id, rgb), editor_value(rgb, st["mask"]), text, rows
 
 
@@ -128,17 +151,29 @@ def _proposed(ctx: PortalContext, user, st, payload) -> tuple:
         return gr.skip(), gr.skip(), gr.skip()  # a late event: the previous image, or an older prompt
     out = ctx.segmentation.segment(user, image_id, boxes=boxes, points=points)
     mask = load_mask(ctx.blobs, ctx.run(get_mask, user, out.mask_id).blob_sha)
-    st = {**st, "mask": mask, "shown": mask, "unsaved": True, "pending": None, "mask_id": out.mask_id,
-          "model_version_id": out.model_version_id, "prompt": {"boxes": boxes, "points": points},
-          "live_seq": seq}
+    st = {
+        **st,
+        "mask": mask,
+        "shown": mask,
+        "unsaved": True,
+        "pending": None,
+        "mask_id": out.mask_id,
+        "model_version_id": out.model_version_id,
+        "prompt": {"boxes": boxes, "points": points},
+        "live_seq": seq,
+    }
     agreement = client_dice(payload, mask)
     check = "" if agreement is None else f" Browser mask vs server: Dice {agreement:.3f}."
     if agreement is not None and agreement < PARITY_DICE:
-        gr.Warning(f"The mask your browser showed differs from the server's (Dice {agreement:.3f}); the "
-                   "server's mask is the proposal.")
-    text = (f"Proposed mask: predicted IoU **{out.predicted_iou:.3f}**, area {out.area} px, model "
-            f"version {out.model_version_id}, {out.timing_ms.total:.0f} ms.{check} Correct it, "
-            f"then save or submit (base revision {st['base_revision']}).")
+        gr.Warning(
+            f"The mask your browser showed differs from the server's (Dice {agreement:.3f}); the "
+            "server's mask is the proposal."
+        )
+    text = (
+        f"Proposed mask: predicted IoU **{out.predicted_iou:.3f}**, area {out.area} px, model "
+        f"version {out.model_version_id}, {out.timing_ms.total:.0f} ms.{check} Correct it, "
+        f"then save or submit (base revision {st['base_revision']})."
+    )
     return st, editor_value(st["rgb"], mask), text
 
 
@@ -155,30 +190,65 @@ def _conflict_outputs(ctx: PortalContext, user, st, mask, exc: ConflictError, au
     gr.Warning(str(exc))
     _, latest = ctx.read(worklists.current_annotation, user, st["image_id"], st["label"])
     theirs = load_mask(ctx.blobs, latest.blob_sha) if latest is not None else None
-    message = ("**Not saved: conflict.** " + ("(automatic draft) " if auto else "") + str(exc) +
-               (f" (revision {exc.current_revision} by {exc.author})" if exc.current_revision else ""))
-    return ({**st, "pending": None, "saved_as": None}, f"⚠ {message}", gr.update(), gr.update(visible=True), message,
-            overlay_value(st["rgb"], [(mask, "yours")]),
-            overlay_value(st["rgb"], [(theirs if theirs is not None else np.zeros_like(mask),
-                                       f"revision {exc.current_revision}")]))
+    message = (
+        "**Not saved: conflict.** "
+        + ("(automatic draft) " if auto else "")
+        + str(exc)
+        + (f" (revision {exc.current_revision} by {exc.author})" if exc.current_revision else "")
+    )
+    return (
+        {**st, "pending": None, "saved_as": None},
+        f"⚠ {message}",
+        gr.update(),
+        gr.update(visible=True),
+        message,
+        overlay_value(st["rgb"], [(mask, "yours")]),
+        overlay_value(
+            st["rgb"], [(theirs if theirs is not None else np.zeros_like(mask), f"revision {exc.current_revision}")]
+        ),
+    )
 
 
 def _saved(ctx: PortalContext, user, st, mask, submit: bool, auto: bool) -> tuple:
     """Outputs for the tab's ``save_outs``; a conflict shows both masks and writes nothing."""
     try:
         rev = ctx.run(
-            annotations.save_revision, ctx.blobs, user, st["image_id"], st["label"], mask, st["base_revision"],
-            base_mask_id=st["mask_id"], model_version_id=st["model_version_id"], prompt=st["prompt"], submit=submit)
+            annotations.save_revision,
+            ctx.blobs,
+            user,
+            st["image_id"],
+            st["label"],
+            mask,
+            st["base_revision"],
+            base_mask_id=st["mask_id"],
+            model_version_id=st["model_version_id"],
+            prompt=st["prompt"],
+            submit=submit,
+        )
     except ConflictError as exc:
         return _conflict_outputs(ctx, user, st, mask, exc, auto)
-    st = {**st, "base_revision": rev.number, "mask": mask, "shown": mask, "unsaved": False, "pending": None,
-          "annotation_id": rev.annotation_id, "saved_as": "submitted" if submit else "draft"}
+    st = {
+        **st,
+        "base_revision": rev.number,
+        "mask": mask,
+        "shown": mask,
+        "unsaved": False,
+        "pending": None,
+        "annotation_id": rev.annotation_id,
+        "saved_as": "submitted" if submit else "draft",
+    }
     what = "Submitted for review" if submit else ("Draft saved automatically" if auto else "Draft saved")
     if not auto:
         gr.Info(f"{what}: revision {rev.number}")
-    return (st, f"✓ {what}: revision **{rev.number}** of '{st['label']}' on image #{st['image_id']}.",
-            history(ctx, user, rev.annotation_id), gr.update(visible=False),
-            "", None, None)
+    return (
+        st,
+        f"✓ {what}: revision **{rev.number}** of '{st['label']}' on image #{st['image_id']}.",
+        history(ctx, user, rev.annotation_id),
+        gr.update(visible=False),
+        "",
+        None,
+        None,
+    )
 
 
 def _edited_mask(st, edited) -> np.ndarray:
@@ -225,8 +295,9 @@ def _save_handlers(ctx: PortalContext, n_outs: int) -> SimpleNamespace:
             return ({**st, "pending": None}, *skip[1:])
         return _saved(ctx, user, st, mask, submit=False, auto=True)
 
-    return SimpleNamespace(save_draft=save_draft, save_submit=save_submit, remember_edit=remember_edit,
-                           autosave=autosave)
+    return SimpleNamespace(
+        save_draft=save_draft, save_submit=save_submit, remember_edit=remember_edit, autosave=autosave
+    )
 
 
 def build_annotate_tab(ctx: PortalContext) -> None:
@@ -251,7 +322,9 @@ def build_annotate_tab(ctx: PortalContext) -> None:
     listed = [project, c.label, c.mode, c.pick, c.order, c.state]
     c.save.click(s.save_draft, [c.state, c.editor], save_outs, **group).success(q.after_save, listed, [c.pick, c.order])
     c.submit.click(s.save_submit, [c.state, c.editor], save_outs, **group).success(
-        q.after_save, listed, [c.pick, c.order])
-    c.editor.change(s.remember_edit, [c.state, c.editor], [c.state], trigger_mode="always_last",
-                    show_progress="hidden", **group)
+        q.after_save, listed, [c.pick, c.order]
+    )
+    c.editor.change(
+        s.remember_edit, [c.state, c.editor], [c.state], trigger_mode="always_last", show_progress="hidden", **group
+    )
     c.timer.tick(s.autosave, [c.state], save_outs, show_progress="hidden", **group)

@@ -36,18 +36,35 @@ def _prompt_text(prompt) -> str:
 
 def history_rows(revisions: list[RevisionRow], reviews: list[ReviewRow]) -> list[list]:
     """Saves and reviewers' decisions in one table, newest first: why a revision came back sits beside it."""
-    rows = [(r.created_at, [r.number, "saved", r.author or "(deleted)", _when(r), r.model_version_id,
-                            _prompt_text(r.prompt), r.comment or ""]) for r in revisions]
-    rows += [(v.created_at, [v.revision, v.decision, v.reviewer or "(deleted)", _when(v), "", "", v.comment or ""])
-             for v in reviews]
+    rows = [
+        (
+            r.created_at,
+            [
+                r.number,
+                "saved",
+                r.author or "(deleted)",
+                _when(r),
+                r.model_version_id,
+                _prompt_text(r.prompt),
+                r.comment or "",
+            ],
+        )
+        for r in revisions
+    ]
+    rows += [
+        (v.created_at, [v.revision, v.decision, v.reviewer or "(deleted)", _when(v), "", "", v.comment or ""])
+        for v in reviews
+    ]
     return [row for _, row in sorted(rows, key=lambda pair: pair[0], reverse=True)]
 
 
 def history(ctx: PortalContext, user, annotation_id: int | None) -> list[list]:
     if annotation_id is None:
         return []
-    return history_rows(ctx.read(worklists.revision_history, user, annotation_id),
-                        ctx.read(worklists.review_history, user, annotation_id))
+    return history_rows(
+        ctx.read(worklists.revision_history, user, annotation_id),
+        ctx.read(worklists.review_history, user, annotation_id),
+    )
 
 
 def rejection_note(reviews: list[ReviewRow]) -> str:
@@ -55,17 +72,23 @@ def rejection_note(reviews: list[ReviewRow]) -> str:
     if not reviews or reviews[0].decision != "rejected":
         return ""
     why = reviews[0]
-    return (f"\n\n**Rejected by {why.reviewer or '(deleted)'}** ({_when(why)} UTC, revision {why.revision}): "
-            f"“{why.comment or ''}”. Fix it and submit again.")
+    return (
+        f"\n\n**Rejected by {why.reviewer or '(deleted)'}** ({_when(why)} UTC, revision {why.revision}): "
+        f"“{why.comment or ''}”. Fix it and submit again."
+    )
 
 
 def _choice(row: dict[str, Any]) -> tuple[str, int]:
-    text = (f"#{row['image_id']} {row['filename']}" + (f" [slice {row['slice']}]" if row["slice"] else "")
-            + f" · {row['status']}" + (f" r{row['revision']}" if row["revision"] else ""))
+    text = (
+        f"#{row['image_id']} {row['filename']}"
+        + (f" [slice {row['slice']}]" if row["slice"] else "")
+        + f" · {row['status']}"
+        + (f" r{row['revision']}" if row["revision"] else "")
+    )
     why = row.get("rejection")
     if why is not None:
         comment = why.comment or ""
-        comment = comment if len(comment) <= COMMENT_IN_LIST else comment[:COMMENT_IN_LIST - 1] + "…"
+        comment = comment if len(comment) <= COMMENT_IN_LIST else comment[: COMMENT_IN_LIST - 1] + "…"
         text += f" · by {why.reviewer or '(deleted)'}: “{comment}”"
     return text, row["image_id"]
 

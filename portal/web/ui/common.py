@@ -156,8 +156,9 @@ def resize(arr: np.ndarray, size_hw: tuple[int, int], nearest: bool) -> np.ndarr
     if arr.shape[:2] == tuple(size_hw):
         return arr
     image = PILImage.fromarray(arr)
-    return np.asarray(image.resize((size_hw[1], size_hw[0]),
-                                   PILImage.Resampling.NEAREST if nearest else PILImage.Resampling.BILINEAR))
+    return np.asarray(
+        image.resize((size_hw[1], size_hw[0]), PILImage.Resampling.NEAREST if nearest else PILImage.Resampling.BILINEAR)
+    )
 
 
 def mask_layer(mask: np.ndarray, colour=(255, 40, 40), alpha: int = 140) -> np.ndarray:
@@ -182,8 +183,11 @@ def editor_value(rgb: np.ndarray, mask: np.ndarray | None) -> dict:
     size = editor_size(*rgb.shape[:2])
     background = resize(rgb, size, nearest=False)
     small = np.zeros(size, np.uint8) if mask is None else resize((mask > 0).astype(np.uint8), size, nearest=True)
-    return {"background": _pad(np.dstack([background, np.full(size, 255, np.uint8)])),
-            "layers": [_pad(mask_layer(small))], "composite": None}
+    return {
+        "background": _pad(np.dstack([background, np.full(size, 255, np.uint8)])),
+        "layers": [_pad(mask_layer(small))],
+        "composite": None,
+    }
 
 
 def corrected_mask(editor: dict | None, original: np.ndarray) -> np.ndarray:

@@ -49,7 +49,10 @@ class DemoEngine:
         with self._lock:  # one decode at a time per process: ONNX sessions share threads
             embedding = predictor.encode(rgb)
             prediction = predictor.decode(embedding, boxes=boxes, points=points)
-        return {"masks": prediction.masks, "iou": [float(v) for v in prediction.iou],
-                "encode_ms": round(embedding.encode_ms, 1), "decode_ms": round(prediction.decode_ms, 1),
-                "cache_hit": embedding.cache_hit}
-
+        return {
+            "masks": prediction.masks,
+            "iou": [float(v) for v in prediction.iou],
+            "encode_ms": round(embedding.encode_ms, 1),
+            "decode_ms": round(prediction.decode_ms, 1),
+            "cache_hit": embedding.cache_hit,
+        }

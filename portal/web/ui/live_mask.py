@@ -61,8 +61,12 @@ def widget_value(image_id: int, rgb: np.ndarray) -> dict[str, Any]:
         picture.thumbnail((MAX_SRC_SIDE, MAX_SRC_SIDE))
     buf = io.BytesIO()
     picture.save(buf, format="PNG")
-    return {"image_id": int(image_id), "width": int(width), "height": int(height),
-            "src": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}
+    return {
+        "image_id": int(image_id),
+        "width": int(width),
+        "height": int(height),
+        "src": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(),
+    }
 
 
 def prompt_of(payload: Any) -> tuple[int, list | None, list | None]:
@@ -150,8 +154,14 @@ def live_widget(ctx: PortalContext, elem_id: str) -> gr.HTML:
         started = time.perf_counter()
         image_id, boxes, points = prompt_of(payload)
         mask, iou, version_id = preview(ctx, _user(ctx, request), image_id, boxes, points)
-        return {"width": int(mask.shape[1]), "height": int(mask.shape[0]), "bits": pack(mask), "iou": iou,
-                "model_version_id": version_id, "decode_ms": (time.perf_counter() - started) * 1000}
+        return {
+            "width": int(mask.shape[1]),
+            "height": int(mask.shape[0]),
+            "bits": pack(mask),
+            "iou": iou,
+            "model_version_id": version_id,
+            "decode_ms": (time.perf_counter() - started) * 1000,
+        }
 
     @_errors_as_text
     def prepare(payload, request: gr.Request):
@@ -160,6 +170,13 @@ def live_widget(ctx: PortalContext, elem_id: str) -> gr.HTML:
         waited, hit = ctx.segmentation.prepare(_user(ctx, request), image_id)
         return {"ready": True, "cache_hit": hit, "encode_wait_ms": waited}
 
-    return gr.HTML(None, html_template=HTML, css_template=CSS, js_on_load=JS, elem_id=elem_id,
-                   server_functions=[decode, prepare], label="1. Drag a box (the mask follows the mouse)",
-                   show_label=True)
+    return gr.HTML(
+        None,
+        html_template=HTML,
+        css_template=CSS,
+        js_on_load=JS,
+        elem_id=elem_id,
+        server_functions=[decode, prepare],
+        label="1. Drag a box (the mask follows the mouse)",
+        show_label=True,
+    )

@@ -69,9 +69,11 @@ def build_demo(engine: DemoEngine, settings: Settings) -> gr.Blocks:
     """The public page; uploads live ``demo_ttl_minutes`` in our folder and in Gradio's cache alike."""
     ttl_s = int(demo_ttl_s(settings))
     with gr.Blocks(title="MedSAM demo", delete_cache=(min(600, ttl_s), ttl_s)) as demo:
-        gr.Markdown("## MedSAM segmentation demo\nUpload an image, drag a box around the structure, download "
-                    f"the mask. Uploads are deleted after {_lifetime(settings.demo_ttl_minutes)}. "
-                    "[Log in](/) for projects and labelling.")
+        gr.Markdown(
+            "## MedSAM segmentation demo\nUpload an image, drag a box around the structure, download "
+            f"the mask. Uploads are deleted after {_lifetime(settings.demo_ttl_minutes)}. "
+            "[Log in](/) for projects and labelling."
+        )
         build_segment_tab(engine, settings, prefix="seg")
     return demo
 
@@ -90,14 +92,30 @@ def mount(app: FastAPI) -> None:
         demo = build_demo(engine, settings)
         demo.queue(default_concurrency_limit=4)
         # The anonymous demo may serve its own files only, never the portal's exports.
-        gr.mount_gradio_app(app, demo, path="/demo", max_file_size=f"{settings.max_upload_mb}mb",
-                            allowed_paths=[str(UI_TMP / "demo")], css=CSS, footer_links=[])
+        gr.mount_gradio_app(
+            app,
+            demo,
+            path="/demo",
+            max_file_size=f"{settings.max_upload_mb}mb",
+            allowed_paths=[str(UI_TMP / "demo")],
+            css=CSS,
+            footer_links=[],
+        )
     portal = build_portal(app.state, engine)
     portal.queue(default_concurrency_limit=4)
     app.add_middleware(_ClientAddress)
-    gr.mount_gradio_app(app, portal, path="/", max_file_size=f"{settings.max_upload_mb}mb", auth=_auth(store),
-                        auth_message="Log in to the MedSAM portal. No account? Ask an admin "
-                                     "(medsam user add NAME --role annotator). After "
-                                     f"{settings.login_max_failures} wrong passwords the account "
-                                     "and your address are locked for a while.",
-                        allowed_paths=allowed, css=CSS, head=SHORTCUTS_JS, footer_links=["api"])
+    gr.mount_gradio_app(
+        app,
+        portal,
+        path="/",
+        max_file_size=f"{settings.max_upload_mb}mb",
+        auth=_auth(store),
+        auth_message="Log in to the MedSAM portal. No account? Ask an admin "
+        "(medsam user add NAME --role annotator). After "
+        f"{settings.login_max_failures} wrong passwords the account "
+        "and your address are locked for a while.",
+        allowed_paths=allowed,
+        css=CSS,
+        head=SHORTCUTS_JS,
+        footer_links=["api"],
+    )

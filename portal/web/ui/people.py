@@ -19,16 +19,18 @@ ROLES = ["annotator", "reviewer", "admin"]
 
 def layout(c: SimpleNamespace) -> None:
     with gr.Accordion("Members and accounts", open=True):
-        c.members = gr.Dataframe(headers=["member", "role"], label="Members of this project", interactive=False,
-                                 elem_id="admin-members")
+        c.members = gr.Dataframe(
+            headers=["member", "role"], label="Members of this project", interactive=False, elem_id="admin-members"
+        )
         with gr.Row():
             c.member = gr.Textbox(label="Add member (username)", elem_id="admin-member")
             c.member_btn = gr.Button("Add member", elem_id="admin-add-member")
         with gr.Row():
             c.new_user = gr.Textbox(label="New account: username", elem_id="admin-new-user")
             c.new_role = gr.Dropdown(ROLES, value="annotator", label="Role", elem_id="admin-new-role")
-            c.new_password = gr.Textbox(label="Password (empty: generate one, shown once)", type="password",
-                                        elem_id="admin-new-password")
+            c.new_password = gr.Textbox(
+                label="Password (empty: generate one, shown once)", type="password", elem_id="admin-new-password"
+            )
             c.new_member = gr.Checkbox(value=True, label="Add to this project", elem_id="admin-new-member")
             c.create_user = gr.Button("Create account", elem_id="admin-create-user")
 
@@ -67,8 +69,11 @@ def handlers(ctx: PortalContext) -> SimpleNamespace:
                 projects.add_member(session, user, need_project(pid), made.user)
             name, role_name = made.user.username, made.user.role.value
         where = f" and added it to project #{pid}" if join else ""
-        shown = (f" Its password, shown this once: `{made.password}` (pass it on; it is stored only as a hash)."
-                 if made.password else "")
+        shown = (
+            f" Its password, shown this once: `{made.password}` (pass it on; it is stored only as a hash)."
+            if made.password
+            else ""
+        )
         gr.Info(f"Created {name}")
         return f"✓ Created the account **{name}** ({role_name}){where}.{shown}", _rows(ctx, user, pid), ""
 
@@ -79,5 +84,8 @@ def wire(ctx: PortalContext, c: SimpleNamespace) -> None:
     h = handlers(ctx)
     ctx.project.change(h.refresh, [ctx.project], [c.members])
     c.member_btn.click(h.add_member, [ctx.project, c.member], [c.status, c.members])
-    c.create_user.click(h.create_account, [ctx.project, c.new_user, c.new_role, c.new_password, c.new_member],
-                        [c.status, c.members, c.new_password])
+    c.create_user.click(
+        h.create_account,
+        [ctx.project, c.new_user, c.new_role, c.new_password, c.new_member],
+        [c.status, c.members, c.new_password],
+    )

@@ -37,13 +37,22 @@ document.addEventListener('keydown', (e) => {
 </script>
 """
 
-TABS = [("Annotate", "annotate", build_annotate_tab), ("Review", "review", build_review_tab),
-        ("Train", "train", build_train_tab), ("Models", "models", build_versions_tab),
-        ("Project admin", "admin", build_admin_tab)]
+TABS = [
+    ("Annotate", "annotate", build_annotate_tab),
+    ("Review", "review", build_review_tab),
+    ("Train", "train", build_train_tab),
+    ("Models", "models", build_versions_tab),
+    ("Project admin", "admin", build_admin_tab),
+]
 # Who may use each tab, as the services decide (reviewing, queueing fine-tunes and evaluations: reviewers and
 # admins; promotion and project administration: admins). A tab one may not use is not shown at all.
-TAB_ROLES = {"annotate": set(Role), "review": {Role.reviewer, Role.admin}, "train": {Role.reviewer, Role.admin},
-             "models": {Role.reviewer, Role.admin}, "admin": {Role.admin}}
+TAB_ROLES = {
+    "annotate": set(Role),
+    "review": {Role.reviewer, Role.admin},
+    "train": {Role.reviewer, Role.admin},
+    "models": {Role.reviewer, Role.admin},
+    "admin": {Role.admin},
+}
 
 
 def tab_visibility(role: Role) -> list[bool]:
@@ -72,8 +81,11 @@ def build_portal(app_state, engine) -> gr.Blocks:
             choices = ctx.read(worklists.project_choices, user)
             ids = [v for _, v in choices]
             value = pid if pid in ids else (ids[0] if ids else None)
-            return (f"**{user.username}** ({user.role.value}) · [log out](logout)",
-                    gr.update(choices=choices, value=value), *[gr.Tab(visible=v) for v in tab_visibility(user.role)])
+            return (
+                f"**{user.username}** ({user.role.value}) · [log out](logout)",
+                gr.update(choices=choices, value=value),
+                *[gr.Tab(visible=v) for v in tab_visibility(user.role)],
+            )
 
         demo.load(refresh_project_list, [project], [who, project, *tabs])
         refresh_projects.click(refresh_project_list, [project], [who, project, *tabs])

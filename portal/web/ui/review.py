@@ -20,8 +20,7 @@ SUBMITTED_HEADERS = ["annotation", "image", "file", "label", "revision", "author
 
 def _layout() -> SimpleNamespace:
     c = SimpleNamespace()
-    c.counts = gr.Dataframe(headers=COUNT_HEADERS, label="Per-project counts", interactive=False,
-                            elem_id="rev-counts")
+    c.counts = gr.Dataframe(headers=COUNT_HEADERS, label="Per-project counts", interactive=False, elem_id="rev-counts")
     c.subs = gr.Dataframe(headers=SUBMITTED_HEADERS, label="Submitted", interactive=False, elem_id="rev-list")
     with gr.Row():
         c.pick = gr.Dropdown(label="Annotation to review", choices=[], elem_id="rev-pick")
@@ -36,8 +35,10 @@ def _layout() -> SimpleNamespace:
 
 
 def _choice(row: dict) -> tuple[str, int]:
-    return (f"#{row['annotation_id']} {row['filename']} · {row['label']} r{row['revision']} by {row['author']}",
-            row["annotation_id"])
+    return (
+        f"#{row['annotation_id']} {row['filename']} · {row['label']} r{row['revision']} by {row['author']}",
+        row["annotation_id"],
+    )
 
 
 def build_review_tab(ctx: PortalContext) -> None:
@@ -50,11 +51,14 @@ def build_review_tab(ctx: PortalContext) -> None:
         user = ctx.user(request)
         rows = ctx.read(worklists.submitted, user, int(pid)) if pid else []
         ids = [r["annotation_id"] for r in rows]
-        table = [[r[k] for k in ("annotation_id", "image_id", "filename", "label", "revision", "author")]
-                 for r in rows]
-        return (ctx.read(worklists.status_counts, user), table,
-                gr.update(choices=[_choice(r) for r in rows],
-                          value=current if current in ids else (ids[0] if ids else None)))
+        table = [[r[k] for k in ("annotation_id", "image_id", "filename", "label", "revision", "author")] for r in rows]
+        return (
+            ctx.read(worklists.status_counts, user),
+            table,
+            gr.update(
+                choices=[_choice(r) for r in rows], value=current if current in ids else (ids[0] if ids else None)
+            ),
+        )
 
     @friendly
     def show(aid, request: gr.Request):
@@ -62,8 +66,10 @@ def build_review_tab(ctx: PortalContext) -> None:
         if not aid:
             return None
         image, latest = ctx.read(worklists.review_item, user, int(aid))
-        return overlay_value(display_pixels(store.blobs, image, store.settings),
-                             [(load_mask(store.blobs, latest.blob_sha), f"revision {latest.number}")])
+        return overlay_value(
+            display_pixels(store.blobs, image, store.settings),
+            [(load_mask(store.blobs, latest.blob_sha), f"revision {latest.number}")],
+        )
 
     def decide(pid, aid, comment, approve: bool, request: gr.Request):
         user = ctx.user(request)

@@ -48,8 +48,9 @@ def boxes_of(annotated: dict | None, drop_tiny: bool = False) -> list[list[float
         return []
     if annotated.get("orientation", 0) not in (0, None):
         raise PromptError("the image was rotated in the box tool; rotate it back to draw boxes")
-    boxes = [[float(b["xmin"]), float(b["ymin"]), float(b["xmax"]), float(b["ymax"])]
-             for b in annotated.get("boxes") or []]
+    boxes = [
+        [float(b["xmin"]), float(b["ymin"]), float(b["xmax"]), float(b["ymax"])] for b in annotated.get("boxes") or []
+    ]
     if drop_tiny:
         boxes = [b for b in boxes if abs(b[2] - b[0]) >= 2 and abs(b[3] - b[1]) >= 2]
     return boxes
@@ -59,24 +60,40 @@ def _layout(prefix: str) -> SimpleNamespace:
     c = SimpleNamespace(state=gr.State({}))
     with gr.Row():
         with gr.Column(scale=1):
-            c.upload = gr.File(label="Image: PNG, JPEG, BMP, TIFF, npy, DICOM or NIfTI", file_count="single",
-                               elem_id=f"{prefix}-file")
+            c.upload = gr.File(
+                label="Image: PNG, JPEG, BMP, TIFF, npy, DICOM or NIfTI", file_count="single", elem_id=f"{prefix}-file"
+            )
             with gr.Row():
-                c.window = gr.Dropdown(WINDOW_CHOICES, value=WINDOW_CHOICES[0], label="CT window (raw images)",
-                                       elem_id=f"{prefix}-window")
-                c.slice_no = gr.Number(label="Slice of a volume (-1: the middle one)", precision=0, value=-1,
-                                       elem_id=f"{prefix}-slice")
+                c.window = gr.Dropdown(
+                    WINDOW_CHOICES, value=WINDOW_CHOICES[0], label="CT window (raw images)", elem_id=f"{prefix}-window"
+                )
+                c.slice_no = gr.Number(
+                    label="Slice of a volume (-1: the middle one)", precision=0, value=-1, elem_id=f"{prefix}-slice"
+                )
             c.info = gr.Markdown(elem_id=f"{prefix}-info")
-            c.annot = image_annotator(label="Drag one or more boxes", image_type="numpy", disable_edit_boxes=True,
-                                      sources=[], show_clear_button=False, elem_id=f"{prefix}-annotator",
-                                      label_list=["object"], label_colors=[(255, 200, 0)])
+            c.annot = image_annotator(
+                label="Drag one or more boxes",
+                image_type="numpy",
+                disable_edit_boxes=True,
+                sources=[],
+                show_clear_button=False,
+                elem_id=f"{prefix}-annotator",
+                label_list=["object"],
+                label_colors=[(255, 200, 0)],
+            )
             with gr.Row():
-                c.point_kind = gr.Radio(["include", "exclude"], value="include", label="Click adds an",
-                                        elem_id=f"{prefix}-point-kind")
+                c.point_kind = gr.Radio(
+                    ["include", "exclude"], value="include", label="Click adds an", elem_id=f"{prefix}-point-kind"
+                )
                 c.clear_boxes = gr.Button("Clear boxes", size="sm")
                 c.clear_points = gr.Button("Clear points", size="sm")
-            c.points_view = gr.Image(label="Click to add include/exclude points", interactive=False, format="png",
-                                     elem_id=f"{prefix}-points", buttons=[])
+            c.points_view = gr.Image(
+                label="Click to add include/exclude points",
+                interactive=False,
+                format="png",
+                elem_id=f"{prefix}-points",
+                buttons=[],
+            )
             c.run = gr.Button("Segment", variant="primary", elem_id=f"{prefix}-run")
         with gr.Column(scale=1):
             c.result = gr.AnnotatedImage(label="Mask overlay", format="png", elem_id=f"{prefix}-overlay")
@@ -93,8 +110,11 @@ def _hidden() -> tuple:
 
 
 def _describe(medical, name: str, index: int | None, window_choice) -> str:
-    slices = (f", {medical.num_slices} slices (showing {medical.num_slices // 2 if index is None else index})"
-              if medical.num_slices > 1 else "")
+    slices = (
+        f", {medical.num_slices} slices (showing {medical.num_slices // 2 if index is None else index})"
+        if medical.num_slices > 1
+        else ""
+    )
     window = "" if medical.raw or not window_value(window_choice) else "; 8-bit image, the window does not apply"
     return f"**{name}**: {medical.width}x{medical.height}, {medical.source_format}{slices}{window}"
 
@@ -115,8 +135,9 @@ def _loader(max_pixels: int, ttl_s: float) -> Callable[..., tuple]:
         try:
             medical = read_image(kept, max_pixels=max_pixels)
             index = None if slice_index in (None, "") or int(slice_index) < 0 else int(slice_index)
-            rgb = medical.display(slice_index=index if medical.num_slices > 1 else None,
-                                  window=window_value(window_choice))
+            rgb = medical.display(
+                slice_index=index if medical.num_slices > 1 else None, window=window_value(window_choice)
+            )
         except MedsamError as exc:
             shutil.rmtree(work, ignore_errors=True)  # a rejected file is not kept
             raise InvalidImageError(str(exc).replace(str(kept), name)) from None  # its name, not our folder
@@ -152,13 +173,19 @@ def _segmenter(engine: DemoEngine) -> Callable[..., tuple | None]:
         mask_png(labels, len(out["masks"])).save(png)
         PILImage.fromarray(overlay(st["rgb"], labels)).save(ovl)
         ious = ", ".join(f"{v:.3f}" for v in out["iou"])
-        text = (f"Predicted IoU **{ious}** · area {int((labels > 0).sum())} px · "
-                f"encode {out['encode_ms']:.0f} ms{' (cached)' if out['cache_hit'] else ''} · "
-                f"decode {out['decode_ms']:.0f} ms")
+        text = (
+            f"Predicted IoU **{ious}** · area {int((labels > 0).sum())} px · "
+            f"encode {out['encode_ms']:.0f} ms{' (cached)' if out['cache_hit'] else ''} · "
+            f"decode {out['decode_ms']:.0f} ms"
+        )
         layers = [(labels == k, f"object {k}") for k in range(1, len(out["masks"]) + 1)]
-        return (overlay_value(st["rgb"], layers), text,
-                gr.update(value=str(npy), visible=True), gr.update(value=str(png), visible=True),
-                gr.update(value=str(ovl), visible=True))
+        return (
+            overlay_value(st["rgb"], layers),
+            text,
+            gr.update(value=str(npy), visible=True),
+            gr.update(value=str(png), visible=True),
+            gr.update(value=str(ovl), visible=True),
+        )
 
     return run
 
@@ -192,8 +219,13 @@ def _prompt_handlers(engine: DemoEngine) -> SimpleNamespace:
     def clear_boxes(st):
         return {"image": st["rgb"], "boxes": []} if st and "rgb" in st else None
 
-    return SimpleNamespace(segment_click=segment_click, segment_auto=segment_auto, add_point=add_point,
-                           clear_points=clear_points, clear_boxes=clear_boxes)
+    return SimpleNamespace(
+        segment_click=segment_click,
+        segment_auto=segment_auto,
+        add_point=add_point,
+        clear_points=clear_points,
+        clear_boxes=clear_boxes,
+    )
 
 
 def build_segment_tab(engine: DemoEngine, settings: Settings, prefix: str = "seg") -> None:

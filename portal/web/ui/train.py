@@ -29,15 +29,20 @@ def _layout() -> SimpleNamespace:
         c.lr = gr.Number(value=1e-4, label="Learning rate", elem_id="train-lr")
         c.queue = gr.Button("Queue fine-tune", variant="primary", elem_id="train-queue")
     c.status = gr.Markdown(elem_id="train-status")
-    c.jobs = gr.Dataframe(headers=JOB_HEADERS, label=f"Training jobs (refreshes every {POLL_S:g} s)",
-                          interactive=False, elem_id="train-jobs")
+    c.jobs = gr.Dataframe(
+        headers=JOB_HEADERS,
+        label=f"Training jobs (refreshes every {POLL_S:g} s)",
+        interactive=False,
+        elem_id="train-jobs",
+    )
     with gr.Row():
         c.job = gr.Dropdown(label="Job", choices=[], elem_id="train-job")
         c.cancel = gr.Button("Cancel job", variant="stop", elem_id="train-cancel")
     with gr.Row():
         c.loss = gr.LinePlot(x="epoch", y="value", color="series", title="Loss", height=260, elem_id="train-loss")
-        c.dice = gr.LinePlot(x="epoch", y="value", color="series", title="Validation Dice", height=260,
-                             elem_id="train-dice")
+        c.dice = gr.LinePlot(
+            x="epoch", y="value", color="series", title="Validation Dice", height=260, elem_id="train-dice"
+        )
     c.timer = gr.Timer(POLL_S)
     return c
 
@@ -51,8 +56,16 @@ def job_row(job: Job) -> list:
     epoch = f"{p.get('epoch', 0)}/{p.get('epochs', job.params.get('epochs'))}" if p.get("epoch") else ""
     note = job.error or (f"version {r['model_version_id']}" if r.get("model_version_id") else r.get("note", ""))
     eta = p.get("eta_s")
-    return [job.id, job.state.value, job.params.get("mode"), epoch, _rounded(p.get("loss")),
-            _rounded(p.get("val_dice")), "" if eta is None else eta, note]
+    return [
+        job.id,
+        job.state.value,
+        job.params.get("mode"),
+        epoch,
+        _rounded(p.get("loss")),
+        _rounded(p.get("val_dice")),
+        "" if eta is None else eta,
+        note,
+    ]
 
 
 def curves(job: Job | None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
@@ -95,8 +108,12 @@ def build_train_tab(ctx: PortalContext) -> None:
         ids = [j.id for j in rows]
         chosen = selected if selected in ids else (ids[0] if ids else None)
         loss, dice, order = curves(next((j for j in rows if j.id == chosen), None))
-        return ([job_row(j) for j in rows], gr.update(choices=[(f"job {i}", i) for i in ids], value=chosen),
-                gr.LinePlot(value=loss, sort=order), gr.LinePlot(value=dice, sort=order))
+        return (
+            [job_row(j) for j in rows],
+            gr.update(choices=[(f"job {i}", i) for i in ids], value=chosen),
+            gr.LinePlot(value=loss, sort=order),
+            gr.LinePlot(value=dice, sort=order),
+        )
 
     @friendly
     def submit(pid, mode, epochs, lr, request: gr.Request):
@@ -107,8 +124,10 @@ def build_train_tab(ctx: PortalContext) -> None:
         params = {"mode": mode, "epochs": int(epochs), "lr": float(lr)}
         job = ctx.queue.submit_finetune(store, user, pid, params)
         gr.Info(f"Queued fine-tune job {job.id}")
-        return (f"✓ Queued job **{job.id}** ({mode}, {int(epochs)} epochs, lr {float(lr):g}).",
-                *refresh(pid, job.id, request))
+        return (
+            f"✓ Queued job **{job.id}** ({mode}, {int(epochs)} epochs, lr {float(lr):g}).",
+            *refresh(pid, job.id, request),
+        )
 
     @friendly
     def cancel(pid, jid, request: gr.Request):

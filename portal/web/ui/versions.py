@@ -23,25 +23,35 @@ from portal.store.services.worklists import VersionRow
 from portal.web.ui.common import failure_text, need_project, reported
 from portal.web.ui.context import PortalContext
 
-VERSION_HEADERS = ["active", "version", "name", "family", "parent", "job", "val Dice before", "val Dice after",
-                   "evaluated on", "created"]
+VERSION_HEADERS = [
+    "active",
+    "version",
+    "name",
+    "family",
+    "parent",
+    "job",
+    "val Dice before",
+    "val Dice after",
+    "evaluated on",
+    "created",
+]
 POLL_S = 3.0
-BEFORE_NOTE = ("*val Dice before*: the parent's score for a fine-tune; for any other version, the active "
-               "version's, on the same frozen validation images. The gate promotes a version whose *after* is at "
-               "least the active one's. Click a row to pick its version.")
+BEFORE_NOTE = (
+    "*val Dice before*: the parent's score for a fine-tune; for any other version, the active "
+    "version's, on the same frozen validation images. The gate promotes a version whose *after* is at "
+    "least the active one's. Click a row to pick its version."
+)
 
 
 def _layout() -> SimpleNamespace:
     c = SimpleNamespace()
-    c.table = gr.Dataframe(headers=VERSION_HEADERS, label="Model versions", interactive=False,
-                           elem_id="models-table")
+    c.table = gr.Dataframe(headers=VERSION_HEADERS, label="Model versions", interactive=False, elem_id="models-table")
     gr.Markdown(BEFORE_NOTE)
     with gr.Row():
         c.version = gr.Number(label="Version id", precision=0, elem_id="models-version")
         c.evaluate = gr.Button("Evaluate on the validation images", elem_id="models-evaluate")
         c.force = gr.Checkbox(label="Force past the gate (admins)", visible=False, elem_id="models-force")
-        c.activate = gr.Button("Activate (promotion gate)", variant="primary", visible=False,
-                               elem_id="models-activate")
+        c.activate = gr.Button("Activate (promotion gate)", variant="primary", visible=False, elem_id="models-activate")
         c.rollback = gr.Button("Roll back to the previous version", visible=False, elem_id="models-rollback")
         c.refresh = gr.Button("↻", size="sm", scale=0, elem_id="models-refresh")
     c.status = gr.Markdown(elem_id="models-status")
@@ -71,8 +81,18 @@ def version_table_row(row: VersionRow, active_score: float | None = None) -> lis
     before = row.val_dice_before
     if before is None and v.parent_id is None and not row.active:
         before = active_score
-    return ["● active" if row.active else "", v.id, v.name, v.family, v.parent_id or "", v.training_job_id or "",
-            _score(before), _score(row.val_dice), evaluated, v.created_at.strftime("%Y-%m-%d %H:%M")]
+    return [
+        "● active" if row.active else "",
+        v.id,
+        v.name,
+        v.family,
+        v.parent_id or "",
+        v.training_job_id or "",
+        _score(before),
+        _score(row.val_dice),
+        evaluated,
+        v.created_at.strftime("%Y-%m-%d %H:%M"),
+    ]
 
 
 def version_table(rows: list[VersionRow]) -> list[list]:
@@ -96,11 +116,15 @@ def _job_line(job) -> str:
     return what
 
 
-def _handlers(ctx: PortalContext) -> SimpleNamespace:
-    store = ctx.store
+def _table(ctx: PortalContext, user, pid) -> list[list]:
+    return version_table(ctx.read(worklists.version_rows, user, int(pid))) if pid else []
+
+
+def _view_handlers(ctx: PortalContext) -> SimpleNamespace:
+    """Reading and following: the table, the admin-only controls, an evaluation's progress."""
 
     def table(user, pid) -> list[list]:
-        return version_table(ctx.read(worklists.version_rows, user, int(pid))) if pid else []
+        return _table(ctx, user, pid)
 
     def refresh(pid, request: gr.Request):
         try:
@@ -132,14 +156,28 @@ def _handlers(ctx: PortalContext) -> SimpleNamespace:
         row = evt.row_value or []
         return row[1] if len(row) > 1 and row[1] not in (None, "") else gr.skip()
 
+    return SimpleNamespace(refresh=refresh, controls=controls, follow=follow, pick=pick)
+
+
+def _action_handlers(ctx: PortalContext) -> SimpleNamespace:
+    """Changing things: evaluate, activate (through the gate), roll back, register a checkpoint."""
+    store = ctx.store
+
+    def table(user, pid) -> list[list]:
+        return _table(ctx, user, pid)
+
     @reported(2)
     def evaluate(pid, vid, request: gr.Request):
         user = ctx.user(request)
         pid, vid = need_project(pid), _need_version(vid, "evaluate")
         job = ctx.queue.submit_evaluation(store, user, pid, vid)
         gr.Info(f"Evaluation of version {vid} queued")
-        return (f"Evaluation of version **{vid}** queued (job {job.id}); its validation Dice appears in the "
-                "table when it has run.", table(user, pid), job.id)
+        return (
+            f"Evaluation of version **{vid}** queued (job {job.id}); its validation Dice appears in the "
+            "table when it has run.",
+            table(user, pid),
+            job.id,
+        )
 
     @reported(1)
     def activate(pid, vid, force, request: gr.Request):
@@ -148,8 +186,7 @@ def _handlers(ctx: PortalContext) -> SimpleNamespace:
         with store.transaction() as db:
             training.promote(db, user, pid, vid, force=bool(force))
         gr.Info(f"Version {vid} is now active")
-        return (f"✓ Version **{vid}** is active" + (" (forced past the gate)." if force else "."),
-                table(user, pid))
+        return (f"✓ Version **{vid}** is active" + (" (forced past the gate)." if force else "."), table(user, pid))
 
     @reported(1)
     def rollback(pid, request: gr.Request):
@@ -175,17 +212,25 @@ def _handlers(ctx: PortalContext) -> SimpleNamespace:
         except MedsamError as exc:
             gr.Warning(f"Version {version.id} is registered but not evaluated: {exc}")
             return f"{done}, not evaluated yet: {exc}", table(user, pid), None
-        return (f"{done}; its evaluation on the validation images is queued (job {job.id}). Promote it once it "
-                "has a score.", table(user, pid), job.id)
+        return (
+            f"{done}; its evaluation on the validation images is queued (job {job.id}). Promote it once it "
+            "has a score.",
+            table(user, pid),
+            job.id,
+        )
 
-    return SimpleNamespace(refresh=refresh, controls=controls, follow=follow, pick=pick, evaluate=evaluate,
-                           activate=activate, rollback=rollback, register=register)
+    return SimpleNamespace(
+        evaluate=evaluate,
+        activate=activate,
+        rollback=rollback,
+        register=register,
+    )
 
 
 def build_versions_tab(ctx: PortalContext) -> None:
     """Components and events of the tab; call inside ``gr.Tab``."""
     c = _layout()
-    h = _handlers(ctx)
+    h = SimpleNamespace(**vars(_view_handlers(ctx)), **vars(_action_handlers(ctx)))
     c.register.click(h.register, [ctx.project, c.file, c.family, c.name], [c.status, c.table, c.job])
     for trigger in (ctx.project.change, c.refresh.click):
         trigger(h.refresh, [ctx.project], [c.table])
