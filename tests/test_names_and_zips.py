@@ -33,7 +33,8 @@ from portal.store.migrate import upgrade
 from portal.store.models import Annotation, AuditEvent, Image, Role
 from portal.store.services import annotations as ann
 from portal.store.services import images, projects
-from portal.web.transfer import MAX_ZIP_ENTRIES, build_export, import_zip, scratch_dir
+from portal.web.transfer import build_export, import_zip, scratch_dir
+from portal.web.zip_reading import MAX_ZIP_ENTRIES
 from tests.conftest import require
 from tests.dbutil import temporary_database
 from tests.storeutil import new_user, png_file, square_mask, store_per_database, tx
