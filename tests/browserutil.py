@@ -12,7 +12,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("MEDSAM_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -183,3 +186,42 @@ def choose(page, selector: str, option_text: str) -> None:
 def shot(page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=False)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def browser_folder(tmp_path_factory, data_dir: Path, name: str) -> Path:
+    """A module's own MEDSAM_DATA_DIR, sharing the run's exported ONNX graphs; chromium and playwright required."""
+    from tests.conftest import require
+
+    require(Path(CHROMIUM).exists(), f"chromium not found at {CHROMIUM} (apt-get install -y chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as exc:
+        require(False, f"playwright is not installed ({exc})")
+    folder = tmp_path_factory.mktemp(name)
+    (data_dir / "onnx").mkdir(exist_ok=True)
+    (folder / "onnx").symlink_to(data_dir / "onnx", target_is_directory=True)  # export once per run
+    return folder
+
+
+@contextmanager
+def served(folder: Path, env: dict[str, str]) -> Iterator[tuple[Server, Any]]:
+    """`medsam serve` on ``folder`` and a headless chromium, both stopped however the module ends."""
+    from playwright.sync_api import sync_playwright
+
+    server = Server(folder, free_port(), env).start()
+    pw = sync_playwright().start()
+    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    try:
+        yield server, browser
+    finally:
+        browser.close()
+        pw.stop()
+        server.stop()

@@ -7,7 +7,6 @@ services before it starts; everything else happens by clicking.
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -17,27 +16,20 @@ from PIL import Image as PILImage
 from playwright.sync_api import expect
 
 from tests.browserutil import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    Server,
+    browser_folder,
     choose,
     drag,
     image_frame,
     login,
     open_page,
+    served,
     shot,
     wait_toast,
 )
-from tests.conftest import DEMO_BOX, DEMO_IMAGE, require
+from tests.conftest import DEMO_BOX, DEMO_IMAGE
 
 PASSWORD = "browser-pass-1"
 LABEL = "organ"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _synthetic(folder: Path, n: int) -> list[tuple[Path, np.ndarray]]:
@@ -60,20 +52,13 @@ def _synthetic(folder: Path, n: int) -> list[tuple[Path, np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory, data_dir):
-    require(Path(CHROMIUM).exists(), f"chromium not found at {CHROMIUM} (apt-get install -y chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        require(False, f"playwright is not installed ({exc})")
     from portal.store.models import Role
     from portal.store.services import annotations, images, projects, users
     from portal.store.settings import Settings
     from portal.store.store import open_store
     from tests.storeutil import tx
 
-    folder = tmp_path_factory.mktemp("browser")
-    (data_dir / "onnx").mkdir(exist_ok=True)
-    (folder / "onnx").symlink_to(data_dir / "onnx", target_is_directory=True)  # export once per run
+    folder = browser_folder(tmp_path_factory, data_dir, "browser")
     env = {"MEDSAM_TRAINING_GPU": "false", "MEDSAM_JOB_HEARTBEAT_S": "0.5", "MEDSAM_PUBLIC_DEMO": "true"}
     settings = Settings(data_dir=folder, training_gpu=False)
     store = open_store(settings)
@@ -94,10 +79,7 @@ def portal(tmp_path_factory, data_dir):
         tx(store, annotations.approve, admin, rev.annotation_id)
     store.close()
 
-    server = Server(folder, _free_port(), env).start()
-    pw = sync_playwright().start()
-    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    try:
+    with served(folder, env) as (server, browser):
         yield {
             "url": server.url,
             "browser": browser,
@@ -108,10 +90,6 @@ def portal(tmp_path_factory, data_dir):
             "demo_image": demo_row.id,
             "anna": ids["anna"].id,
         }
-    finally:
-        browser.close()
-        pw.stop()
-        server.stop()
 
 
 def _context(portal):

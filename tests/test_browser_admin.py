@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import shutil
-import socket
 import zipfile
 from pathlib import Path
 
@@ -21,17 +20,10 @@ import pytest
 from PIL import Image as PILImage
 from playwright.sync_api import expect
 
-from tests.browserutil import CHROMIUM, CHROMIUM_ARGS, Server, choose, login, toast_texts
-from tests.conftest import require
+from tests.browserutil import browser_folder, choose, login, served, toast_texts
 
 PASSWORD = "browser-pass-1"
 RESTRICTED_TABS = ("Review", "Train", "Models", "Project admin")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _blob_images(folder: Path, n: int, seed: int) -> list[tuple[Path, np.ndarray]]:
@@ -53,20 +45,13 @@ def _blob_images(folder: Path, n: int, seed: int) -> list[tuple[Path, np.ndarray
 
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory, data_dir):
-    require(Path(CHROMIUM).exists(), f"chromium not found at {CHROMIUM} (apt-get install -y chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        require(False, f"playwright is not installed ({exc})")
     from portal.store.models import Role
     from portal.store.services import annotations, images, projects, users
     from portal.store.settings import Settings
     from portal.store.store import open_store
     from tests.storeutil import tx
 
-    folder = tmp_path_factory.mktemp("browser_admin")
-    (data_dir / "onnx").mkdir(exist_ok=True)
-    (folder / "onnx").symlink_to(data_dir / "onnx", target_is_directory=True)  # export once per run
+    folder = browser_folder(tmp_path_factory, data_dir, "browser_admin")
     env = {"MEDSAM_TRAINING_GPU": "false", "MEDSAM_JOB_HEARTBEAT_S": "0.5"}
     settings = Settings(data_dir=folder, training_gpu=False)
     store = open_store(settings)
@@ -84,15 +69,8 @@ def portal(tmp_path_factory, data_dir):
         tx(store, annotations.approve, admin, rev.annotation_id)
     store.close()
 
-    server = Server(folder, _free_port(), env).start()
-    pw = sync_playwright().start()
-    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    try:
+    with served(folder, env) as (server, browser):
         yield {"url": server.url, "browser": browser, "settings": settings, "two": two.id, "scored": scored.id}
-    finally:
-        browser.close()
-        pw.stop()
-        server.stop()
 
 
 def _page(portal, user: str):

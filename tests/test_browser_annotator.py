@@ -9,14 +9,11 @@ No model run is needed: submitting an empty mask is enough to move the queue.
 from __future__ import annotations
 
 import re
-import socket
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.browserutil import CHROMIUM, CHROMIUM_ARGS, Server, drag, image_frame, login, open_page, wait_toast
-from tests.conftest import require
+from tests.browserutil import browser_folder, drag, image_frame, login, open_page, served, wait_toast
 from tests.storeutil import png_file, square_mask
 
 PASSWORD = "browser-pass-1"
@@ -25,28 +22,15 @@ REJECTION = "the edge misses the left lobe"
 SIZE = (96, 128)  # height, width of the seeded images
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory, data_dir):
-    require(Path(CHROMIUM).exists(), f"chromium not found at {CHROMIUM} (apt-get install -y chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        require(False, f"playwright is not installed ({exc})")
     from portal.store.models import Role
     from portal.store.services import annotations, images, projects, users
     from portal.store.settings import Settings
     from portal.store.store import open_store
     from tests.storeutil import tx
 
-    folder = tmp_path_factory.mktemp("annotator")
-    (data_dir / "onnx").mkdir(exist_ok=True)
-    (folder / "onnx").symlink_to(data_dir / "onnx", target_is_directory=True)  # export once per run
+    folder = browser_folder(tmp_path_factory, data_dir, "annotator")
     settings = Settings(data_dir=folder, training_gpu=False)
     store = open_store(settings)
     with store.transaction() as session:
@@ -69,10 +53,7 @@ def portal(tmp_path_factory, data_dir):
     tx(store, annotations.reject, rita, rev.annotation_id, REJECTION)
     store.close()
 
-    server = Server(folder, _free_port(), {"MEDSAM_TRAINING_GPU": "false", "MEDSAM_PUBLIC_DEMO": "true"}).start()
-    pw = sync_playwright().start()
-    browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-    try:
+    with served(folder, {"MEDSAM_TRAINING_GPU": "false", "MEDSAM_PUBLIC_DEMO": "true"}) as (server, browser):
         yield {
             "url": server.url,
             "browser": browser,
@@ -81,10 +62,6 @@ def portal(tmp_path_factory, data_dir):
             "sent_back": sent_back.id,
             "folder": folder,
         }
-    finally:
-        browser.close()
-        pw.stop()
-        server.stop()
 
 
 def _context(portal):
