@@ -43,7 +43,7 @@ def _latest_mask(portal):
             if row is None:
                 return None, None, None
             found = (row.blob_sha, row.model_version_id, row.prompt)
-        return load_mask(store, found[0]) > 0, found[1], found[2]
+        return load_mask(store.blobs, found[0]) > 0, found[1], found[2]
     finally:
         store.close()
 

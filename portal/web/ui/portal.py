@@ -28,11 +28,6 @@ document.addEventListener('keydown', (e) => {
   else if (e.altKey && (e.key === 'p' || e.key === 'ArrowLeft')) click('ann-prev');
   else if (e.altKey && e.key === 's') click('ann-save');
   else if (e.altKey && e.key === 'Enter') click('ann-submit');
-  else if ((e.ctrlKey || e.metaKey) && !e.shiftKey && (e.key === 'z' || e.key === 'Z')) {
-    // Undo the last brush or eraser stroke: the editor keeps its own history, behind its Undo button.
-    const undo = document.querySelector('#ann-editor button[aria-label="Undo"]');
-    if (undo && !undo.disabled && undo.offsetParent !== null) { e.preventDefault(); undo.click(); }
-  }
 });
 </script>
 """
