@@ -39,14 +39,14 @@ from portal.store.services.projects import get_project, label_names
 from portal.web.api.masks import mask_npy_bytes, png_bytes
 from portal.web.api.uploads import sniff_suffix
 from portal.web.zip_reading import (
-    _DAMAGED,
+    DAMAGED,
     UNZIP_FACTOR,
-    _Budget,
-    _entries,
-    _extract,
-    _shown,
-    _stem,
-    _why,
+    Budget,
+    entries,
+    extract,
+    name_stem,
+    shown,
+    why,
 )
 
 FORMATS = ("npy", "png", "seed")
@@ -67,7 +67,7 @@ def _safe(text: str) -> str:
 def _name(image) -> str:
     """Entry and file names in an export: the id makes them unique, the capped stem keeps them readable and
     short enough for any file system, whatever the upload was called."""
-    stem = _safe(_stem(image.filename))[:STEM_CHARS].rstrip("._-") or "x"
+    stem = _safe(name_stem(image.filename))[:STEM_CHARS].rstrip("._-") or "x"
     return f"{image.id}_{stem}" + (f"_s{image.slice_index:03d}" if image.num_slices > 1 else "")
 
 
@@ -169,7 +169,7 @@ def _seed(store, rows, by_id, labels, size: int, folder: Path, zf: zipfile.ZipFi
 
 def _plain(exc: Exception, path: Path, entry: str) -> str:
     """The readers name the file they read, a server path here: name the zip entry instead."""
-    return f"{_shown(entry)}: " + str(exc).replace(f"{path}: ", "").replace(str(path), "the file")
+    return f"{shown(entry)}: " + str(exc).replace(f"{path}: ", "").replace(str(path), "the file")
 
 
 def _plan(
@@ -179,14 +179,14 @@ def _plan(
     Damaged or hostile zips raise StoreError."""
     settings = store.settings
     limit = settings.max_upload_mb * 1024 * 1024
-    found_images, found_masks = _entries(zf, limit)
+    found_images, found_masks = entries(zf, limit)
     if not found_images:
         raise StoreError("the zip has no images/ folder with images in it")
-    budget = _Budget(limit * UNZIP_FACTOR)
+    budget = Budget(limit * UNZIP_FACTOR)
     orphans = sorted({stem for stem, _ in found_masks} - set(found_images))
     errors, plan = [f"masks for '{s}' but no images/{s}.*" for s in orphans], []
     for n, (stem, info) in enumerate(sorted(found_images.items())):
-        path = _extract(zf, info, folder, str(n), budget, zip_name)
+        path = extract(zf, info, folder, str(n), budget, zip_name)
         try:
             image = read_image(path, max_pixels=settings.max_image_pixels)
         except MedsamError as exc:
@@ -196,7 +196,7 @@ def _plan(
         for (mstem, folder_label), minfo in found_masks.items():
             if mstem != stem:
                 continue
-            mpath = _extract(zf, minfo, folder, f"{n}_m{len(targets)}", budget, zip_name)
+            mpath = extract(zf, minfo, folder, f"{n}_m{len(targets)}", budget, zip_name)
             try:
                 mask = read_labels(mpath, settings.max_image_pixels)
                 if image.num_slices > 1 or mask.shape != (image.height, image.width):
@@ -207,7 +207,7 @@ def _plan(
                 pairs, note = _label_masks(mask, folder_label, labels, "the mask")
                 targets += pairs
                 if note:
-                    notes.append(f"{_shown(minfo.filename)}: {note}")
+                    notes.append(f"{shown(minfo.filename)}: {note}")
             except MedsamError as exc:
                 errors.append(_plain(exc, mpath, minfo.filename))
         plan.append((stem, info.filename, path, targets))
@@ -225,8 +225,8 @@ def import_zip(store, user: User, pid: int, zip_path: Path, folder: Path, zip_na
         labels = label_names(get_project(session, user, pid))
     try:
         zf = zipfile.ZipFile(zip_path)
-    except _DAMAGED as exc:
-        raise StoreError(f"'{_shown(zip_name)}' is not a readable zip: {_why(exc)}") from None
+    except DAMAGED as exc:
+        raise StoreError(f"'{shown(zip_name)}' is not a readable zip: {why(exc)}") from None
     with zf:
         notes: list[str] = []
         plan, errors = _plan(store, zf, zip_name, labels, folder, notes)

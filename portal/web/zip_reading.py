@@ -21,7 +21,7 @@ MAX_ZIP_ENTRIES = 20_000
 UNZIP_FACTOR = 4  # a zip may expand to this many times the upload limit, no more (zip bombs)
 _METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 # What zipfile raises while READING a damaged or hostile entry, not only when opening the archive.
-_DAMAGED = (
+DAMAGED = (
     zipfile.BadZipFile,
     zipfile.LargeZipFile,
     zlib.error,
@@ -34,12 +34,12 @@ _DAMAGED = (
 )
 
 
-def _stem(name: str) -> str:
+def name_stem(name: str) -> str:
     """A file name without its suffix; images/x.png and masks/x.npy pair up by it."""
     return re.sub(r"(\.nii\.gz|\.[A-Za-z0-9]+)$", "", name)
 
 
-def _shown(name: str) -> str:
+def shown(name: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in name)[:120]
 
 
@@ -48,27 +48,27 @@ def _refuse_entry(info: zipfile.ZipInfo) -> None:
     name = info.filename.replace("\\", "/")
     if name.startswith("/") or re.match(r"[A-Za-z]:", name) or ".." in PurePosixPath(name).parts:
         raise StoreError(
-            f"nothing was imported: the zip entry '{_shown(info.filename)}' points outside the zip's "
+            f"nothing was imported: the zip entry '{shown(info.filename)}' points outside the zip's "
             "own folders (an absolute path or '..'); zip the images/ and masks/ folders themselves"
         )
     if stat.S_ISLNK(info.external_attr >> 16):
         raise StoreError(
-            f"nothing was imported: the zip entry '{_shown(info.filename)}' is a symbolic link; "
+            f"nothing was imported: the zip entry '{shown(info.filename)}' is a symbolic link; "
             "a zip of images/ and masks/ holds plain files only (zip without --symlinks)"
         )
     if info.flag_bits & 0x1:
         raise StoreError(
-            f"nothing was imported: the zip entry '{_shown(info.filename)}' is encrypted; "
+            f"nothing was imported: the zip entry '{shown(info.filename)}' is encrypted; "
             "zip the files again without a password"
         )
     if info.compress_type not in _METHODS:
         raise StoreError(
-            f"nothing was imported: the zip entry '{_shown(info.filename)}' uses compression method "
+            f"nothing was imported: the zip entry '{shown(info.filename)}' uses compression method "
             f"{info.compress_type}, which cannot be read here; zip it again with the default (deflate)"
         )
 
 
-def _entries(zf: zipfile.ZipFile, limit_bytes: int) -> tuple[dict, dict]:
+def entries(zf: zipfile.ZipFile, limit_bytes: int) -> tuple[dict, dict]:
     """({stem: image entry}, {(stem, label folder or None): mask entry})."""
     everything = zf.infolist()
     if len(everything) > MAX_ZIP_ENTRIES:
@@ -83,7 +83,7 @@ def _entries(zf: zipfile.ZipFile, limit_bytes: int) -> tuple[dict, dict]:
         parts = PurePosixPath(info.filename.replace("\\", "/")).parts
         if any(p.startswith(".") or p == "__MACOSX" for p in parts) or info.filename.endswith("manifest.json"):
             continue
-        stem = _stem(parts[-1])
+        stem = name_stem(parts[-1])
         if len(parts) >= 2 and parts[-2] == "images":
             found_images[stem] = info
         elif len(parts) >= 2 and parts[-2] == "masks":
@@ -93,7 +93,7 @@ def _entries(zf: zipfile.ZipFile, limit_bytes: int) -> tuple[dict, dict]:
     return found_images, found_masks
 
 
-def _why(exc: BaseException) -> str:
+def why(exc: BaseException) -> str:
     if isinstance(exc, zlib.error):
         return "its compressed data is corrupt"
     if isinstance(exc, EOFError):
@@ -107,7 +107,7 @@ def _why(exc: BaseException) -> str:
     return f"its headers are inconsistent ({type(exc).__name__})"
 
 
-class _Budget:
+class Budget:
     """Bytes actually written while extracting, against the limit: headers can lie about sizes."""
 
     def __init__(self, limit: int):
@@ -122,7 +122,7 @@ class _Budget:
             )
         if so_far > info.file_size:
             raise StoreError(
-                f"nothing was imported: the zip entry '{_shown(info.filename)}' holds more data than "
+                f"nothing was imported: the zip entry '{shown(info.filename)}' holds more data than "
                 "its header says; the zip is damaged, make it again"
             )
 
@@ -133,16 +133,14 @@ def _chunks(zf: zipfile.ZipFile, info: zipfile.ZipInfo, zip_name: str):
         with zf.open(info) as src:
             while chunk := src.read(1 << 20):
                 yield chunk
-    except _DAMAGED as exc:
+    except DAMAGED as exc:
         raise StoreError(
-            f"nothing was imported: '{_shown(zip_name)}' is damaged and cannot be read "
-            f"({_shown(info.filename)}: {_why(exc)}); make the zip again"
+            f"nothing was imported: '{shown(zip_name)}' is damaged and cannot be read "
+            f"({shown(info.filename)}: {why(exc)}); make the zip again"
         ) from None
 
 
-def _extract(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, folder: Path, name: str, budget: _Budget, zip_name: str
-) -> Path:
+def extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, folder: Path, name: str, budget: Budget, zip_name: str) -> Path:
     """Written under our own name (never the entry's: no zip slip), suffixed by content for the readers."""
     part = folder / f"{name}.part"
     written = 0
