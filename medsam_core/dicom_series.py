@@ -233,11 +233,11 @@ def _slice_order(
         tol = max(_GAP_ABS_MM, _GAP_REL * median)
         bad = np.flatnonzero(np.abs(gaps - median) > tol)
         if bad.size:
-            i = int(bad[0])
+            k = int(bad[0])
             raise _fail(
                 shown,
-                f"the slice spacing is not constant: {gaps[i]:.3f} mm between {names[order[i]]} and "
-                f"{names[order[i + 1]]}, {median:.3f} mm elsewhere. A slice is probably missing. {_FIX}",
+                f"the slice spacing is not constant: {gaps[k]:.3f} mm between {names[order[k]]} and "
+                f"{names[order[k + 1]]}, {median:.3f} mm elsewhere. A slice is probably missing. {_FIX}",
             )
         step = (pts[-1] - pts[0]) / (len(pts) - 1)
         drift = np.linalg.norm(pts - (pts[0] + np.arange(len(pts))[:, None] * step), axis=1)
