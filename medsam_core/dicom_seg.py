@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,7 +49,13 @@ def source_datasets(paths: Sequence[str | os.PathLike[str]], volume: Volume) -> 
     by_uid = {}
     for p in paths:
         ds = pydicom.dcmread(os.fspath(p), stop_before_pixels=True)
-        by_uid[instance_uid(ds)] = ds
+        ds.SOPInstanceUID, ds.SOPClassUID = instance_uid(ds), instance_uid(ds, "SOPClassUID")
+        if not (ds.get("StudyInstanceUID") and ds.get("SeriesInstanceUID")):
+            raise InvalidImageError(
+                "The series has no Study or Series Instance UID, so a DICOM-SEG cannot reference it. "
+                "Upload the series again: stored copies are given the UIDs that the export left empty."
+            )
+        by_uid[str(ds.SOPInstanceUID)] = ds
     missing = [uid for uid in volume.sop_instance_uids if uid not in by_uid]
     if missing:
         raise InvalidImageError(f"{len(missing)} slice(s) of the volume are not among the given DICOM files.")
@@ -108,7 +115,14 @@ def write_dicom_seg(
         device_serial_number="none",
     )
     target = Path(path)
-    seg.save_as(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:  # never a half-written SEG under the real name
+        seg.save_as(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return target
 
 

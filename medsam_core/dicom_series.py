@@ -176,8 +176,8 @@ def _headers(files: Sequence[tuple[Path, str]], shown: str) -> list[Dataset]:
         if int(ds.get("NumberOfFrames") or 1) != 1 or int(ds.get("SamplesPerPixel") or 1) != 1:
             raise _fail(
                 shown,
-                f"{name} is a multi-frame or colour image; a series is read from single-frame greyscale slices. "
-                "Upload a multi-frame file on its own.",
+                f"{name} is a multi-frame or colour image; volumes are read from series of single-frame "
+                "greyscale slices. Convert it to NIfTI (for example with dcm2niix) or open it as a 2-D image.",
             )
         headers.append(ds)
     return headers

@@ -11,6 +11,7 @@ voxel (column, row, slice) to RAS+ millimetres.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -132,15 +133,15 @@ def read_volume(path: str | os.PathLike[str], *, max_voxels: int = DEFAULT_MAX_V
         from medsam_core.dicom_series import read_dicom_folder
 
         return read_dicom_folder(p, max_voxels=max_voxels)
-    if p.suffix.lower() == ".zip":
-        from medsam_core.dicom_series import read_dicom_zip
-
-        return read_dicom_zip(p, max_voxels=max_voxels)
-    kind, _ = _file_kind(shown)
+    kind = "zip" if p.suffix.lower() == ".zip" else _file_kind(shown)[0]
     if kind == "nifti":
         return read_nifti_volume(p, max_voxels=max_voxels)
     if kind == "dicom":
         return read_dicom_series([p], max_voxels=max_voxels)
+    if kind == "zip" or zipfile.is_zipfile(p):
+        from medsam_core.dicom_series import read_dicom_zip
+
+        return read_dicom_zip(p, max_voxels=max_voxels)
     raise _fail(
         shown,
         "this is not a volume. Choose a NIfTI file (.nii, .nii.gz), a folder holding one DICOM series, "

@@ -72,9 +72,18 @@ def test_dicom_seg_reads_back_onto_the_same_slices(stored_series, organ_labels, 
     np.testing.assert_array_equal(read_dicom_seg_onto(path, ct_series), organ_labels)
 
 
-def test_dicom_seg_refuses_labels_it_cannot_describe(stored_series, organ_labels, tmp_path) -> None:
+def test_dicom_seg_refuses_what_it_cannot_describe(
+    stored_series,
+    organ_labels,
+    ct_series,  # noqa: F811
+    series_dir,  # noqa: F811
+    tmp_path,
+) -> None:
     paths, volume = stored_series
     source = source_datasets(paths, volume)
+    # The shared export leaves its Study and Series UIDs empty; only the stored copies carry them.
+    with pytest.raises(InvalidImageError, match="no Study or Series Instance UID"):
+        source_datasets(sorted(series_dir.iterdir()), ct_series)
     with pytest.raises(InvalidImageError, match=r"Label value\(s\) \[1\] have no name"):
         write_dicom_seg(organ_labels, {LIVER: "liver"}, source, tmp_path / "a.dcm")
     with pytest.raises(InvalidImageError, match="the series has 19 slice"):
