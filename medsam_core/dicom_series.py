@@ -1,10 +1,12 @@
-"""A DICOM series (one file per slice, from a folder or a zip) read as one ``Volume``.
+"""A DICOM series (one file per slice, from a folder or a zip) read into one voxel grid with its geometry.
 
 File order, names and InstanceNumber say nothing reliable about where a slice is; only
 ImagePositionPatient projected on the slice normal does. A series that mixes acquisitions,
 misses a slice or repeats one would give a volume whose geometry is a lie, and every 3-D
 result computed on it would be silently wrong, so such uploads are refused with a message
 saying what to fix. Headers are checked before any pixel data is decoded.
+
+``medsam_core.volume`` wraps the result in a ``Volume``; this module does not import it.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import os
 import shutil
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,7 +32,6 @@ from medsam_core.imageio import (
     _mirror,
     _open_dicom,
 )
-from medsam_core.volume import DEFAULT_MAX_VOXELS, Volume
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -64,7 +65,19 @@ def folder_files(folder: Path) -> list[tuple[Path, str]]:
     return found
 
 
-def zip_files(path: Path, workdir: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> list[tuple[Path, str]]:
+@dataclass(frozen=True, eq=False)
+class Series:
+    """What a ``Volume`` needs from a series: values in slice order and where they sit."""
+
+    pixels: np.ndarray
+    affine: np.ndarray
+    modality: str
+    slice_positions: tuple[float, ...]
+    sop_instance_uids: tuple[str, ...]
+    series_instance_uid: str | None
+
+
+def zip_files(path: Path, workdir: Path, *, max_voxels: int) -> list[tuple[Path, str]]:
     """Extract a zip's files into ``workdir`` under numbered names (entry names never become paths),
     within a byte budget that a real series of ``max_voxels`` voxels fits."""
     shown = os.fspath(path)
@@ -87,16 +100,6 @@ def zip_files(path: Path, workdir: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -
     except zipfile.BadZipFile as exc:
         raise _fail(shown, f"the zip could not be read ({exc}); it is probably truncated or corrupt.") from None
     return out
-
-
-def read_dicom_folder(folder: Path, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
-    return read_series_files(folder_files(folder), max_voxels=max_voxels, shown=os.fspath(folder))
-
-
-def read_dicom_zip(path: Path, *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
-    with TemporaryDirectory(prefix="medsam-series-") as tmp:
-        files = zip_files(path, Path(tmp), max_voxels)
-        return read_series_files(files, max_voxels=max_voxels, shown=os.fspath(path))
 
 
 def deidentified_copies(
@@ -280,9 +283,7 @@ def _pixels(files: list[tuple[Path, str]], shape: tuple[int, int], shown: str, m
     return _finish(shown, out, True, "dicom", max_voxels, max_voxels).pixels
 
 
-def read_series_files(
-    files: Sequence[tuple[Path, str]], *, max_voxels: int = DEFAULT_MAX_VOXELS, shown: str | None = None
-) -> Volume:
+def read_series_files(files: Sequence[tuple[Path, str]], *, max_voxels: int, shown: str | None = None) -> Series:
     """``files`` are (path to read, name to show); ``shown`` names the whole upload in messages."""
     files = list(files)
     where = shown or (os.fspath(files[0][0].parent) if files else "the series")
@@ -302,10 +303,9 @@ def read_series_files(
     order, pos, pts = _slice_order(headers, names, normal, where)
     ordered = [files[i] for i in order]
     first = headers[int(order[0])]
-    return Volume(
+    return Series(
         pixels=_pixels(ordered, (rows, cols), where, max_voxels),
         affine=_affine(iop, spacing, pts, normal, first),
-        source_format="dicom",
         modality=str(first.get("Modality") or "other"),
         slice_positions=tuple(float(p) for p in pos),
         sop_instance_uids=tuple(instance_uid(headers[i]) for i in order),

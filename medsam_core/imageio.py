@@ -265,16 +265,17 @@ def _open_dicom(path: str, *, header_only: bool = False, shown: str | None = Non
         ) from None
 
 
-def _no_image(path: str) -> InvalidImageError:
-    return _fail(
-        path, "this DICOM file holds no image (for example a report or structure set). Choose an image series instead."
-    )
+def _require_pixels(path: str, ds: Dataset) -> None:
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise _fail(
+            path,
+            "this DICOM file holds no image (for example a report or structure set). Choose an image series instead.",
+        )
 
 
 def _decode_dicom(path: str, ds: Dataset) -> np.ndarray:
     """The stored pixel array, with an actionable message for codecs we lack."""
-    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise _no_image(path)
+    _require_pixels(path, ds)
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     try:
@@ -314,8 +315,7 @@ def _mirror(values: np.ndarray) -> np.ndarray:
 
 def _read_dicom(path: str, max_pixels: int) -> MedicalImage:
     ds = _open_dicom(path)
-    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise _no_image(path)
+    _require_pixels(path, ds)
     rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     frames = int(ds.get("NumberOfFrames") or 1)
     _check_plane_size(path, rows, cols, frames, max_pixels)

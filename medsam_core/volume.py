@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from tempfile import TemporaryDirectory
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medsam_core import dicom_series
 from medsam_core.errors import InvalidImageError
 from medsam_core.imageio import _VOLUME_FACTOR, DEFAULT_MAX_PIXELS, _fail, _file_kind, _read_nifti_with_affine
 from medsam_core.medical_image import MedicalImage
@@ -130,18 +132,16 @@ def read_volume(path: str | os.PathLike[str], *, max_voxels: int = DEFAULT_MAX_V
     if not p.exists():
         raise InvalidImageError(f"Volume not found: {shown}. Check the path and try again.")
     if p.is_dir():
-        from medsam_core.dicom_series import read_dicom_folder
-
-        return read_dicom_folder(p, max_voxels=max_voxels)
+        return _series_volume(dicom_series.folder_files(p), max_voxels, shown)
     kind = "zip" if p.suffix.lower() == ".zip" else _file_kind(shown)[0]
     if kind == "nifti":
         return read_nifti_volume(p, max_voxels=max_voxels)
     if kind == "dicom":
         return read_dicom_series([p], max_voxels=max_voxels)
     if kind == "zip" or zipfile.is_zipfile(p):
-        from medsam_core.dicom_series import read_dicom_zip
-
-        return read_dicom_zip(p, max_voxels=max_voxels)
+        with TemporaryDirectory(prefix="medsam-series-") as tmp:
+            files = dicom_series.zip_files(p, Path(tmp), max_voxels=max_voxels)
+            return _series_volume(files, max_voxels, shown)
     raise _fail(
         shown,
         "this is not a volume. Choose a NIfTI file (.nii, .nii.gz), a folder holding one DICOM series, "
@@ -149,11 +149,33 @@ def read_volume(path: str | os.PathLike[str], *, max_voxels: int = DEFAULT_MAX_V
     )
 
 
-def read_dicom_series(paths: Sequence[str | os.PathLike[str]], *, max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
-    """Slices sorted along their normal; one series with one geometry, else a plain refusal."""
-    from medsam_core.dicom_series import read_series_files
+def read_dicom_series(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    names: Sequence[str] | None = None,
+) -> Volume:
+    """Slices sorted along their normal; one series with one geometry, else a plain refusal.
 
-    return read_series_files([(Path(p), Path(p).name) for p in paths], max_voxels=max_voxels)
+    ``names`` are what messages call the files (the upload's names when ``paths`` are working copies).
+    """
+    shown = [Path(p).name for p in paths] if names is None else list(names)
+    if len(shown) != len(paths):
+        raise ValueError("read_dicom_series needs one name per path.")
+    return _series_volume([(Path(p), n) for p, n in zip(paths, shown, strict=True)], max_voxels, None)
+
+
+def _series_volume(files: Sequence[tuple[Path, str]], max_voxels: int, shown: str | None) -> Volume:
+    series = dicom_series.read_series_files(files, max_voxels=max_voxels, shown=shown)
+    return Volume(
+        pixels=series.pixels,
+        affine=series.affine,
+        source_format="dicom",
+        modality=series.modality,
+        slice_positions=series.slice_positions,
+        sop_instance_uids=series.sop_instance_uids,
+        series_instance_uid=series.series_instance_uid,
+    )
 
 
 def _as_label_uint8(labels: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:

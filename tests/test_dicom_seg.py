@@ -11,9 +11,9 @@ import pydicom
 import pytest
 
 from medsam_core.dicom_seg import read_dicom_seg_onto, source_datasets, write_dicom_seg
-from medsam_core.dicom_series import deidentified_copies, folder_files, read_series_files
+from medsam_core.dicom_series import deidentified_copies, folder_files
 from medsam_core.errors import InvalidImageError
-from medsam_core.volume import Volume, labels_onto
+from medsam_core.volume import Volume, labels_onto, read_dicom_series
 from tests.test_volume_io import ct_series, series_dir, volumes  # noqa: F401 - shared session fixtures
 
 LIVER, SPLEEN = 5, 1
@@ -23,7 +23,8 @@ LIVER, SPLEEN = 5, 1
 def stored_series(series_dir: Path, tmp_path_factory) -> tuple[list[Path], Volume]:
     """The series as the portal stores it: de-identified copies, read back as a volume."""
     files = deidentified_copies(folder_files(series_dir), tmp_path_factory.mktemp("stored"))
-    return [p for p, _ in files], read_series_files(files)
+    paths = [p for p, _ in files]
+    return paths, read_dicom_series(paths, names=[name for _, name in files])
 
 
 @pytest.fixture(scope="session")
