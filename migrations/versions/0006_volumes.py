@@ -183,7 +183,8 @@ def _sqlite_constraints(conn, *, add: bool) -> None:
     conn.exec_driver_sql("PRAGMA writable_schema=ON")
     for name, text in sql.items():
         conn.execute(
-            sa.text("UPDATE sqlite_master SET sql = :sql WHERE type='table' AND name=:name"), {"sql": text, "name": name}
+            sa.text("UPDATE sqlite_master SET sql = :sql WHERE type='table' AND name=:name"),
+            {"sql": text, "name": name},
         )
     conn.exec_driver_sql(f"PRAGMA schema_version={int(version) + 1}")
     conn.exec_driver_sql("PRAGMA writable_schema=OFF")
