@@ -244,8 +244,9 @@ def _dicom_rescale(ds: Dataset) -> tuple[float, float]:
     return float(slope if slope not in (None, "") else 1.0), float(intercept if intercept not in (None, "") else 0.0)
 
 
-def _open_dicom(path: str, *, header_only: bool = False) -> Dataset:
-    """Parse with the same plain errors everywhere; ``header_only`` skips the pixel data (series checks)."""
+def _open_dicom(path: str, *, header_only: bool = False, shown: str | None = None) -> Dataset:
+    """Parse with the same plain errors everywhere; ``header_only`` skips the pixel data (series checks),
+    ``shown`` names the file in messages when ``path`` is a working copy."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -253,12 +254,14 @@ def _open_dicom(path: str, *, header_only: bool = False) -> Dataset:
         return pydicom.dcmread(path, stop_before_pixels=header_only)
     except InvalidDicomError:
         raise _fail(
-            path,
+            shown or path,
             "not a DICOM file (the 'DICM' marker is missing). Export it again from the "
             "PACS or viewer as a standard DICOM file.",
         ) from None
     except Exception as exc:
-        raise _fail(path, f"the DICOM file could not be parsed ({exc}); it is probably truncated or corrupt.") from None
+        raise _fail(
+            shown or path, f"the DICOM file could not be parsed ({exc}); it is probably truncated or corrupt."
+        ) from None
 
 
 def _no_image(path: str) -> InvalidImageError:

@@ -152,7 +152,7 @@ def read_dicom_series(paths: Sequence[str | os.PathLike[str]], *, max_voxels: in
     """Slices sorted along their normal; one series with one geometry, else a plain refusal."""
     from medsam_core.dicom_series import read_series_files
 
-    return read_series_files([Path(p) for p in paths], max_voxels=max_voxels)
+    return read_series_files([(Path(p), Path(p).name) for p in paths], max_voxels=max_voxels)
 
 
 def _as_label_uint8(labels: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
