@@ -20,13 +20,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from medsam_core.dicom_series import (
+    MAX_SERIES_FILES,
+    deidentified_copies,
+    read_series_files,
+    zip_files,
+)
 from medsam_core.digests import file_sha256
 from medsam_core.errors import InvalidImageError
 from medsam_core.imageio import DEFAULT_MAX_PIXELS
-from medsam_core.volume import DEFAULT_MAX_VOXELS, Volume, read_dicom_series, read_volume
+from medsam_core.volume import DEFAULT_MAX_VOXELS, Volume, read_volume
+from medsam_core.windows import window_bounds
 from portal.store.blobs import BlobStore
 from portal.store.errors import StoreError
 from portal.store.models import Image, Project, User
@@ -35,8 +43,6 @@ from portal.store.services.audit import record
 from portal.store.services.images import dicom_name, safe_filename
 from portal.store.services.projects import get_project, not_found
 from portal.store.settings import Settings
-
-MAX_SERIES_FILES = 2000  # slices of one uploaded series; bounds the work of one request
 
 
 @dataclass(frozen=True)
@@ -71,35 +77,62 @@ def add_volume(
     names: Sequence[str] | None = None,
     window: str | None = None,
 ) -> AddedVolume:
-    """Store one NIfTI file or the DICOM files of one series as a volume; the same content again is found,
-    not added (``new`` False).
+    """Store one NIfTI file, or one DICOM series (its files, or one zip of them), as a volume; the same
+    content again is found, not added (``new`` False). ``names``: what the uploader called each file.
 
     Everything is read and checked before anything is stored, so a refused
     upload writes nothing; then blobs, then rows (a crash leaves orphan blobs
     for ``medsam db gc``, never a dangling row).
     """
     project = get_project(db, actor, project_id)
+    if window is not None:
+        window_bounds(window)  # an unknown window name fails here, before any file is read
     files = [Path(f) for f in files]
-    shown = dict(zip(files, names or [f.name for f in files], strict=True))
+    shown = list(names) if names is not None else [f.name for f in files]
+    if len(shown) != len(files):
+        raise ValueError("one name per file")
     if not files:
         raise StoreError("no files: upload one NIfTI file, or the DICOM files (or a zip) of one series")
     if len(files) > MAX_SERIES_FILES:
         raise StoreError(f"{len(files)} files in one upload; a series may have at most {MAX_SERIES_FILES}")
-    nifti = [f for f in files if f.name.lower().endswith((".nii", ".nii.gz"))]
-    if nifti and len(files) > 1:
-        raise StoreError("upload one NIfTI file on its own, or the DICOM files of one series: not a mixture")
-    if nifti:
-        return _add_nifti(db, blobs, settings, actor, project, files[0], shown[files[0]], window)
-    return _add_series(db, blobs, settings, actor, project, files, shown, window)
+    kinds = {_kind(f) for f in files}
+    if len(files) > 1 and kinds != {"dicom"}:
+        raise StoreError(
+            "upload one NIfTI file, one zip of a DICOM series, or the DICOM files of one series: not a mixture"
+        )
+    if kinds == {"nifti"}:
+        return _add_nifti(db, blobs, settings, actor, project, files[0], shown[0], window)
+    with tempfile.TemporaryDirectory(prefix="series-", dir=_scratch(settings)) as tmp:
+        work = Path(tmp)
+        if kinds == {"zip"}:
+            (work / "zip").mkdir()
+            series = zip_files(files[0], work / "zip", max_voxels(settings))
+            upload_name = safe_filename(shown[0])
+        else:
+            series = list(zip(files, shown, strict=True))
+            upload_name = safe_filename(shown[0])
+        (work / "stored").mkdir()
+        try:
+            stored = deidentified_copies(series, work / "stored", keep_identifiers=settings.keep_dicom_identifiers)
+            volume = read_series_files(stored, max_voxels=max_voxels(settings), shown=upload_name)
+            _check(volume)
+        except InvalidImageError as exc:
+            raise _named_error(exc, {files[0]: upload_name, work: "the series"}) from None
+        return _add_series(db, blobs, actor, project, volume, stored, upload_name, window)
 
 
-def _check(volume: Volume, window: str | None) -> None:
+def _kind(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    return "zip" if name.endswith(".zip") else "dicom"
+
+
+def _check(volume: Volume) -> None:
     if volume.num_slices < 2:
         raise InvalidImageError(
             "this holds one slice, not a volume; upload it as an image, or upload every slice of the series"
         )
-    if window is not None:
-        volume.slice_image(0).display(window=window)  # an unknown window name fails here, before any write
 
 
 def _add_nifti(
@@ -114,7 +147,7 @@ def _add_nifti(
 ) -> AddedVolume:
     try:
         volume = read_volume(path, max_voxels=max_voxels(settings))
-        _check(volume, window)
+        _check(volume)
     except InvalidImageError as exc:
         raise _named_error(exc, {path: name}) from None
     sha = file_sha256(path)
@@ -140,34 +173,27 @@ def _add_nifti(
 def _add_series(
     db: Session,
     blobs: BlobStore,
-    settings: Settings,
     actor: User,
     project: Project,
-    files: list[Path],
-    shown: dict[Path, str],
+    volume: Volume,
+    stored: list[tuple[Path, str]],
+    upload_name: str,
     window: str | None,
 ) -> AddedVolume:
-    with tempfile.TemporaryDirectory(prefix="series-", dir=_scratch(settings)) as tmp:
-        stored = _deidentified(files, shown, Path(tmp), settings.keep_dicom_identifiers)
-        names = {copy: shown[original] for original, copy in stored.items()}
-        try:
-            volume = read_dicom_series(list(stored.values()), max_voxels=max_voxels(settings))
-            _check(volume, window)
-        except InvalidImageError as exc:
-            raise _named_error(exc, names) from None
-        ordered = _in_z_order(volume, list(stored.values()), names)
-        digests = [file_sha256(p) for p in ordered]
-        sha = hashlib.sha256("\n".join(digests).encode()).hexdigest()
-        found = _existing(db, project.id, sha)
-        if found is not None:
-            return found
-        slice_names = [
-            shown_name if project.keep_original_names else dicom_name(path, digest)
-            for path, digest, shown_name in zip(ordered, digests, (names[p] for p in ordered), strict=True)
-        ]
-        slice_blobs = [blobs.put_file(p)[0] for p in ordered]
-    filename = _series_name(slice_names[0]) if not project.keep_original_names else safe_filename(shown[files[0]])
+    ordered, uids = _in_z_order(volume, stored)
+    digests = [file_sha256(path) for path, _ in ordered]
+    sha = hashlib.sha256("\n".join(digests).encode()).hexdigest()
+    found = _existing(db, project.id, sha)
+    if found is not None:
+        return found
+    slice_names = [
+        safe_filename(name) if project.keep_original_names else dicom_name(path, digest)
+        for (path, name), digest in zip(ordered, digests, strict=True)
+    ]
+    slice_blobs = [blobs.put_file(path)[0] for path, _ in ordered]
+    filename = upload_name if project.keep_original_names else _series_name(slice_names[0])
     row = _volume_row(project, actor, volume, filename, sha, None, window)
+    row.sop_instance_uids = uids
     db.add(row)
     db.flush()
     slices = _slice_rows(db, project, actor, row, slice_blobs, slice_names)
@@ -181,41 +207,29 @@ def _scratch(settings: Settings) -> Path:
     return folder
 
 
-def _deidentified(files: list[Path], shown: dict[Path, str], folder: Path, keep: bool) -> dict[Path, Path]:
-    """Each file's stored copy (de-identified unless the site keeps identifiers), read as DICOM on the way."""
-    from medsam_core.deidentify import deidentify_dicom_file
+def _in_z_order(volume: Volume, stored: list[tuple[Path, str]]) -> tuple[list[tuple[Path, str]], list[str]]:
+    """The stored files in the volume's slice order, and each one's SOP instance UID.
 
-    out = {}
-    for n, path in enumerate(files):
-        target = folder / f"{n:05d}.dcm"
-        try:
-            deidentify_dicom_file(path, target, keep_identifiers=keep)
-        except InvalidImageError as exc:
-            raise InvalidImageError(
-                f"'{shown[path]}' is not a readable DICOM file ({_named_error(exc, {path: shown[path]})}); "
-                "a series upload holds the DICOM files of one series only"
-            ) from None
-        out[path] = target
-    return out
-
-
-def _in_z_order(volume: Volume, paths: list[Path], names: dict[Path, str]) -> list[Path]:
-    """The stored files in the volume's slice order, matched by their (de-identified) SOP instance UIDs."""
+    Placed through the geometry (ImagePositionPatient into the volume's voxel
+    space), not by UID: real exports leave SOPInstanceUID empty (the shared CT
+    series does) and keep it only in the file meta, which is used then.
+    """
     import pydicom
 
-    by_uid: dict[str, Path] = {}
-    for path in paths:
-        uid = str(pydicom.dcmread(path, stop_before_pixels=True).get("SOPInstanceUID", ""))
-        if uid in by_uid:
-            raise InvalidImageError(
-                f"'{names[by_uid[uid]]}' and '{names[path]}' are the same slice (one SOP instance UID); "
-                "upload each slice once"
-            )
-        by_uid[uid] = path
-    uids = volume.sop_instance_uids or ()
-    if len(uids) != len(paths) or set(uids) != set(by_uid):
-        raise InvalidImageError(f"{len(paths)} files were uploaded but the series reads as {len(uids)} slices")
-    return [by_uid[uid] for uid in uids]
+    to_voxel = np.linalg.inv(volume.affine)
+    placed: dict[int, tuple[Path, str, str]] = {}
+    for path, name in stored:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        lps = [float(v) for v in ds.ImagePositionPatient]
+        z = int(round(float((to_voxel @ np.array([-lps[0], -lps[1], lps[2], 1.0]))[2])))
+        uid = str(ds.get("SOPInstanceUID") or ds.file_meta.get("MediaStorageSOPInstanceUID") or "")
+        if z in placed or not 0 <= z < volume.num_slices:
+            raise InvalidImageError(f"'{name}' does not fit the series' slice positions; upload each slice once")
+        placed[z] = (path, name, uid)
+    if len(placed) != volume.num_slices:
+        raise InvalidImageError(f"{len(stored)} files were uploaded but the series reads as {volume.num_slices} slices")
+    ordered = [placed[z] for z in range(volume.num_slices)]
+    return [(path, name) for path, name, _ in ordered], [uid for _, _, uid in ordered]
 
 
 def _series_name(slice_name: str) -> str:
