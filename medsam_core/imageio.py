@@ -61,8 +61,13 @@ def _fail(path: str, problem: str) -> InvalidImageError:
     return InvalidImageError(f"{path}: {problem}")
 
 
-def _check_plane_size(path: str, height: int, width: int, slices: int, max_pixels: int) -> None:
-    """Refuse oversize images from header numbers, before decoding allocates anything."""
+def _check_plane_size(
+    path: str, height: int, width: int, slices: int, max_pixels: int, max_voxels: int | None = None
+) -> None:
+    """Refuse oversize images from header numbers, before decoding allocates anything.
+
+    ``max_voxels`` defaults to a multiple of the plane limit; volume readers pass their own.
+    """
     if height * width > max_pixels:
         raise _fail(
             path,
@@ -70,15 +75,18 @@ def _check_plane_size(path: str, height: int, width: int, slices: int, max_pixel
             f"above the limit of {max_pixels:,}. Downsample it before uploading.",
         )
     total = height * width * slices
-    if total > _VOLUME_FACTOR * max_pixels:
+    limit = _VOLUME_FACTOR * max_pixels if max_voxels is None else max_voxels
+    if total > limit:
         raise _fail(
             path,
             f"the volume has {slices} slices and {total:,} voxels in total, above the "
-            f"limit of {_VOLUME_FACTOR * max_pixels:,}. Crop or downsample it.",
+            f"limit of {limit:,}. Crop or downsample it.",
         )
 
 
-def _finish(path: str, arr: np.ndarray, raw: bool, fmt: str, max_pixels: int) -> MedicalImage:
+def _finish(
+    path: str, arr: np.ndarray, raw: bool, fmt: str, max_pixels: int, max_voxels: int | None = None
+) -> MedicalImage:
     """Last shared gate: every reader's output is validated the same way."""
     if arr.dtype.kind == "b":
         arr = arr.astype(np.uint8) * 255
@@ -93,7 +101,7 @@ def _finish(path: str, arr: np.ndarray, raw: bool, fmt: str, max_pixels: int) ->
     slices, height, width = arr.shape[:3]
     if height < 2 or width < 2 or slices < 1:
         raise _fail(path, f"the image is only {width} x {height} pixels; at least 2 x 2 is needed.")
-    _check_plane_size(path, height, width, slices, max_pixels)
+    _check_plane_size(path, height, width, slices, max_pixels, max_voxels)
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise _fail(
             path,
@@ -236,28 +244,36 @@ def _dicom_rescale(ds: Dataset) -> tuple[float, float]:
     return float(slope if slope not in (None, "") else 1.0), float(intercept if intercept not in (None, "") else 0.0)
 
 
-def _read_dicom(path: str, max_pixels: int) -> MedicalImage:
+def _open_dicom(path: str, *, header_only: bool = False, shown: str | None = None) -> Dataset:
+    """Parse with the same plain errors everywhere; ``header_only`` skips the pixel data (series checks),
+    ``shown`` names the file in messages when ``path`` is a working copy."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path)
+        return pydicom.dcmread(path, stop_before_pixels=header_only)
     except InvalidDicomError:
         raise _fail(
-            path,
+            shown or path,
             "not a DICOM file (the 'DICM' marker is missing). Export it again from the "
             "PACS or viewer as a standard DICOM file.",
         ) from None
     except Exception as exc:
-        raise _fail(path, f"the DICOM file could not be parsed ({exc}); it is probably truncated or corrupt.") from None
-    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise _fail(
-            path,
-            "this DICOM file holds no image (for example a report or structure set). Choose an image series instead.",
-        )
-    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
-    frames = int(ds.get("NumberOfFrames") or 1)
-    _check_plane_size(path, rows, cols, frames, max_pixels)
+            shown or path, f"the DICOM file could not be parsed ({exc}); it is probably truncated or corrupt."
+        ) from None
+
+
+def _no_image(path: str) -> InvalidImageError:
+    return _fail(
+        path, "this DICOM file holds no image (for example a report or structure set). Choose an image series instead."
+    )
+
+
+def _decode_dicom(path: str, ds: Dataset) -> np.ndarray:
+    """The stored pixel array, with an actionable message for codecs we lack."""
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise _no_image(path)
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     try:
@@ -273,23 +289,49 @@ def _read_dicom(path: str, max_pixels: int) -> MedicalImage:
         raise _fail(
             path, f"the DICOM pixel data could not be decoded ({exc}); the file is probably truncated or corrupt."
         ) from None
+    result: np.ndarray = arr
+    return result
+
+
+def _dicom_values(ds: Dataset, arr: np.ndarray) -> np.ndarray:
+    """Stored values -> modality values (HU for CT), float32."""
+    slope, intercept = _dicom_rescale(ds)
+    values: np.ndarray = arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    return values
+
+
+def _is_monochrome1(ds: Dataset) -> bool:
+    return str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
+
+
+def _mirror(values: np.ndarray) -> np.ndarray:
+    """MONOCHROME1 means "low = white". Mirroring within the volume's own range
+    keeps the value span (and percentile contrast) while making bright mean
+    dense, as in every other modality the model sees."""
+    return (values.min() + values.max()) - values if values.size else values
+
+
+def _read_dicom(path: str, max_pixels: int) -> MedicalImage:
+    ds = _open_dicom(path)
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise _no_image(path)
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    _check_plane_size(path, rows, cols, frames, max_pixels)
+    arr = _decode_dicom(path, ds)
     samples = int(ds.get("SamplesPerPixel") or 1)
     if frames == 1:
         arr = arr[None]
     if samples == 3 and arr.dtype == np.uint8:
         # Colour DICOM (endoscopy, ultrasound) is display-ready like a photo.
         return _finish(path, arr, False, "dicom", max_pixels)
-    slope, intercept = _dicom_rescale(ds)
-    values = arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1" and values.size:
-        # MONOCHROME1 means "low = white". Mirroring within the volume's own range
-        # keeps the value span (and percentile contrast) while making bright mean
-        # dense, as in every other modality the model sees.
-        values = (values.min() + values.max()) - values
+    values = _dicom_values(ds, arr)
+    if _is_monochrome1(ds):
+        values = _mirror(values)
     return _finish(path, values, True, "dicom", max_pixels)
 
 
-def _nifti_to_slices(path: str, img: DataobjImage, max_pixels: int) -> MedicalImage:
+def _nifti_to_slices(path: str, img: DataobjImage, max_pixels: int, max_voxels: int | None = None) -> MedicalImage:
     shape = tuple(int(n) for n in img.shape)
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
@@ -300,24 +342,33 @@ def _nifti_to_slices(path: str, img: DataobjImage, max_pixels: int) -> MedicalIm
             "supported. Split 4-D series into one volume per time point or channel.",
         )
     x, y = shape[0], shape[1]
-    _check_plane_size(path, y, x, shape[2] if len(shape) == 3 else 1, max_pixels)
+    _check_plane_size(path, y, x, shape[2] if len(shape) == 3 else 1, max_pixels, max_voxels)
     arr = np.asarray(img.dataobj).reshape(shape)
     # (X, Y[, Z]) -> (Z, Y, X): rows are y, as SimpleITK's GetArrayFromImage gives.
     arr = arr.T if arr.ndim == 2 else np.transpose(arr, (2, 1, 0))
-    return _finish(path, np.ascontiguousarray(arr), True, "nifti", max_pixels)
+    return _finish(path, np.ascontiguousarray(arr), True, "nifti", max_pixels, max_voxels)
 
 
 def _read_nifti(path: str, max_pixels: int, stream_kind: str | None = None) -> MedicalImage:
+    return _read_nifti_with_affine(path, max_pixels, stream_kind)[0]
+
+
+def _read_nifti_with_affine(
+    path: str, max_pixels: int, stream_kind: str | None = None, max_voxels: int | None = None
+) -> tuple[MedicalImage, np.ndarray]:
+    """The slices plus the file's voxel -> world affine, for readers that keep geometry."""
     import nibabel as nib
 
     try:
         if stream_kind is None:
             # nibabel types load() as its base image class; a NIfTI file loads as a Nifti1/2Image.
-            return _nifti_to_slices(path, cast("DataobjImage", nib.load(path, mmap=False)), max_pixels)
+            img = cast("DataobjImage", nib.load(path, mmap=False))
+            return _nifti_to_slices(path, img, max_pixels, max_voxels), np.asarray(img.affine, dtype=np.float64)
         klass = nib.Nifti2Image if stream_kind.endswith("2") else nib.Nifti1Image
         opener = gzip.open if stream_kind.startswith("gz") else open
         with opener(path, "rb") as fh:
-            return _nifti_to_slices(path, klass.from_stream(fh), max_pixels)
+            img = klass.from_stream(fh)
+            return _nifti_to_slices(path, img, max_pixels, max_voxels), np.asarray(img.affine, dtype=np.float64)
     except InvalidImageError:
         raise
     except Exception as exc:
@@ -360,6 +411,22 @@ def _sniff(path: str) -> tuple[str, str | None]:
     return "pillow-sniffed", None
 
 
+def _file_kind(shown: str) -> tuple[str, str | None]:
+    """(reader, NIfTI stream kind) from the name, else from the content; empty files refused."""
+    p = Path(shown)
+    if p.stat().st_size == 0:
+        raise _fail(shown, "the file is empty (0 bytes); the upload or export probably failed.")
+    name = p.name.lower()
+    suffix = ".nii.gz" if name.endswith(".nii.gz") else p.suffix.lower()
+    kind = _SUFFIX_FORMATS.get(suffix)
+    if kind is not None:
+        return kind, None
+    try:
+        return _sniff(shown)
+    except OSError as exc:
+        raise _fail(shown, f"the file could not be opened ({exc.strerror or exc}).") from None
+
+
 def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> MedicalImage:
     """Single entry point so every caller gets the same safety checks and layout."""
     shown = os.fspath(path)
@@ -370,16 +437,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         raise _fail(
             shown, "this is a folder, not an image file. Choose one image file (for a DICOM series, one .dcm file)."
         )
-    if p.stat().st_size == 0:
-        raise _fail(shown, "the file is empty (0 bytes); the upload or export probably failed.")
-    name = p.name.lower()
-    suffix = ".nii.gz" if name.endswith(".nii.gz") else p.suffix.lower()
-    kind, stream = _SUFFIX_FORMATS.get(suffix), None
-    try:
-        if kind is None:
-            kind, stream = _sniff(shown)
-    except OSError as exc:
-        raise _fail(shown, f"the file could not be opened ({exc.strerror or exc}).") from None
+    kind, stream = _file_kind(shown)
     if kind in ("pillow", "pillow-sniffed"):
         return _read_pillow(shown, max_pixels, sniffed=kind == "pillow-sniffed")
     if kind == "tiff":
