@@ -73,15 +73,14 @@ def _fetch(blobs: BlobStore, blob: str, target: Path) -> Path:
 
 
 def source_datasets(db: Session, blobs: BlobStore, settings: Settings, row: VolumeRow) -> list:
-    """The stored (de-identified) DICOM datasets in Z order: what a DICOM-SEG export references."""
-    import pydicom
+    """The stored (de-identified) DICOM headers in Z order: what a DICOM-SEG export references."""
+    from medsam_core.dicom_seg import source_datasets as in_volume_order
 
     if row.source_format != "dicom":
         raise StoreError(f"volume {row.id} is {row.source_format}, not a DICOM series: export NIfTI instead")
     folder = _folder(settings, row)
-    return [
-        pydicom.dcmread(_fetch(blobs, s.blob_sha, folder / f"{s.slice_index:05d}.dcm")) for s in slice_rows(db, row.id)
-    ]
+    paths = [_fetch(blobs, s.blob_sha, folder / f"{s.slice_index:05d}.dcm") for s in slice_rows(db, row.id)]
+    return in_volume_order(paths, load_volume(db, blobs, settings, row))
 
 
 @dataclass
