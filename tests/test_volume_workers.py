@@ -65,7 +65,7 @@ def test_precompute_encodes_each_slice_once_under_its_2d_cache_key(env, sample_d
     image, _ = tiny_brats(sample_data, env["folder"] / "data")
     added = add(env, image)
     job = queue.submit_precompute_volume(store, env["annotator"], added.volume.id)
-    done = wait_for(lambda: finished(env, job.id), 300, "precompute_volume")
+    done = wait_for(lambda: finished(env, job.id), 900, "precompute_volume")
     assert done.state == JobState.succeeded, done.error
     assert done.result["encoded"] == 4 and done.result["already_cached"] == 0
     assert done.progress["done"] == done.progress["total"] == 4
@@ -73,7 +73,7 @@ def test_precompute_encodes_each_slice_once_under_its_2d_cache_key(env, sample_d
     with store.transaction() as db:  # the 2-D tools' key for each slice is what was cached
         assert keys <= set(db.scalars(select(EmbeddingEntry.pixel_sha256)))
     again = queue.submit_precompute_volume(store, env["annotator"], added.volume.id)
-    redone = wait_for(lambda: finished(env, again.id), 120, "the second precompute")
+    redone = wait_for(lambda: finished(env, again.id), 600, "the second precompute")
     assert redone.state == JobState.succeeded and (redone.result["encoded"], redone.result["already_cached"]) == (0, 4)
 
 
@@ -84,7 +84,7 @@ def test_propagate_saves_a_draft_revision_and_a_stale_one_conflicts(env, sample_
     truth = tumour_zhw(label)
     box = tight_box(truth[1])
     job = queue.submit_propagation(store, env["annotator"], vid, label="tumour", key_slice=1, box=box, z_range=(0, 3))
-    done = wait_for(lambda: finished(env, job.id), 300, "propagate")
+    done = wait_for(lambda: finished(env, job.id), 900, "propagate")
     assert done.state == JobState.succeeded, done.error
     assert done.result["revision"] == 1 and done.progress["done"] == done.progress["total"] == 4
     annotation, revision, mask = tx(store, volumes_labels.read_label_map, store.blobs, env["admin"], vid, "tumour")
@@ -94,14 +94,14 @@ def test_propagate_saves_a_draft_revision_and_a_stale_one_conflicts(env, sample_
     stale = queue.submit_propagation(
         store, env["admin"], vid, label="tumour", key_slice=2, box=tight_box(truth[2]), z_range=(2, 3), base_revision=0
     )
-    failed = wait_for(lambda: finished(env, stale.id), 300, "the stale propagation")
+    failed = wait_for(lambda: finished(env, stale.id), 900, "the stale propagation")
     assert (
         failed.state == JobState.failed and "revision 1" in failed.error and "nothing was overwritten" in failed.error
     )
     on_top = queue.submit_propagation(
         store, env["admin"], vid, label="tumour", key_slice=3, box=tight_box(truth[3]), z_range=(3, 3)
     )
-    kept = wait_for(lambda: finished(env, on_top.id), 300, "a propagation on top of revision 1")
+    kept = wait_for(lambda: finished(env, on_top.id), 900, "a propagation on top of revision 1")
     assert kept.state == JobState.succeeded and kept.result["revision"] == 2
     newer = tx(store, volumes_labels.read_label_map, store.blobs, env["admin"], vid, "tumour")[2]
     assert np.array_equal(newer[:3], mask[:3])  # outside its z range the base revision is kept
@@ -129,9 +129,9 @@ def test_cancel_a_running_propagation(env, sample_data):
     vid = add(env, image).volume.id
     truth = tumour_zhw(label)
     job = queue.submit_propagation(store, env["annotator"], vid, label="tumour", key_slice=0, box=tight_box(truth[0]))
-    wait_for(lambda: (tx(store, jobs.get_job, job.id).progress or {}).get("done", 0) >= 1, 300, "the first slice")
+    wait_for(lambda: (tx(store, jobs.get_job, job.id).progress or {}).get("done", 0) >= 1, 900, "the first slice")
     queue.cancel(store, job.id, env["annotator"])
-    done = wait_for(lambda: finished(env, job.id), 120, "the cancel to land")
+    done = wait_for(lambda: finished(env, job.id), 600, "the cancel to land")
     assert done.state == JobState.cancelled and done.progress["done"] < 10
     with store.transaction() as db:
         assert not list(
