@@ -209,3 +209,9 @@ def test_deleting_a_volume_takes_its_slices_and_label_maps(store, team, sample_d
     with store.transaction() as db:
         assert db.scalar(select(func.count()).select_from(Image).where(Image.volume_id == vid)) == 0
         assert db.scalar(select(func.count()).select_from(Annotation).where(Annotation.volume_id == vid)) == 0
+    again = tx(store, volumes.add_volume, store.blobs, store.settings, team["admin"], team["project"].id, [image])
+    assert again.new  # deleting one slice in the 2-D tools deletes the whole volume, not only its slices
+    tx(store, images.delete_image, team["admin"], again.slices[2].id)
+    with store.transaction() as db:
+        assert db.get(Volume, again.volume.id) is None
+        assert db.scalar(select(func.count()).select_from(Image).where(Image.sha256 == again.volume.sha256)) == 0

@@ -13,6 +13,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -72,7 +73,7 @@ def _fetch(blobs: BlobStore, blob: str, target: Path) -> Path:
     return target
 
 
-def source_datasets(db: Session, blobs: BlobStore, settings: Settings, row: VolumeRow) -> list:
+def source_datasets(db: Session, blobs: BlobStore, settings: Settings, row: VolumeRow) -> list[Any]:
     """The stored (de-identified) DICOM headers in Z order: what a DICOM-SEG export references."""
     from medsam_core.dicom_seg import source_datasets as in_volume_order
 
