@@ -7,6 +7,8 @@ exact Euclidean distance transform.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
@@ -38,14 +40,17 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
     return boundary
 
 
-def normalized_surface_dice(pred: ArrayLike, truth: ArrayLike, tolerance: float = 2.0) -> float:
+def normalized_surface_dice(
+    pred: ArrayLike, truth: ArrayLike, tolerance: float = 2.0, spacing: Sequence[float] | None = None
+) -> float:
+    """Any number of dimensions; ``spacing`` (one size per axis, e.g. mm) puts ``tolerance`` in those units."""
     p, t = _pair(pred, truth)
     if not p.any() and not t.any():
         return 1.0
     if not p.any() or not t.any():
         return 0.0
     bp, bt = _boundary(p), _boundary(t)
-    dist_to_t = ndimage.distance_transform_edt(~bt)
-    dist_to_p = ndimage.distance_transform_edt(~bp)
+    dist_to_t = ndimage.distance_transform_edt(~bt, sampling=spacing)
+    dist_to_p = ndimage.distance_transform_edt(~bp, sampling=spacing)
     close = (dist_to_t[bp] <= tolerance).sum() + (dist_to_p[bt] <= tolerance).sum()
     return float(close / (bp.sum() + bt.sum()))

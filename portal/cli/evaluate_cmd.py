@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from portal.cli import volume_cmd
 from portal.cli.common import add_model_options, build_predictor
 from portal.store.settings import get_settings
 
@@ -33,9 +34,10 @@ def register(sub) -> None:
         type=float,
         default=2.0,
         metavar="PX",
-        help="boundary tolerance of the normalised surface Dice, in pixels (default 2)",
+        help="boundary tolerance of the normalised surface Dice, in pixels (with --volumes: mm) (default 2)",
     )
     p.add_argument("--json", action="store_true", help="one JSON line per image, then a JSON summary line")
+    volume_cmd.add_evaluate_options(p)
     add_model_options(p)
     p.set_defaults(handler=run)
 
@@ -53,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
         raise MedsamError("--limit must be at least 1")
     settings = get_settings()
     get_family(args.model or settings.default_model)
+    if args.volumes:
+        return volume_cmd.run_evaluate(args, settings)
+    if args.binary:
+        raise MedsamError("--binary applies with --volumes only")
     pairs = find_pairs(args.data_dir)[: args.limit]
     predictor = build_predictor(args, settings)
     scores = []

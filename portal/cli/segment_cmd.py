@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from portal.cli import volume_cmd
 from portal.cli.common import add_model_options, build_predictor
 from portal.store.settings import get_settings
 
@@ -28,7 +29,12 @@ def register(sub) -> None:
         "original size: 0/1, or labels 1..K for K boxes), <stem>_mask.png and "
         "<stem>_overlay.png into --out.",
     )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, TIFF, npy, DICOM or NIfTI file")
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="PNG, JPEG, BMP, TIFF, npy, DICOM or NIfTI file (with --propagate: one NIfTI volume or DICOM series folder)",
+    )
     p.add_argument(
         "--box",
         nargs=4,
@@ -60,6 +66,7 @@ def register(sub) -> None:
     )
     p.add_argument("--out", type=Path, default=Path("medsam_out"), help="output folder (default: ./medsam_out)")
     p.add_argument("--json", action="store_true", help="print one JSON object per image on stdout")
+    volume_cmd.add_segment_options(p)
     add_model_options(p)
     p.set_defaults(handler=run)
 
@@ -133,11 +140,16 @@ def _prepare(args, max_pixels: int) -> list[Job]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from medsam_core.errors import MedsamError
     from medsam_core.models import get_family
     from medsam_core.outputs import write_mask_files
 
     settings = get_settings()
     get_family(args.model or settings.default_model)  # an unknown family fails before any image is read
+    if args.propagate:
+        return volume_cmd.run_segment(args, settings)
+    if args.z_range is not None:
+        raise MedsamError("--z-range applies with --propagate only")
     jobs = _prepare(args, settings.max_image_pixels)
     predictor = build_predictor(args, settings)
     for job in jobs:

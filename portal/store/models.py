@@ -14,7 +14,19 @@ import enum
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Enum, ForeignKey, Index, MetaData, String, Text, UniqueConstraint, false
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 SHA = String(64)
@@ -117,6 +129,43 @@ class ProjectMember(Base):
     added_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Volume(Base):
+    """A CT or MR volume as one entity with its geometry; its slices are ``Image`` rows (``volume_id``).
+
+    The stored copy: a NIfTI file is one blob (``blob_sha``, which every slice
+    row also points at, as per-slice rows always did); a DICOM series keeps one
+    de-identified file per slice, each the ``blob_sha`` of its slice row, so the
+    2-D tools read a slice as the single DICOM it is, identical files dedupe in
+    the blob store, and DICOM-SEG export gets the exact de-identified datasets
+    back. ``sha256`` is of the stored file, or for a series of its slices'
+    digests in Z order: the dedup key. Geometry columns are NULL only for rows
+    migrated from per-slice images (the migration reads no blobs); the services
+    fill them from the file on first use.
+    """
+
+    __tablename__ = "volumes"
+    __table_args__ = (UniqueConstraint("project_id", "sha256"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(SHA)
+    blob_sha: Mapped[str | None] = mapped_column(SHA, index=True)  # NIfTI: the file; DICOM: None (per slice)
+    source_format: Mapped[str] = mapped_column(String(16))  # "nifti" | "dicom"
+    modality: Mapped[str] = mapped_column(String(32), default="other")
+    window: Mapped[str | None] = mapped_column(String(16))
+    depth: Mapped[int]  # shape (Z, H, W)
+    height: Mapped[int]
+    width: Mapped[int]
+    affine: Mapped[list[Any] | None]  # 4x4, voxel (column, row, z) -> RAS+ mm
+    spacing: Mapped[list[Any] | None]  # (column mm, row mm, slice mm)
+    orientation: Mapped[str | None] = mapped_column(String(8))  # axis codes, e.g. "LPS"
+    slice_positions: Mapped[list[Any] | None]  # DICOM: position along the normal per slice, Z order
+    sop_instance_uids: Mapped[list[Any] | None]  # DICOM: the de-identified SOP instance UIDs, Z order
+    series_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    uploaded_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Image(Base):
     __tablename__ = "images"
     __table_args__ = (UniqueConstraint("project_id", "sha256", "slice_index"),)
@@ -131,6 +180,8 @@ class Image(Base):
     window: Mapped[str | None] = mapped_column(String(16))
     slice_index: Mapped[int] = mapped_column(default=0)  # 0 for 2-D images
     num_slices: Mapped[int] = mapped_column(default=1)  # > 1 when this row is one slice of a volume
+    # The volume this row is a slice of (its sha256 and slice_index are the volume's and z then).
+    volume_id: Mapped[int | None] = mapped_column(ForeignKey("volumes.id", ondelete="CASCADE"), index=True)
     uploaded_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -182,10 +233,18 @@ class Mask(Base):
 
 
 class Annotation(Base):
+    """One label of one image (a 2-D mask), or of one volume (a 3-D label map): exactly one of the two."""
+
     __tablename__ = "annotations"
-    __table_args__ = (UniqueConstraint("image_id", "label"),)
+    __table_args__ = (
+        UniqueConstraint("image_id", "label"),
+        # An index rather than a constraint: SQLite can add one without rebuilding the table (see 0006).
+        Index("ix_annotations_volume_id_label", "volume_id", "label", unique=True),
+        CheckConstraint("(image_id IS NULL) <> (volume_id IS NULL)", name="one_target"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    image_id: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    volume_id: Mapped[int | None] = mapped_column(ForeignKey("volumes.id", ondelete="CASCADE"))
     label: Mapped[str] = mapped_column(String(64))
     status: Mapped[AnnotationStatus] = mapped_column(_enum(AnnotationStatus), default=AnnotationStatus.draft)
     current_revision: Mapped[int] = mapped_column(default=0)  # 0: nothing saved yet
@@ -228,6 +287,8 @@ class JobKind(str, enum.Enum):
     precompute_embeddings = "precompute"
     evaluate = "evaluate"  # a model version on the project's frozen validation images (training queue)
     finetune = "finetune"  # train a new version from the project's approved labels (training queue)
+    precompute_volume = "precompute_volume"  # encode every slice of one volume (inference queue)
+    propagate = "propagate"  # one box on a key slice through a volume's slices (inference queue)
 
 
 class Job(Base):

@@ -26,6 +26,7 @@ from portal.store.models import (
     Review,
     Role,
     User,
+    Volume,
     utcnow,
 )
 from portal.store.services.audit import record
@@ -50,39 +51,61 @@ def save_revision(
     comment: str | None = None,
     submit: bool = False,
 ) -> AnnotationRevision:
-    """Append revision ``base_revision + 1``; 0 means "there was nothing yet".
-
-    The write runs in a savepoint so that a lost race leaves the caller's
-    transaction usable (an import carries on with its next image).
-    """
+    """Append revision ``base_revision + 1``; 0 means "there was nothing yet"."""
     image = db.get(Image, image_id)
     if image is None:  # what get_project answers for it
         raise not_found(f"image {image_id}")
     project = get_project(db, actor, image.project_id, what=f"image {image_id}")
+    check_label(project, label)
+    check_mask_shape(image, mask)
+    # Blob before row: content-addressed, so a crash leaves an orphan for gc, never a dangling row.
+    blob = blobs.put_bytes(mask_to_bytes(mask))
+    return write_revision(
+        db,
+        actor,
+        {"image_id": image_id},
+        image.project_id,
+        label,
+        base_revision,
+        blob,
+        submit=submit,
+        base_mask_id=base_mask_id,
+        model_version_id=model_version_id,
+        prompt=prompt,
+        comment=comment,
+    )
+
+
+def check_label(project: Project, label: str) -> None:
     if label not in label_names(project):
         raise StoreError(
             f"'{label}' is not a label class of project '{project.name}': {', '.join(label_names(project))}"
         )
-    check_mask_shape(image, mask)
-    # Blob before row: content-addressed, so a crash leaves an orphan for gc, never a dangling row.
-    blob = blobs.put_bytes(mask_to_bytes(mask))
+
+
+def write_revision(
+    db: Session,
+    actor: User,
+    target: dict[str, int],
+    project_id: int,
+    label: str,
+    base_revision: int,
+    blob: str,
+    *,
+    submit: bool,
+    **provenance: Any,
+) -> AnnotationRevision:
+    """Append revision ``base_revision + 1`` of ``label`` on ``target`` (``{"image_id": id}`` for a 2-D mask,
+    ``{"volume_id": id}`` for a 3-D label map) whose content is the stored ``blob``.
+
+    The write runs in a savepoint so that a lost race leaves the caller's
+    transaction usable (an import carries on with its next image).
+    """
     try:
         with db.begin_nested():
-            revision = _append(
-                db,
-                actor,
-                image_id,
-                label,
-                base_revision,
-                blob,
-                submit=submit,
-                base_mask_id=base_mask_id,
-                model_version_id=model_version_id,
-                prompt=prompt,
-                comment=comment,
-            )
+            revision = _append(db, actor, target, label, base_revision, blob, submit=submit, **provenance)
     except IntegrityError:
-        annotation = db.scalar(select(Annotation).where(Annotation.image_id == image_id, Annotation.label == label))
+        annotation = db.scalar(select(Annotation).filter_by(**target, label=label))
         raise _conflict(db, annotation.id if annotation else None, base_revision) from None
     record(
         db,
@@ -90,9 +113,10 @@ def save_revision(
         "annotation.save",
         "annotation",
         revision.annotation_id,
-        image.project_id,
+        project_id,
         revision=revision.number,
         submitted=submit,
+        **({"volume_id": target["volume_id"]} if "volume_id" in target else {}),
     )
     return revision
 
@@ -100,7 +124,7 @@ def save_revision(
 def _append(
     db: Session,
     actor: User,
-    image_id: int,
+    target: dict[str, int],
     label: str,
     base_revision: int,
     blob: str,
@@ -109,13 +133,15 @@ def _append(
     **provenance: Any,
 ) -> AnnotationRevision:
     """The race itself: a conditional UPDATE decides it, the unique revision number backs it up."""
-    annotation = db.scalar(select(Annotation).where(Annotation.image_id == image_id, Annotation.label == label))
+    annotation = db.scalar(select(Annotation).filter_by(**target, label=label))
     if annotation is None:
         if base_revision != 0:
+            ((kind, target_id),) = target.items()
             raise NotFoundError(
-                f"no annotation '{label}' on image {image_id} to continue from revision {base_revision}"
+                f"no annotation '{label}' on {kind.removesuffix('_id')} {target_id} to continue from revision "
+                f"{base_revision}"
             )
-        annotation = Annotation(image_id=image_id, label=label, created_by=actor.id)
+        annotation = Annotation(**target, label=label, created_by=actor.id)
         db.add(annotation)
         db.flush()
     status = AnnotationStatus.submitted if submit else AnnotationStatus.draft
@@ -162,13 +188,20 @@ def _conflict(session: Session, annotation_id: int | None, base_revision: int) -
     )
 
 
-def _visible(session: Session, actor: User, annotation_id: int) -> tuple[Annotation, Image, Project]:
+def _visible(session: Session, actor: User, annotation_id: int) -> tuple[Annotation, Project]:
+    """The annotation and its project (through its image, or its volume for a 3-D label map)."""
     annotation = session.get(Annotation, annotation_id)
-    image = session.get(Image, annotation.image_id) if annotation else None
-    if annotation is None or image is None:  # what get_project answers for them
+    owner: Image | Volume | None = None
+    if annotation is not None:
+        owner = (
+            session.get(Image, annotation.image_id)
+            if annotation.image_id is not None
+            else session.get(Volume, annotation.volume_id)
+        )
+    if annotation is None or owner is None:  # what get_project answers for them
         raise not_found(f"annotation {annotation_id}")
-    project = get_project(session, actor, image.project_id, what=f"annotation {annotation_id}")
-    return annotation, image, project
+    project = get_project(session, actor, owner.project_id, what=f"annotation {annotation_id}")
+    return annotation, project
 
 
 def _check_not_own(session: Session, actor: User, annotation: Annotation, project: Project) -> None:
@@ -201,7 +234,7 @@ def _transition(
     allowed_from: set[AnnotationStatus],
     comment: str | None = None,
 ) -> Annotation:
-    annotation, image, project = _visible(db, actor, annotation_id)
+    annotation, project = _visible(db, actor, annotation_id)
     if annotation.status not in allowed_from or annotation.current_revision == 0:
         raise StoreError(f"annotation {annotation_id} is {annotation.status.value}; it cannot become {to.value}")
     seen_status, seen_revision = annotation.status, annotation.current_revision
@@ -245,7 +278,7 @@ def _transition(
         f"annotation.{to.value}",
         "annotation",
         annotation_id,
-        image.project_id,
+        project.id,
         revision=annotation.current_revision,
         comment=comment,
     )

@@ -20,7 +20,7 @@ from medsam_core.digests import file_sha256
 from medsam_core.errors import InvalidImageError
 from medsam_core.imageio import read_image
 from portal.store.blobs import BlobStore
-from portal.store.models import Image, Role, User
+from portal.store.models import Image, Role, User, Volume
 from portal.store.services.audit import record
 from portal.store.services.projects import get_project, not_found
 from portal.store.services.users import require_role
@@ -238,6 +238,10 @@ def delete_image(db: Session, actor: User, image_id: int) -> None:
     )
     for row in siblings:  # a volume's slices share one file: patient data goes as a whole
         db.delete(row)
+    if image.volume_id is not None:  # and the volume itself, with its 3-D label maps (ON DELETE CASCADE)
+        volume = db.get(Volume, image.volume_id)
+        if volume is not None:
+            db.delete(volume)
 
 
 def display_pixels(blobs: BlobStore, image: Image, settings: Settings) -> np.ndarray:

@@ -27,6 +27,6 @@ PREFIX = "/api/v1"
 def routers() -> list[APIRouter]:
     """Each router carries the full prefix itself, so metrics see whole route templates."""
     from portal.web import auth
-    from portal.web.api import annotations, export, images, masks, models, projects, training
+    from portal.web.api import annotations, export, images, masks, models, projects, training, volumes
 
-    return [m.router for m in (auth, projects, images, masks, annotations, training, models, export)]
+    return [m.router for m in (auth, projects, images, volumes, masks, annotations, training, models, export)]

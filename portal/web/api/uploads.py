@@ -73,7 +73,7 @@ def _named(filename: str, suffix: str) -> str:
     return (stem or "upload") + suffix
 
 
-async def _parse(request: Request, limit: int):
+async def _parse(request: Request, limit: int, max_files: int = 1):
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + ENVELOPE_BYTES:
         raise HTTPException(
@@ -91,7 +91,7 @@ async def _parse(request: Request, limit: int):
             yield chunk
 
     try:
-        return await MultiPartParser(request.headers, limited(), max_files=1, max_fields=20).parse()
+        return await MultiPartParser(request.headers, limited(), max_files=max_files, max_fields=20).parse()
     except MultiPartException as exc:
         raise HTTPException(400, f"malformed multipart body: {exc.message}") from None
 
@@ -157,3 +157,41 @@ class received_file:
                 .replace(str(self.upload.path), self.upload.filename)
                 .replace(self.upload.path.name, self.upload.filename),
             )
+
+
+class received_files:
+    """``async with received_files(request, expect, max_files) as uploads:`` -- every part named ``file``
+    (a DICOM series is several files in one request), each checked as ``received_file`` checks one, the
+    limit applying to the request as a whole; all removed when the context ends."""
+
+    def __init__(self, request: Request, expect: set[str], max_files: int):
+        self.request, self.expect, self.max_files = request, expect, max_files
+        self.uploads: list[Upload] = []
+
+    async def __aenter__(self) -> list[Upload]:
+        settings = self.request.app.state.settings
+        limit = settings.max_upload_mb * 1024 * 1024
+        form = await _parse(self.request, limit, self.max_files)
+        try:
+            sources = [s for s in form.getlist("file") if isinstance(s, UploadFile)]
+            if not sources:
+                raise HTTPException(400, "no file: send the files in multipart fields named 'file'")
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
+            for source in sources:
+                if not source.size:
+                    raise HTTPException(400, f"'{source.filename}' is empty (0 bytes)")
+                path, name = await run_in_threadpool(_spill, source, settings.data_dir / "uploads", self.expect)
+                self.uploads.append(Upload(path=path, filename=name, size=source.size, fields=fields))
+            return self.uploads
+        except BaseException:
+            self._remove()
+            raise
+        finally:
+            await form.close()
+
+    def _remove(self) -> None:
+        for upload in self.uploads:
+            upload.path.unlink(missing_ok=True)
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        self._remove()
