@@ -12,6 +12,7 @@ import os
 import uuid
 import warnings
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from medsam_core.prompt_decoder import PromptDecoder
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnx")
+# Part of the export folder's name: bump it when the exported graphs change, so an old
+# export (version 1: the encoder's batch fixed at 1) is never picked up again.
+EXPORT_VERSION = 2
 
 
 class TorchBackend:
@@ -31,10 +35,16 @@ class TorchBackend:
         self.model = model
         self.decoder = PromptDecoder(model.module.prompt_encoder, model.module.mask_decoder).eval()
 
-    @torch.inference_mode()
     def encode(self, image: torch.Tensor) -> np.ndarray:
-        out: torch.Tensor = self.model.module.image_encoder(image.to(self.model.device))
-        return out[0].float().cpu().numpy()
+        """(1, 3, S, S) -> (256, 64, 64) float32."""
+        embedding: np.ndarray = self.encode_batch(image)[0]
+        return embedding
+
+    @torch.inference_mode()
+    def encode_batch(self, images: torch.Tensor) -> np.ndarray:
+        """(B, 3, S, S) -> (B, 256, 64, 64) float32."""
+        out: torch.Tensor = self.model.module.image_encoder(images.to(self.model.device))
+        return out.float().cpu().numpy()
 
     @torch.inference_mode()
     def decode(
@@ -65,7 +75,7 @@ class OnnxBackend:
         import onnxruntime as ort
 
         self.model = model
-        folder = Path(export_dir) / f"{model.family.name}-{model.model_digest[:16]}"
+        folder = Path(export_dir) / f"{model.family.name}-{model.model_digest[:16]}-v{EXPORT_VERSION}"
         encoder_path, decoder_path = folder / "encoder.onnx", folder / "decoder.onnx"
         if not (encoder_path.exists() and decoder_path.exists()):
             _export(model, folder)
@@ -84,9 +94,15 @@ class OnnxBackend:
         self.decoder = ort.InferenceSession(str(decoder_path), decoder_options, providers=providers)
 
     def encode(self, image: torch.Tensor) -> np.ndarray:
-        (out,) = self.encoder.run(None, {"image": image.cpu().numpy()})
-        embedding: np.ndarray = out[0]
+        """(1, 3, S, S) -> (256, 64, 64) float32."""
+        embedding: np.ndarray = self.encode_batch(image)[0]
         return embedding
+
+    def encode_batch(self, images: torch.Tensor) -> np.ndarray:
+        """(B, 3, S, S) -> (B, 256, 64, 64) float32."""
+        (out,) = self.encoder.run(None, {"image": images.cpu().numpy()})
+        embeddings: np.ndarray = out
+        return embeddings
 
     def decode(
         self,
@@ -123,8 +139,9 @@ def _export(model: LoadedModel, folder: Path) -> None:
         torch.zeros(2, 1, 256, 256),
         torch.zeros(1),
     )
+    batch_axis = {"image": {0: "batch"}, "embeddings": {0: "batch"}}
     jobs = [
-        ("encoder.onnx", module.image_encoder, (torch.zeros(1, 3, size, size),), ["image"], ["embeddings"], None),
+        ("encoder.onnx", module.image_encoder, (torch.zeros(1, 3, size, size),), ["image"], ["embeddings"], batch_axis),
         (
             "decoder.onnx",
             decoder,
@@ -142,6 +159,7 @@ def _export(model: LoadedModel, folder: Path) -> None:
     ]
     for filename, net, args, inputs, outputs, axes in jobs:
         tmp = folder / f".{filename}.{uuid.uuid4().hex}.tmp"
+        hooks = _batch_free_patch_merging(net)
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
@@ -155,10 +173,65 @@ def _export(model: LoadedModel, folder: Path) -> None:
                     opset_version=17,
                     dynamo=False,
                 )
+            if filename == "encoder.onnx":
+                _channel_means_as_convs(tmp)
             os.replace(tmp, folder / filename)
         finally:
+            for hook in hooks:
+                hook.remove()
             tmp.unlink(missing_ok=True)
     model.module.to(model.device)
+
+
+def _batch_free_patch_merging(net: torch.nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+    """TinyViT's PatchMerging reshapes with ``len(x)``, which the ONNX tracer records as the
+    constant 1, so a batch of 2 would fail. These hooks do that reshape first with
+    ``x.shape[0]`` (traced as the input's size), leaving the module's own branch unused;
+    the computation is the same. Other encoders have no PatchMerging and get no hook."""
+    hooks = []
+    for module in net.modules():
+        if type(module).__name__ == "PatchMerging" and hasattr(module, "input_resolution"):
+            height, width = cast("tuple[int, int]", module.input_resolution)
+
+            def to_image(_: torch.nn.Module, args: tuple[Any, ...], h: int = height, w: int = width) -> Any:
+                x = args[0]
+                return (x.view(x.shape[0], h, w, -1).permute(0, 3, 1, 2),) if x.ndim == 3 else None
+
+            hooks.append(module.register_forward_pre_hook(to_image))
+    return hooks
+
+
+def _channel_means_as_convs(path: Path) -> None:
+    """Make each image's embedding independent of its batch, so ``encode_many`` gives exactly
+    what ``encode`` gives. ONNX Runtime sums a channel mean (``ReduceMean`` over axis 1, the
+    neck's LayerNorm2d) in another order for a batch of one than for more, which flips about
+    0.1% of the fp16-rounded values; a 1x1 convolution with weights 1/C is the same mean and
+    runs image by image. (A transpose to the last axis does not help: the optimiser undoes it.)
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph_model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    graph = graph_model.graph
+    channels = {
+        v.name: v.type.tensor_type.shape.dim[1].dim_value
+        for v in list(graph.value_info) + list(graph.input)
+        if len(v.type.tensor_type.shape.dim) == 4 and v.type.tensor_type.shape.dim[1].HasField("dim_value")
+    }
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        c = channels.get(node.input[0]) if node.input else None
+        if node.op_type != "ReduceMean" or list(attrs.get("axes", [])) != [1] or attrs.get("keepdims", 1) != 1 or not c:
+            nodes.append(node)
+            continue
+        weight = f"{node.output[0]}_mean_weight"
+        graph.initializer.append(numpy_helper.from_array(np.full((1, c, 1, 1), 1.0 / c, np.float32), weight))
+        nodes.append(helper.make_node("Conv", [node.input[0], weight], list(node.output), name=node.name))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(graph_model)
+    onnx.save(graph_model, str(path))
 
 
 def onnx_available() -> bool:

@@ -8,6 +8,7 @@ milliseconds. Prompts come and masks go in original pixel coordinates.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from medsam_core.prompt_decoder import build_prompt_arrays
 from medsam_core.prompts import LOW_RES, Prompts, validate_mask_input, validate_prompts
 
 DECODE_CHUNK_BOXES = 8
+# Images per encoder call in encode_many. See bench/encoder.py for what batching buys.
+ENCODE_BATCH = 4
 
 
 @dataclass
@@ -80,27 +83,68 @@ class Predictor:
         return CacheKey(digest, self.family, self.model.encoder_digest)
 
     def encode(self, rgb: np.ndarray, pixel_digest: str | None = None) -> Embedding:
-        rgb = _check_rgb(rgb)
+        return self.encode_many([rgb], None if pixel_digest is None else [pixel_digest], batch=1)[0]
+
+    def encode_many(
+        self, rgbs: Sequence[np.ndarray], pixel_digests: Sequence[str | None] | None = None, batch: int = ENCODE_BATCH
+    ) -> list[Embedding]:
+        """Embeddings for many images (a volume's slices): cache hits are read, misses are
+        encoded ``batch`` at a time, and pixels repeated within the call are encoded once.
+
+        Each embedding is rounded to fp16 straight away, as ``encode`` does, so a fresh
+        embedding and a cached one give bit-identical masks.
+        """
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        if pixel_digests is not None and len(pixel_digests) != len(rgbs):
+            raise ValueError(f"{len(rgbs)} images but {len(pixel_digests)} pixel digests")
         start = time.perf_counter()
-        key = self.cache_key(rgb, pixel_digest)
-        features = self.cache.get(key)
-        hit = features is not None
-        if features is None:  # a miss
-            tensor = self.preprocessor.to_tensor(rgb)
-            # Round to fp16 straight away, so a fresh embedding and a cached one
-            # give bit-identical masks.
-            features = self.cache.put(key, self.backend.encode(tensor))
-            self.encoder_runs += 1
-        return Embedding(
-            features=features,
-            family=self.family,
-            encoder_digest=self.model.encoder_digest,
-            original_size=(int(rgb.shape[0]), int(rgb.shape[1])),
-            input_size=self.preprocessor.input_size,
-            key=key,
-            cache_hit=hit,
-            encode_ms=(time.perf_counter() - start) * 1000,
-        )
+        images = [_check_rgb(rgb) for rgb in rgbs]
+        digests = pixel_digests if pixel_digests is not None else [None] * len(images)
+        keys = [self.cache_key(rgb, digest) for rgb, digest in zip(images, digests, strict=True)]
+        found: dict[CacheKey, np.ndarray] = {}
+        misses: dict[CacheKey, np.ndarray] = {}  # key -> its first image, in order
+        for key, rgb in zip(keys, images, strict=True):
+            if key in found or key in misses:
+                continue
+            features = self.cache.get(key)
+            if features is None:
+                misses[key] = rgb
+            else:
+                found[key] = features
+        lookup_ms = (time.perf_counter() - start) * 1000
+        spent_ms = self._encode_misses(misses, batch, found)
+        return [
+            Embedding(
+                features=found[key],
+                family=self.family,
+                encoder_digest=self.model.encoder_digest,
+                original_size=(int(rgb.shape[0]), int(rgb.shape[1])),
+                input_size=self.preprocessor.input_size,
+                key=key,
+                cache_hit=key not in misses,
+                encode_ms=lookup_ms / len(images) + spent_ms.get(key, 0.0),
+            )
+            for key, rgb in zip(keys, images, strict=True)
+        ]
+
+    def _encode_misses(
+        self, misses: dict[CacheKey, np.ndarray], batch: int, found: dict[CacheKey, np.ndarray]
+    ) -> dict[CacheKey, float]:
+        """Encode and cache the misses into ``found``; each key's share of its batch's time (ms)."""
+        spent: dict[CacheKey, float] = {}
+        pending = list(misses.items())
+        for lo in range(0, len(pending), batch):
+            chunk = pending[lo : lo + batch]
+            start = time.perf_counter()
+            tensors = torch.cat([self.preprocessor.to_tensor(rgb) for _, rgb in chunk])
+            features = self.backend.encode_batch(tensors)
+            for (key, _), one in zip(chunk, features, strict=True):
+                found[key] = self.cache.put(key, one)
+            self.encoder_runs += len(chunk)
+            share = (time.perf_counter() - start) * 1000 / len(chunk)
+            spent.update((key, share) for key, _ in chunk)
+        return spent
 
     def decode(
         self,
