@@ -105,15 +105,11 @@ def mask_box(mask: np.ndarray, margin: float) -> np.ndarray | None:
         return None
     cols = np.flatnonzero(mask.any(axis=0))
     height, width = mask.shape
-    return np.array(
-        [
-            max(0.0, cols[0] - margin),
-            max(0.0, rows[0] - margin),
-            min(float(width), cols[-1] + margin),
-            min(float(height), rows[-1] + margin),
-        ],
-        dtype=np.float32,
-    )
+    x0, y0 = max(0.0, cols[0] - margin), max(0.0, rows[0] - margin)
+    # At least one pixel wide and high: a one-pixel mask with no margin is still a prompt.
+    x1 = min(float(width), max(cols[-1] + margin, x0 + 1))
+    y1 = min(float(height), max(rows[-1] + margin, y0 + 1))
+    return np.array([x0, y0, x1, y1], dtype=np.float32)
 
 
 def largest_component(masks: np.ndarray) -> np.ndarray:
