@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from segment_latency import machine  # bench/ is on sys.path when this file runs as a script
 
 from medsam_core.cache import DirectoryEmbeddingStore, EmbeddingCache
 from medsam_core.models import load_model
@@ -30,6 +29,7 @@ from medsam_core.predictor import Predictor
 from medsam_core.propagation import SliceEncoder, propagate
 from medsam_core.volume import labels_onto, read_volume
 from medsam_core.volume_evaluation import prompt_for
+from segment_latency import machine  # bench/ is on sys.path when this file runs as a script
 
 REPO = Path(__file__).resolve().parents[1]
 CASE = "brats_2013_pat0005_1"
@@ -100,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             totals = []
             for _ in range(args.reps):
                 t = time.perf_counter()
-                result = propagate(predictor, encoder, volume.shape[0], prompt.key_slice, prompt.box, z_range, scheme=name)
+                result = propagate(
+                    predictor, encoder, volume.shape[0], prompt.key_slice, prompt.box, z_range, scheme=name
+                )
                 totals.append(time.perf_counter() - t)
             rows[name] = {"slices": len(result.slices), **stats(totals)}
         load_after = os.getloadavg()

@@ -14,8 +14,6 @@ import pytest
 from medsam_core.errors import MedsamError, PromptError
 from medsam_core.predictor import Prediction
 from medsam_core.propagation import (
-    SCHEMES,
-    Scheme,
     SliceEncoder,
     check_range,
     key_slice_of,
@@ -174,15 +172,15 @@ def brats_slices(sample_data, predictor):
     """Pat0005 around the key slice of its tumour: each slice encoded once for the session."""
     import nibabel as nib
 
-    from medsam_core.imageio import read_image
+    from medsam_core.volume import labels_onto, read_volume
 
     root = sample_data / "volumes" / "brats"
     assert (root / "images" / f"{CASE}.nii.gz").is_file(), f"BRATS volume missing under {root}"
-    truth = np.transpose(np.asarray(nib.load(root / "labels" / f"{CASE}.nii.gz").dataobj), (2, 1, 0)) > 0
+    volume = read_volume(root / "images" / f"{CASE}.nii.gz")
+    truth = labels_onto(volume, nib.load(root / "labels" / f"{CASE}.nii.gz")) > 0
     prompt = prompt_for(truth, 1)
     assert prompt is not None
-    image = read_image(root / "images" / f"{CASE}.nii.gz")
-    return SliceEncoder(predictor, image.display), truth, prompt
+    return SliceEncoder(predictor, lambda z: volume.slice_image(z).display()), truth, prompt
 
 
 @pytest.mark.parametrize("scheme, floor", [("refined", 0.85), ("cvpr24", 0.85)])

@@ -33,7 +33,7 @@ def register(sub) -> None:
         "images",
         nargs="+",
         metavar="IMAGE",
-        help="PNG, JPEG, BMP, TIFF, npy, DICOM or NIfTI file (with --propagate: one NIfTI volume or DICOM series folder)",
+        help="PNG, JPEG, BMP, TIFF, npy, DICOM or NIfTI file (--propagate: one NIfTI volume or DICOM series folder)",
     )
     p.add_argument(
         "--box",

@@ -78,8 +78,8 @@ class VolumeJob:
 
 def _prepare(args: argparse.Namespace, settings: Settings) -> VolumeJob:
     from medsam_core.errors import MedsamError, PromptError
-    from medsam_core.propagation import check_range
     from medsam_core.prompts import validate_boxes
+    from medsam_core.propagation import check_range
     from medsam_core.volume import read_volume
     from medsam_core.windows import window_bounds
     from portal.cli.segment_cmd import output_stem
