@@ -157,7 +157,7 @@ class _Walk:
         if self.on_slice is not None and count:
             self.on_slice(self.done, self.total)
 
-    def run(self, direction: str, zs: range, mask: np.ndarray, logits: np.ndarray) -> None:
+    def run(self, direction: str, zs: range, mask: np.ndarray, logits: np.ndarray | None) -> None:
         """Walk ``zs`` from the key slice's result outward, each slice prompted by the one before it."""
         s = self.scheme
         for i, z in enumerate(zs):

@@ -132,7 +132,7 @@ def read_volume(path: str | os.PathLike[str], *, max_voxels: int = DEFAULT_MAX_V
     if not p.exists():
         raise InvalidImageError(f"Volume not found: {shown}. Check the path and try again.")
     if p.is_dir():
-        return _series_volume(dicom_series.folder_files(p), max_voxels, shown)
+        return series_volume(dicom_series.folder_files(p), max_voxels=max_voxels, shown=shown)
     kind = "zip" if p.suffix.lower() == ".zip" else _file_kind(shown)[0]
     if kind == "nifti":
         return read_nifti_volume(p, max_voxels=max_voxels)
@@ -141,7 +141,7 @@ def read_volume(path: str | os.PathLike[str], *, max_voxels: int = DEFAULT_MAX_V
     if kind == "zip" or zipfile.is_zipfile(p):
         with TemporaryDirectory(prefix="medsam-series-") as tmp:
             files = dicom_series.zip_files(p, Path(tmp), max_voxels=max_voxels)
-            return _series_volume(files, max_voxels, shown)
+            return series_volume(files, max_voxels=max_voxels, shown=shown)
     raise _fail(
         shown,
         "this is not a volume. Choose a NIfTI file (.nii, .nii.gz), a folder holding one DICOM series, "
@@ -162,10 +162,11 @@ def read_dicom_series(
     shown = [Path(p).name for p in paths] if names is None else list(names)
     if len(shown) != len(paths):
         raise ValueError("read_dicom_series needs one name per path.")
-    return _series_volume([(Path(p), n) for p, n in zip(paths, shown, strict=True)], max_voxels, None)
+    return series_volume([(Path(p), n) for p, n in zip(paths, shown, strict=True)], max_voxels=max_voxels)
 
 
-def _series_volume(files: Sequence[tuple[Path, str]], max_voxels: int, shown: str | None) -> Volume:
+def series_volume(files: Sequence[tuple[Path, str]], *, max_voxels: int, shown: str | None = None) -> Volume:
+    """``files`` are (path to read, name messages show); ``shown`` names the whole upload (a zip, a folder)."""
     series = dicom_series.read_series_files(files, max_voxels=max_voxels, shown=shown)
     return Volume(
         pixels=series.pixels,

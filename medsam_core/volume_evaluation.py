@@ -15,10 +15,16 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
+
+    from medsam_core.volume import Volume
 
 from medsam_core.errors import MedsamError
 from medsam_core.metrics import dice, normalized_surface_dice
@@ -209,9 +215,9 @@ def evaluate_volumes(
     spec = get_scheme(scheme)
     for pair in pairs:
         volume = read_volume(pair.image) if max_voxels is None else read_volume(pair.image, max_voxels=max_voxels)
-        labels = labels_onto(volume, nib.load(pair.labels))
+        labels = labels_onto(volume, cast("SpatialImage", nib.load(pair.labels)))
         col, row, sl = volume.spacing
-        encoder = SliceEncoder(predictor, lambda z, v=volume: v.slice_image(z).display(window=window))
+        encoder = SliceEncoder(predictor, partial(_slice_rgb, volume, window))
         score = evaluate_case(
             predictor,
             pair.case,
@@ -240,3 +246,8 @@ def summarize_volumes(scores: list[CaseScore]) -> dict[str, Any]:
         "mean_nsd": round(statistics.fmean(n), 4),
         "median_nsd": round(statistics.median(n), 4),
     }
+
+
+def _slice_rgb(volume: Volume, window: str | None, z: int) -> np.ndarray:
+    """The slice as the 2-D tools show it to the encoder, so its cache entry is the one they share."""
+    return volume.slice_image(z).display(window=window)

@@ -27,13 +27,12 @@ from sqlalchemy.orm import Session
 from medsam_core.dicom_series import (
     MAX_SERIES_FILES,
     deidentified_copies,
-    read_series_files,
     zip_files,
 )
 from medsam_core.digests import file_sha256
 from medsam_core.errors import InvalidImageError
 from medsam_core.imageio import DEFAULT_MAX_PIXELS
-from medsam_core.volume import DEFAULT_MAX_VOXELS, Volume, read_volume
+from medsam_core.volume import DEFAULT_MAX_VOXELS, Volume, read_volume, series_volume
 from medsam_core.windows import window_bounds
 from portal.store.blobs import BlobStore
 from portal.store.errors import StoreError
@@ -106,7 +105,7 @@ def add_volume(
         work = Path(tmp)
         if kinds == {"zip"}:
             (work / "zip").mkdir()
-            series = zip_files(files[0], work / "zip", max_voxels(settings))
+            series = zip_files(files[0], work / "zip", max_voxels=max_voxels(settings))
             upload_name = safe_filename(shown[0])
         else:
             series = list(zip(files, shown, strict=True))
@@ -114,7 +113,7 @@ def add_volume(
         (work / "stored").mkdir()
         try:
             stored = deidentified_copies(series, work / "stored", keep_identifiers=settings.keep_dicom_identifiers)
-            volume = read_series_files(stored, max_voxels=max_voxels(settings), shown=upload_name)
+            volume = series_volume(stored, max_voxels=max_voxels(settings), shown=upload_name)
             _check(volume)
         except InvalidImageError as exc:
             raise _named_error(exc, {files[0]: upload_name, work: "the series"}) from None
