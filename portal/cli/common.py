@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from portal.store.settings import Settings, get_settings
 
@@ -45,3 +46,15 @@ def build_predictor(args: argparse.Namespace, settings: Settings | None = None):
     store = DirectoryEmbeddingStore(settings.embedding_dir, settings.embedding_cache_mb * 1024 * 1024)
     cache = EmbeddingCache(store, memory_items=settings.embedding_memory_items)
     return predictor_from_settings(settings, model, cache)
+
+
+MULTI_SUFFIXES = (".nii.gz",)
+
+
+def output_stem(path: Path) -> str:
+    """``scan.nii.gz`` gives ``scan``, not ``scan.nii``: output names follow what users call the file."""
+    name = path.name
+    for suffix in MULTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem

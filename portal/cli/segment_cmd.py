@@ -15,10 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from portal.cli import volume_cmd
-from portal.cli.common import add_model_options, build_predictor
+from portal.cli.common import add_model_options, build_predictor, output_stem
 from portal.store.settings import get_settings
-
-MULTI_SUFFIXES = (".nii.gz",)
 
 
 def register(sub) -> None:
@@ -77,14 +75,6 @@ class Job:
     stem: str
     rgb: np.ndarray
     slice_index: int | None
-
-
-def output_stem(path: Path) -> str:
-    name = path.name
-    for suffix in MULTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def _prepare(args, max_pixels: int) -> list[Job]:

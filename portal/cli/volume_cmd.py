@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from portal.cli.common import build_predictor
+from portal.cli.common import build_predictor, output_stem
 from portal.store.settings import Settings
 
 
@@ -82,7 +82,6 @@ def _prepare(args: argparse.Namespace, settings: Settings) -> VolumeJob:
     from medsam_core.propagation import check_range
     from medsam_core.volume import read_volume
     from medsam_core.windows import window_bounds
-    from portal.cli.segment_cmd import output_stem
 
     if len(args.images) != 1:
         raise MedsamError("--propagate takes one VOLUME (a NIfTI file or a DICOM series folder)")
