@@ -30,6 +30,8 @@ from portal.web.ui.common import friendly, overlay_colours, overlay_value
 from portal.web.ui.context import PortalContext
 from portal.web.ui.editor import brush, corrected_mask, editor_value, editor_window, focus_of
 from portal.web.ui.live_mask import PARITY_DICE, client_dice, live_widget, prompt_of, widget_value
+from portal.web.ui.volume_queue import volume_item
+from portal.web.ui.volume_view import build_volume_view
 
 AUTOSAVE_S = 5.0
 SAVE_GROUP = "annotate-save"
@@ -142,6 +144,8 @@ def _load_handler(ctx: PortalContext):
         user = ctx.user(request)
         if not image_id or not lbl:
             return {}, None, None, "Choose an image.", [], gr.update(visible=False)
+        if volume_item(image_id) is not None:  # the volume viewer (volume_view.py) shows it
+            return {}, None, gr.skip(), "", [], gr.update(visible=False)
         return (*_loaded(ctx, user, lbl, image_id), gr.update(visible=False))
 
     return load
@@ -339,3 +343,4 @@ def build_annotate_tab(ctx: PortalContext) -> None:
         s.remember_edit, [c.state, c.editor], [c.state], trigger_mode="always_last", show_progress="hidden", **group
     )
     c.timer.tick(s.autosave, [c.state], save_outs, show_progress="hidden", **group)
+    build_volume_view(ctx, c, q)  # a volume item of the list opens in the volume viewer instead

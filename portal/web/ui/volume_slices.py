@@ -1,0 +1,102 @@
+"""What the volume viewer shows of one slice, and the session state it keeps for a volume.
+
+The viewer's state holds the whole 3-D label map being edited (a bool (Z, H, W)
+array, a few MB for a CT volume), so scrolling, a box proposal or a brush
+stroke changes one slice of it in memory; only Save, Submit and Propagate
+write, each as one revision of the map.
+
+A slice is shown in the chosen display window, but the model always sees the
+slice as its row displays it (the volume's own window): that is the picture
+every slice's cached embedding, the precompute job and propagation were made
+from. A display preset changes what the eye sees, never the masks.
+"""
+
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from portal.store.label_colours import rgb_of
+from portal.store.services import annotations, volumes, volumes_read
+from portal.store.services.worklists import RevisionRow
+from portal.web.ui.annotate_queue import history_rows
+from portal.web.ui.context import PortalContext
+from portal.web.ui.editor import corrected_mask, editor_value, editor_window, focus_of
+from portal.web.ui.live_mask import widget_value
+
+AS_STORED = "as stored"
+FILL_ALPHA = 0.3  # the label map's fill over the slice; its outline is drawn in the full colour
+
+
+def display_window(choice: str | None) -> str | None:
+    return None if not choice or choice == AS_STORED else choice
+
+
+def slice_rgb(ctx: PortalContext, user, st: dict[str, Any], z: int, window: str | None) -> np.ndarray:
+    """The slice's uint8 RGB in ``window`` (None: the volume's own, the model's picture)."""
+
+    def read(db):
+        row = volumes.get_volume(db, user, st["volume_id"])
+        image = volumes.slice_row(db, row, z)
+        return volumes_read.slice_pixels(db, ctx.blobs, ctx.settings, row, image, window)
+
+    return ctx.read(read)
+
+
+def overlaid(rgb: np.ndarray, mask: np.ndarray, colour: str) -> np.ndarray:
+    """The label map's slice over the picture: a light fill and a full-colour outline."""
+    if not mask.any():
+        return rgb
+    out = rgb.astype(np.float32)
+    tint = np.asarray(rgb_of(colour), np.float32)
+    out[mask] = out[mask] * (1 - FILL_ALPHA) + tint * FILL_ALPHA
+    outline = mask & ~ndimage.binary_erosion(mask)
+    out[outline] = tint
+    return out.astype(np.uint8)
+
+
+def fold_editor(st: dict[str, Any], edited) -> dict[str, Any]:
+    """The brush editor's layer written into the slice it shows; marks the map unsaved if that changed it."""
+    z = st.get("editor_z")
+    if z is None or edited is None or st.get("labels") is None:
+        return st
+    labels = st["labels"]
+    before = labels[z]
+    after = corrected_mask(edited, before, tuple(st["editor_window"])) > 0
+    if np.array_equal(before, after):
+        return st
+    labels = labels.copy()
+    labels[z] = after
+    return {**st, "labels": labels, "unsaved": True}
+
+
+def slice_views(ctx: PortalContext, user, st: dict[str, Any], z: int) -> tuple[dict[str, Any], dict, dict]:
+    """(state, live widget value, editor value) for slice ``z``: the widget shows the chosen window with the
+    label map overlaid; the editor shows the same picture with the slice's mask as its brush layer."""
+    rgb = slice_rgb(ctx, user, st, z, st.get("view"))
+    mask = st["labels"][z]
+    tile = editor_window(mask.shape, focus_of(mask))
+    st = {**st, "z": z, "editor_z": z, "editor_window": list(tile)}
+    widget = widget_value(st["slice_ids"][z], overlaid(rgb, mask, st["colour"]), st["colour"])
+    return st, widget, editor_value(rgb, mask, tile, st["colour"])
+
+
+def slice_text(st: dict[str, Any]) -> str:
+    z, labels = st["z"], st["labels"]
+    area = int(labels[z].sum())
+    done = int(np.count_nonzero(labels.any(axis=(1, 2))))
+    unsaved = " · **unsaved changes**" if st["unsaved"] else ""
+    return (
+        f"Slice **{z}** of 0–{st['depth'] - 1} · '{st['label']}' on this slice: **{area} px** · "
+        f"{done} slice(s) labelled · revision {st['base_revision']}{unsaved}"
+    )
+
+
+def volume_history(ctx: PortalContext, user, annotation_id: int | None) -> list[list]:
+    """The label map's revisions, newest first (the reviewers' decisions are not listed for volumes yet)."""
+    if annotation_id is None:
+        return []
+    rows = ctx.read(annotations.revision_history, user, annotation_id)
+    return history_rows(
+        [RevisionRow(r.number, name, r.created_at, r.model_version_id, r.prompt, r.comment) for r, name in rows], []
+    )
