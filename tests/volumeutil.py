@@ -10,8 +10,8 @@ import numpy as np
 from tests.conftest import require
 
 BRATS_CASE = "brats_2013_pat0005_1"
-# Voxel (x, y, z) ranges through the tumour: 4 slices of 64 x 64 keep each encode cheap.
-CROP = (slice(50, 114), slice(130, 194), slice(94, 98))
+# Voxel (x, y) ranges through the tumour; 64 x 64 slices keep each encode cheap.
+CROP_XY = (slice(50, 114), slice(130, 194))
 
 
 def brats_paths(sample_data: Path) -> tuple[Path, Path]:
@@ -21,14 +21,19 @@ def brats_paths(sample_data: Path) -> tuple[Path, Path]:
     return image, label
 
 
-def tiny_brats(sample_data: Path, folder: Path) -> tuple[Path, Path]:
-    """The crop as NIfTI (image, whole-tumour label), affines kept right by nibabel's slicer."""
+def tiny_brats(sample_data: Path, folder: Path, z: tuple[int, int] = (94, 98)) -> tuple[Path, Path]:
+    """A crop through the tumour (slices ``z[0]`` to ``z[1] - 1``) as NIfTI (image, whole-tumour label),
+    affines kept right by nibabel's slicer."""
     image, label = brats_paths(sample_data)
     folder.mkdir(parents=True, exist_ok=True)
-    out_image, out_label = folder / "tiny_brats.nii.gz", folder / "tiny_brats_label.nii.gz"
+    out_image, out_label = (
+        folder / f"tiny_brats_{z[0]}_{z[1]}.nii.gz",
+        folder / f"tiny_brats_{z[0]}_{z[1]}_label.nii.gz",
+    )
+    crop = (*CROP_XY, slice(*z))
     if not out_image.exists():
-        nib.save(nib.load(image).slicer[CROP], out_image)
-        cropped = nib.load(label).slicer[CROP]
+        nib.save(nib.load(image).slicer[crop], out_image)
+        cropped = nib.load(label).slicer[crop]
         whole = (np.asanyarray(cropped.dataobj) > 0).astype(np.uint8)
         nib.save(nib.Nifti1Image(whole, cropped.affine), out_label)
     return out_image, out_label
@@ -37,6 +42,10 @@ def tiny_brats(sample_data: Path, folder: Path) -> tuple[Path, Path]:
 def tumour_zhw(label_path: Path) -> np.ndarray:
     """The label as the portal's (Z, H, W) bool array: NIfTI (x, y, z) -> (z, y, x)."""
     return np.asanyarray(nib.load(label_path).dataobj).transpose(2, 1, 0) > 0
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
 
 
 def dicom_series(sample_data: Path) -> list[Path]:

@@ -73,7 +73,13 @@ def make_app(settings: Settings | None = None) -> Celery:
 
 def _time_limits(settings: Settings) -> dict[str, dict[str, int]]:
     """Hard limits from settings, applied to each task when a worker registers it (the no-op has none)."""
-    inference = (names.TASK_ENCODE, names.TASK_SEGMENT_BATCH, names.TASK_PRECOMPUTE)
+    inference = (
+        names.TASK_ENCODE,
+        names.TASK_SEGMENT_BATCH,
+        names.TASK_PRECOMPUTE,
+        names.TASK_PRECOMPUTE_VOLUME,
+        names.TASK_PROPAGATE,
+    )
     training = (names.TASK_FINETUNE, names.TASK_EVALUATE)
     return {
         **{name: {"time_limit": settings.inference_time_limit_s} for name in inference},

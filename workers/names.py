@@ -20,8 +20,10 @@ TASK_NOOP = "medsam.inference.noop"
 TASK_ENCODE = "medsam.inference.encode_image"
 TASK_SEGMENT_BATCH = "medsam.inference.segment_batch"
 TASK_PRECOMPUTE = "medsam.inference.precompute_embeddings"
+TASK_PRECOMPUTE_VOLUME = "medsam.inference.precompute_volume"
+TASK_PROPAGATE = "medsam.inference.propagate"
 TASK_FINETUNE = "medsam.training.finetune"
 TASK_EVALUATE = "medsam.training.evaluate"
 
 # The modules a worker imports to register its tasks.
-TASK_MODULES = ("workers.tasks", "workers.training_tasks", "workers.evaluation_tasks")
+TASK_MODULES = ("workers.tasks", "workers.volume_tasks", "workers.training_tasks", "workers.evaluation_tasks")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from medsam_core.errors import MedsamError
 from portal.store.models import Job, JobKind, User
-from portal.store.services import evaluations, jobs, submissions, training
+from portal.store.services import evaluations, jobs, submissions, training, volumes_jobs
 from portal.store.settings import Settings
 from portal.store.store import Store
 from workers import names
@@ -29,6 +29,8 @@ TASK_FOR_KIND = {
     JobKind.precompute_embeddings: names.TASK_PRECOMPUTE,
     JobKind.evaluate: names.TASK_EVALUATE,
     JobKind.finetune: names.TASK_FINETUNE,
+    JobKind.precompute_volume: names.TASK_PRECOMPUTE_VOLUME,
+    JobKind.propagate: names.TASK_PROPAGATE,
 }
 
 
@@ -77,6 +79,20 @@ class JobQueue:
         """Encode every image of the project ahead of the first prompt."""
         with store.transaction() as db:
             job = submissions.create_precompute(db, actor, project_id, model_version_id)
+        return self.enqueue(store, job)
+
+    def submit_precompute_volume(
+        self, store: Store, actor: User | None, volume_id: int, model_version_id: int | None = None
+    ) -> Job:
+        """Encode every slice of a volume, in batches, before anyone propagates through it."""
+        with store.transaction() as db:
+            job = volumes_jobs.create_precompute_volume(db, actor, volume_id, model_version_id)
+        return self.enqueue(store, job)
+
+    def submit_propagation(self, store: Store, actor: User, volume_id: int, **params: Any) -> Job:
+        """Propagate a box through a volume into a new draft revision (``volumes_jobs.create_propagation``)."""
+        with store.transaction() as db:
+            job = volumes_jobs.create_propagation(db, actor, volume_id, **params)
         return self.enqueue(store, job)
 
     def submit_finetune(self, store: Store, actor: User, project_id: int, params: dict[str, Any]) -> Job:

@@ -11,6 +11,7 @@ import shutil
 import threading
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,25 +84,50 @@ def source_datasets(db: Session, blobs: BlobStore, settings: Settings, row: Volu
     ]
 
 
+@dataclass
+class SliceSource:
+    """What showing a volume's slices needs, gathered in one transaction and used outside any (a worker
+    encodes for minutes; it must not hold a transaction, or SQLite's lock, meanwhile)."""
+
+    blobs: BlobStore
+    settings: Settings
+    folder: Path
+    slices: list[tuple[str, str | None]]  # (blob, window) per slice, Z order
+    volume: Volume | None  # NIfTI: decoded once; DICOM: None, a slice is its own file
+
+    def pixels(self, z: int, window: str | None = None) -> np.ndarray:
+        """The uint8 RGB of slice ``z``, exactly as ``images.display_pixels`` gives its row to the 2-D tools
+        and the encoder, so a slice has one cache key whichever path encodes it (``window`` None: the row's).
+
+        NIfTI slices come from the decoded volume (read once, not once per
+        slice): ``Volume.slice_image`` shows them with the whole volume's
+        contrast, as per-slice rows always did. A DICOM slice is its own stored
+        file, shown as the single DICOM it is (that slice's percentile contrast
+        unless a window is set), which is what its row shows everywhere else.
+        """
+        if not 0 <= z < len(self.slices):
+            raise StoreError(f"slice {z} is out of range: the volume has slices 0 to {len(self.slices) - 1}")
+        blob, own = self.slices[z]
+        chosen = window or own
+        if self.volume is not None:
+            return self.volume.slice_image(z).display(window=chosen)
+        from medsam_core.imageio import read_image
+
+        path = _fetch(self.blobs, blob, self.folder / f"{z:05d}.dcm")
+        return read_image(path, max_pixels=self.settings.max_image_pixels).display(window=chosen)
+
+
+def slice_source(db: Session, blobs: BlobStore, settings: Settings, row: VolumeRow) -> SliceSource:
+    rows = slice_rows(db, row.id)
+    volume = load_volume(db, blobs, settings, row) if row.source_format == "nifti" else None
+    return SliceSource(blobs, settings, _folder(settings, row), [(s.blob_sha, s.window) for s in rows], volume)
+
+
 def slice_pixels(
     db: Session, blobs: BlobStore, settings: Settings, row: VolumeRow, image: Image, window: str | None = None
 ) -> np.ndarray:
-    """The uint8 RGB of one slice row, exactly as ``images.display_pixels`` gives it to the 2-D tools and the
-    encoder (so a slice has one cache key whichever path encodes it); ``window`` None: the row's own.
-
-    NIfTI slices come from the decoded volume (read once, not once per slice):
-    ``Volume.slice_image`` shows them with the whole volume's contrast, as the
-    per-slice rows always did. A DICOM slice is its own stored file, shown as
-    the single DICOM it is (percentile contrast of that slice unless a window
-    is set), which is what its row displays everywhere else.
-    """
-    chosen = window or image.window
-    if row.source_format == "nifti":
-        return load_volume(db, blobs, settings, row).slice_image(image.slice_index).display(window=chosen)
-    from medsam_core.imageio import read_image
-
-    path = _fetch(blobs, image.blob_sha, _folder(settings, row) / f"{image.slice_index:05d}.dcm")
-    return read_image(path, max_pixels=settings.max_image_pixels).display(window=chosen)
+    """One slice row's display pixels (``SliceSource.pixels``)."""
+    return slice_source(db, blobs, settings, row).pixels(image.slice_index, window)
 
 
 def _folder(settings: Settings, row: VolumeRow) -> Path:
