@@ -25,12 +25,13 @@ from portal.store.models import JobKind, JobState
 from portal.store.services import jobs, projects, volumes, volumes_labels
 from portal.web.ui.common import friendly, new_work_dir, plain
 from portal.web.ui.context import PortalContext
-from portal.web.ui.editor import brush, editor_value
+from portal.web.ui.editor import brush
 from portal.web.ui.live_mask import prompt_of
 from portal.web.ui.volume_export import export_file
 from portal.web.ui.volume_queue import item_of, volume_item
 from portal.web.ui.volume_slices import (
     display_window,
+    editor_of,
     fold_editor,
     slice_rgb,
     slice_text,
@@ -160,9 +161,9 @@ def view_handlers(ctx: PortalContext) -> SimpleNamespace:
         labels[z] = mask > 0
         prompt = {"key_slice": z, "boxes": boxes, "points": points}
         st = {**st, "labels": labels, "unsaved": True, "prompt": prompt, "model_version_id": version, "live_seq": seq}
-        rgb = slice_rgb(ctx, ctx.user(request), st, z, st.get("view"))
+        st, editor = editor_of(st, slice_rgb(ctx, ctx.user(request), st, z, st.get("view")), labels[z])
         text = f"Proposed on slice {z}: predicted IoU **{iou:.3f}**. " + slice_text(st)
-        return st, editor_value(rgb, labels[z], tuple(st["editor_window"]), st["colour"]), text
+        return st, editor, text
 
     return SimpleNamespace(show=show, step=step, propose=propose)
 
@@ -206,11 +207,11 @@ def save_handlers(ctx: PortalContext) -> SimpleNamespace:
         try:
             st = _save(ctx, user, st, submit)
         except ConflictError as exc:
-            return {**st, "saved_as": None}, _conflict_text(exc), gr.skip()
+            return {**st, "saved_as": None}, _conflict_text(exc), gr.skip(), gr.skip()
         what = "Submitted for review" if submit else "Draft saved"
         gr.Info(f"{what}: revision {st['base_revision']}")
         text = f"✓ {what}: revision **{st['base_revision']}** of '{st['label']}' on volume #{st['volume_id']}."
-        return st, text, volume_history(ctx, user, st["annotation_id"])
+        return st, text, volume_history(ctx, user, st["annotation_id"]), _title(st)
 
     @friendly
     def save_draft(st, edited, request: gr.Request):
@@ -242,7 +243,7 @@ def _bar(job) -> str:
 
 
 def propagate_handlers(ctx: PortalContext) -> SimpleNamespace:
-    """Outputs of ``propagate``: state, progress, status, widget, editor, history."""
+    """Outputs of ``propagate``: state, progress, status, widget, editor, history, title."""
 
     def propagate(st, z0, z1, edited, request: gr.Request):
         st = fold_editor(_need(st), edited)
@@ -254,7 +255,7 @@ def propagate_handlers(ctx: PortalContext) -> SimpleNamespace:
             try:
                 st = _save(ctx, user, st, False)
             except ConflictError as exc:
-                yield st, "", _conflict_text(exc), gr.skip(), gr.skip(), gr.skip()
+                yield st, "", _conflict_text(exc), *[gr.skip()] * 4
                 return
         job = ctx.queue.submit_propagation(
             ctx.store,
@@ -267,11 +268,11 @@ def propagate_handlers(ctx: PortalContext) -> SimpleNamespace:
             base_revision=st["base_revision"],
         )
         st = {**st, "job_id": job.id}
-        yield st, _bar(job), f"Propagating from slice {key} over {int(z0)}–{int(z1)} (job {job.id})…", *[gr.skip()] * 3
+        yield st, _bar(job), f"Propagating from slice {key} over {int(z0)}–{int(z1)} (job {job.id})…", *[gr.skip()] * 4
         while job.state not in ENDED:
             time.sleep(POLL_S)
             job = ctx.read(jobs.get_job, job.id, user)
-            yield gr.skip(), _bar(job), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            yield gr.skip(), _bar(job), *[gr.skip()] * 5
         yield from _propagated(ctx, user, st, job, key)
 
     def propagate_ui(st, z0, z1, edited, request: gr.Request):
@@ -298,7 +299,7 @@ def _propagated(ctx: PortalContext, user, st, job, key: int):
     if job.state != JobState.succeeded:
         why = job.error or job.state.value
         gr.Warning(f"Propagation {job.state.value}: {why}")
-        yield {**st, "job_id": None}, _bar(job), f"✗ Propagation {job.state.value}: {why}", *[gr.skip()] * 3
+        yield {**st, "job_id": None}, _bar(job), f"✗ Propagation {job.state.value}: {why}", *[gr.skip()] * 4
         return
     mine = st["labels"][key].copy()  # the key slice as the user accepted it (a box's mask, maybe brushed)
     _, rev, labels = ctx.read(volumes_labels.read_label_map, ctx.blobs, user, st["volume_id"], st["label"], None)
@@ -316,7 +317,7 @@ def _propagated(ctx: PortalContext, user, st, job, key: int):
         f"✓ Propagated: revision **{rev.number}**, {result.get('slices', '?')} slice(s) decoded, "
         f"{result.get('voxels', '?')} voxels.{note} " + slice_text(st)
     )
-    yield st, _bar(job), text, widget, editor, volume_history(ctx, user, rev.annotation_id)
+    yield st, _bar(job), text, widget, editor, volume_history(ctx, user, rev.annotation_id), _title(st)
 
 
 def export_handlers(ctx: PortalContext) -> SimpleNamespace:

@@ -25,6 +25,7 @@ from portal.web.ui.editor import corrected_mask, editor_value, editor_window, fo
 from portal.web.ui.live_mask import widget_value
 
 AS_STORED = "as stored"
+EDITOR_MIN_SIDE = 480  # small slices go to the brush editor enlarged by a whole factor (see ``editor_of``)
 FILL_ALPHA = 0.3  # the label map's fill over the slice; its outline is drawn in the full colour
 
 
@@ -55,14 +56,37 @@ def overlaid(rgb: np.ndarray, mask: np.ndarray, colour: str) -> np.ndarray:
     return out.astype(np.uint8)
 
 
+def _enlarged(a: np.ndarray, k: int) -> np.ndarray:
+    return a if k == 1 else np.repeat(np.repeat(a, k, axis=0), k, axis=1)
+
+
+def editor_of(st: dict[str, Any], rgb: np.ndarray, mask: np.ndarray) -> tuple[dict[str, Any], dict]:
+    """(state, editor value) for the shown slice.
+
+    A slice smaller than ``EDITOR_MIN_SIDE`` (a 96 px crop, a 240 px MR slice)
+    goes in enlarged by a whole factor, each pixel a k x k block: Gradio's
+    editor drew the brush layer of a 96 px picture at a different scale from
+    the picture itself, and a stroke on a thumbnail is too coarse to aim.
+    ``fold_editor`` takes each block's majority back, so an untouched slice
+    comes back exactly as it went in.
+    """
+    k = max(1, EDITOR_MIN_SIDE // max(mask.shape))
+    big = _enlarged(mask, k)
+    tile = editor_window(big.shape, focus_of(big))
+    st = {**st, "editor_z": st["z"], "editor_window": list(tile), "editor_scale": k}
+    return st, editor_value(_enlarged(rgb, k), big, tile, st["colour"])
+
+
 def fold_editor(st: dict[str, Any], edited) -> dict[str, Any]:
     """The brush editor's layer written into the slice it shows; marks the map unsaved if that changed it."""
     z = st.get("editor_z")
     if z is None or edited is None or st.get("labels") is None:
         return st
-    labels = st["labels"]
+    labels, k = st["labels"], int(st.get("editor_scale", 1))
     before = labels[z]
-    after = corrected_mask(edited, before, tuple(st["editor_window"])) > 0
+    painted = corrected_mask(edited, _enlarged(before, k), tuple(st["editor_window"])) > 0
+    height, width = before.shape
+    after = painted.reshape(height, k, width, k).mean(axis=(1, 3)) >= 0.5
     if np.array_equal(before, after):
         return st
     labels = labels.copy()
@@ -75,10 +99,9 @@ def slice_views(ctx: PortalContext, user, st: dict[str, Any], z: int) -> tuple[d
     label map overlaid; the editor shows the same picture with the slice's mask as its brush layer."""
     rgb = slice_rgb(ctx, user, st, z, st.get("view"))
     mask = st["labels"][z]
-    tile = editor_window(mask.shape, focus_of(mask))
-    st = {**st, "z": z, "editor_z": z, "editor_window": list(tile)}
+    st, editor = editor_of({**st, "z": z}, rgb, mask)
     widget = widget_value(st["slice_ids"][z], overlaid(rgb, mask, st["colour"]), st["colour"])
-    return st, widget, editor_value(rgb, mask, tile, st["colour"])
+    return st, widget, editor
 
 
 def slice_text(st: dict[str, Any]) -> str:

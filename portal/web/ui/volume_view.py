@@ -131,11 +131,11 @@ def build_volume_view(ctx: PortalContext, c: SimpleNamespace, q: SimpleNamespace
     s = save_handlers(ctx)
     listed = [project, c.label, c.mode, c.pick, c.order, v.state]
     for button, handler in ((v.save, s.save_draft), (v.submit, s.save_submit)):
-        button.click(handler, [v.state, v.editor], [v.state, v.status, v.history], **group).success(
+        button.click(handler, [v.state, v.editor], [v.state, v.status, v.history, v.title], **group).success(
             q.after_save, listed, [c.pick, c.order]
         )
     p = propagate_handlers(ctx)
-    propagated = [v.state, v.progress, v.status, v.boxes, v.editor, v.history]
+    propagated = [v.state, v.progress, v.status, v.boxes, v.editor, v.history, v.title]
     v.propagate.click(p.propagate, [v.state, v.z0, v.z1, v.editor], propagated, **group)
     v.cancel.click(p.cancel, [v.state], [v.status])
     e = export_handlers(ctx)
