@@ -128,16 +128,24 @@ def view_handlers(ctx: PortalContext) -> SimpleNamespace:
     """Scrolling (slider, keys), the display window, and a box or points proposed on the shown slice."""
 
     @friendly
-    def show(st, z, window, edited, request: gr.Request):
+    def show(st, z, window, request: gr.Request):
+        """Scrolling does not take the brush editor's value: uploading its layers on every step took seconds
+        in a loaded browser; a stroke reaches the map through ``stroke`` as soon as it is drawn."""
         if not st or "volume_id" not in st or z is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         z = int(min(max(int(z), 0), st["depth"] - 1))
         view = display_window(window)
         if z == st.get("editor_z") and view == st.get("view"):
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()  # what is on screen already
-        st = {**fold_editor(st, edited), "view": view}
-        st, widget, editor = slice_views(ctx, ctx.user(request), st, z)
+        st, widget, editor = slice_views(ctx, ctx.user(request), {**st, "view": view}, z)
         return st, widget, editor, slice_text(st)
+
+    def stroke(st, edited):
+        """A brush or eraser stroke (the editor's ``input``: the user's, never a value we set)."""
+        if not st or "volume_id" not in st:
+            return gr.skip(), gr.skip()
+        folded = fold_editor(st, edited)
+        return (folded, slice_text(folded)) if folded is not st else (gr.skip(), gr.skip())
 
     def step(st, evt: gr.EventData):
         """A key in the viewer: the slice the browser asked for, within the volume."""
@@ -165,7 +173,7 @@ def view_handlers(ctx: PortalContext) -> SimpleNamespace:
         text = f"Proposed on slice {z}: predicted IoU **{iou:.3f}**. " + slice_text(st)
         return st, editor, text
 
-    return SimpleNamespace(show=show, step=step, propose=propose)
+    return SimpleNamespace(show=show, stroke=stroke, step=step, propose=propose)
 
 
 def _save(ctx: PortalContext, user, st, submit: bool, prompt: dict | None = None) -> dict[str, Any]:

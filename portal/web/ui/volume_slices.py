@@ -11,6 +11,7 @@ every slice's cached embedding, the precompute job and propagation were made
 from. A display preset changes what the eye sees, never the masks.
 """
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -73,15 +74,24 @@ def editor_of(st: dict[str, Any], rgb: np.ndarray, mask: np.ndarray) -> tuple[di
     k = max(1, EDITOR_MIN_SIDE // max(mask.shape))
     big = _enlarged(mask, k)
     tile = editor_window(big.shape, focus_of(big))
-    st = {**st, "editor_z": st["z"], "editor_window": list(tile), "editor_scale": k}
-    return st, editor_value(_enlarged(rgb, k), big, tile, st["colour"])
+    value = editor_value(_enlarged(rgb, k), big, tile, st["colour"])
+    shown = _digest(value["background"])
+    st = {**st, "editor_z": st["z"], "editor_window": list(tile), "editor_scale": k, "editor_shows": shown}
+    return st, value
+
+
+def _digest(background) -> str:
+    """Which picture the editor holds: a stroke event may arrive after the viewer moved to another slice."""
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(background)[..., :3]).tobytes()).hexdigest()
 
 
 def fold_editor(st: dict[str, Any], edited) -> dict[str, Any]:
     """The brush editor's layer written into the slice it shows; marks the map unsaved if that changed it."""
     z = st.get("editor_z")
-    if z is None or edited is None or st.get("labels") is None:
+    if z is None or not isinstance(edited, dict) or st.get("labels") is None:
         return st
+    if edited.get("background") is not None and _digest(edited["background"]) != st.get("editor_shows"):
+        return st  # the editor's value is of another slice than the one the state says it shows
     labels, k = st["labels"], int(st.get("editor_scale", 1))
     before = labels[z]
     painted = corrected_mask(edited, _enlarged(before, k), tuple(st["editor_window"])) > 0

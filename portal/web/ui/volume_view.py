@@ -123,7 +123,8 @@ def build_volume_view(ctx: PortalContext, c: SimpleNamespace, q: SimpleNamespace
     views = view_handlers(ctx)
     shown = [v.state, v.boxes, v.editor, v.status]
     for trigger in (v.slice.change, v.window.change):
-        trigger(views.show, [v.state, v.slice, v.window, v.editor], shown, trigger_mode="always_last")
+        trigger(views.show, [v.state, v.slice, v.window], shown, trigger_mode="always_last")
+    v.editor.input(views.stroke, [v.state, v.editor], [v.state, v.status], trigger_mode="always_last")
     v.keys.submit(views.step, [v.state], [v.slice], trigger_mode="multiple", show_progress="hidden")
     v.boxes.submit(views.propose, [v.state], [v.state, v.editor, v.status], trigger_mode="multiple")
 
