@@ -79,7 +79,8 @@ def read_labels(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         else:
             with Image.open(path) as im:
                 _check_mask_size(path, im.size, max_pixels)
-                arr = np.asarray(im.convert("L") if im.mode in ("RGB", "RGBA", "P", "LA") else im)
+                # A palette PNG's values are its indices (label numbers), whatever colours they show in.
+                arr = np.asarray(im.convert("L") if im.mode in ("RGB", "RGBA", "LA", "PA") else im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InvalidImageError(
             f"{path}: the mask declares far more pixels than the limit of {max_pixels:,} "

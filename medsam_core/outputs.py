@@ -43,22 +43,29 @@ def label_map(masks: np.ndarray) -> np.ndarray:
     return out
 
 
-def colour(label: int) -> tuple[int, int, int]:
+def colour(label: int, palette: list[tuple[int, int, int]] | None = None) -> tuple[int, int, int]:
+    """Label ``label`` (1..K): ``palette[label - 1]`` when given and long enough, else the default."""
+    if palette and 0 < label <= len(palette):
+        return tuple(palette[label - 1])  # type: ignore[return-value]
     return PALETTE[(label - 1) % len(PALETTE)]
 
 
-def mask_png(labels: np.ndarray, n_labels: int) -> Image.Image:
-    if n_labels <= 1:
+def mask_png(labels: np.ndarray, n_labels: int, palette: list[tuple[int, int, int]] | None = None) -> Image.Image:
+    """0/255 for a single unnamed mask; with ``palette`` (the callers' label colours) or several
+    labels, a palette PNG whose pixel values stay the label numbers and show in their colours."""
+    if n_labels <= 1 and not palette:
         return Image.fromarray((labels > 0).astype(np.uint8) * 255, mode="L")
     image = Image.fromarray(labels, mode="P")
     flat = [0, 0, 0]
     for label in range(1, 256):
-        flat.extend(colour(label))
+        flat.extend(colour(label, palette))
     image.putpalette(flat)
     return image
 
 
-def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+def overlay(
+    rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.45, palette: list[tuple[int, int, int]] | None = None
+) -> np.ndarray:
     """Tinted masks with a solid outline, so thin structures stay visible."""
     from scipy import ndimage
 
@@ -67,7 +74,7 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndar
         if label == 0:
             continue
         region = labels == label
-        tint = np.asarray(colour(int(label)), np.float32)
+        tint = np.asarray(colour(int(label), palette), np.float32)
         out[region] = (1 - alpha) * out[region] + alpha * tint
         edge = region & ~ndimage.binary_erosion(region, border_value=0)
         out[edge] = tint

@@ -4,8 +4,9 @@ Export a project's annotations as a zip, and import a zip of images/ + masks/.
 
 Export formats (each zip has a ``manifest.json``):
 * ``npy`` / ``png``: ``images/`` (the uploaded files, 2-D images only) and
-  ``masks/<label>/<name>.npy|png`` (uint8 0/1, or PNG 0/255) for every annotation at its
-  latest revision. This layout imports back as it is.
+  ``masks/<label>/<name>.npy|png`` (uint8 0/1; the PNG is a palette PNG of values 0/1 drawn
+  in the label's colour, ``label_colour``) for every annotation at its latest revision.
+  This layout imports back as it is.
 * ``seed``: MedSAM's training layout ``imgs/`` + ``gts/`` written by the same
   ``medsam_core.prepare`` recipe as ``medsam prepare``; gts values are the project's label
   classes in order (1..L).
@@ -32,6 +33,7 @@ from medsam_core.errors import MedsamError
 from medsam_core.evaluation import read_labels
 from medsam_core.imageio import read_image
 from portal.store.errors import ConflictError, StoreError
+from portal.store.label_colours import label_colour, rgb_of
 from portal.store.models import AnnotationStatus, User
 from portal.store.services import annotations, images
 from portal.store.services.masks import load_mask
@@ -75,7 +77,7 @@ def build_export(store, user: User, pid: int, fmt: str, approved_only: bool, siz
     """Rows are read in one short transaction; the zip is written after it, so no lock is held meanwhile."""
     with store.transaction() as session:
         project = get_project(session, user, pid)
-        labels, project_name = label_names(project), project.name
+        labels, project_name, classes = label_names(project), project.name, list(project.label_classes)
         rows = annotations.current_annotations(
             session, user, pid, {AnnotationStatus.approved} if approved_only else None
         )
@@ -89,7 +91,8 @@ def build_export(store, user: User, pid: int, fmt: str, approved_only: bool, siz
                 ann, rev, image = row["annotation"], row["revision"], by_id[row["annotation"].image_id]
                 mask = load_mask(store.blobs, rev.blob_sha)
                 path = f"masks/{_safe(ann.label)}/{_name(image)}.{fmt}"
-                zf.writestr(path, mask_npy_bytes(mask) if fmt == "npy" else png_bytes(mask))
+                palette = [rgb_of(label_colour(classes, ann.label))]
+                zf.writestr(path, mask_npy_bytes(mask) if fmt == "npy" else png_bytes(mask > 0, palette))
                 image_path = None
                 if image.num_slices == 1:
                     if image.id not in written:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal.store.errors import DuplicateError, NotFoundError, StoreError
+from portal.store.label_colours import HEX as COLOUR
+from portal.store.label_colours import default_colour, label_colour
 from portal.store.models import Project, ProjectMember, Role, User
 from portal.store.services.audit import record
 from portal.store.services.users import require_role
-
-COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")
-DEFAULT_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#0082c8", "#f58231", "#911eb4", "#46f0f0", "#f032e6"]
 
 
 def _label_classes(classes: list[Any]) -> list[dict[str, Any]]:
@@ -22,7 +20,7 @@ def _label_classes(classes: list[Any]) -> list[dict[str, Any]]:
     for i, item in enumerate(classes or [{"name": "lesion"}]):
         entry = {"name": item} if isinstance(item, str) else dict(item)
         name = str(entry.get("name", "")).strip()
-        colour = entry.get("color") or DEFAULT_COLOURS[i % len(DEFAULT_COLOURS)]
+        colour = entry.get("color") or default_colour(i)
         if not name or len(name) > 64:
             raise StoreError("each label class needs a name of 1-64 characters")
         if name in seen:
@@ -189,6 +187,12 @@ def list_projects(session: Session, user: User) -> list[Project]:
 
 def label_names(project: Project) -> list[str]:
     return [c["name"] for c in project.label_classes]
+
+
+def label_colours(session: Session, user: User, project_id: int) -> dict[str, str]:
+    """``{label: "#rrggbb"}`` of a project the user may see (``label_colour`` decides each)."""
+    project = get_project(session, user, project_id)
+    return {name: label_colour(project.label_classes, name) for name in label_names(project)}
 
 
 def delete_project(session: Session, actor: User, project_id: int) -> None:

@@ -22,9 +22,10 @@ def mask_npy_bytes(labels: np.ndarray) -> bytes:
     return npy_bytes(np.asarray(labels, dtype=np.uint8))
 
 
-def png_bytes(labels: np.ndarray) -> bytes:
+def png_bytes(labels: np.ndarray, palette: list[tuple[int, int, int]] | None = None) -> bytes:
+    """``palette``: the label colours (``portal.store.label_colours``) a palette PNG shows its values in."""
     buf = io.BytesIO()
-    mask_png(np.asarray(labels, dtype=np.uint8), int(np.max(labels, initial=0))).save(buf, format="PNG")
+    mask_png(np.asarray(labels, dtype=np.uint8), int(np.max(labels, initial=0)), palette).save(buf, format="PNG")
     return buf.getvalue()
 
 

@@ -21,13 +21,17 @@ import gradio as gr
 import numpy as np
 
 from portal.store.errors import ConflictError
-from portal.store.services import annotations, images, worklists
+from portal.store.label_colours import label_colour
+from portal.store.services import annotations, images, projects, worklists
 from portal.store.services.images import display_pixels
 from portal.store.services.masks import get_mask, load_mask
 from portal.web.ui.annotate_queue import HISTORY_HEADERS, history, queue_handlers, rejection_note
-from portal.web.ui.common import EDITOR_MAX_SIDE, corrected_mask, editor_value, friendly, overlay_value
+from portal.web.ui.common import friendly, overlay_colours, overlay_value
 from portal.web.ui.context import PortalContext
+from portal.web.ui.editor import brush, corrected_mask, editor_value, editor_window, focus_of
 from portal.web.ui.live_mask import PARITY_DICE, client_dice, live_widget, prompt_of, widget_value
+from portal.web.ui.volume_queue import volume_item
+from portal.web.ui.volume_view import build_volume_view
 
 AUTOSAVE_S = 5.0
 SAVE_GROUP = "annotate-save"
@@ -40,19 +44,19 @@ def _editors(c: SimpleNamespace, ctx: PortalContext) -> None:
             c.boxes = live_widget(ctx, "ann-annotator")  # decodes as the mouse moves; mouse-up proposes
         with gr.Column():
             c.editor = gr.ImageEditor(
-                label="2. Correct with the brush / eraser (undo in the toolbar)",
+                label="2. Correct with the brush / eraser, at full resolution (Alt+wheel zooms; Ctrl+Z undoes)",
                 type="numpy",
                 image_mode="RGBA",
                 format="png",
                 layers=False,
                 transforms=(),
                 sources=(),
-                brush=gr.Brush(colors=["#ff2828"], default_color="#ff2828", color_mode="fixed", default_size=12),
+                brush=brush(label_colour(None, "")),
                 eraser=gr.Eraser(default_size=12),
                 elem_id="ann-editor",
                 height=560,
-                canvas_size=(EDITOR_MAX_SIDE, EDITOR_MAX_SIDE),
-                fixed_canvas=True,
+                canvas_size=(512, 512),
+                fixed_canvas=False,  # the canvas takes the picture's size: one image pixel per canvas pixel
             )
 
 
@@ -94,6 +98,7 @@ def _loaded(ctx: PortalContext, user, lbl: str, image_id: int) -> tuple:
     image = ctx.run(images.get_image, user, int(image_id))
     rgb = display_pixels(store.blobs, image, store.settings)
     found, latest = ctx.read(worklists.current_annotation, user, image.id, lbl)
+    colour = ctx.read(projects.label_colours, user, image.project_id).get(lbl) or label_colour(None, lbl)
     st: dict[str, Any] = {
         "image_id": image.id,
         "label": lbl,
@@ -107,6 +112,7 @@ def _loaded(ctx: PortalContext, user, lbl: str, image_id: int) -> tuple:
         "mask_id": None,
         "model_version_id": None,
         "prompt": None,
+        "colour": colour,
     }
     status, note = "unlabelled", ""
     if found is not None and latest is not None and found.current_revision > 0:
@@ -127,7 +133,9 @@ def _loaded(ctx: PortalContext, user, lbl: str, image_id: int) -> tuple:
         f"Image #{image.id} **{image.filename}** ({image.width}x{image.height}) · label **{lbl}** · "
         f"{status}" + (f", revision {base}" if base else "") + note
     )
-    return st, widget_value(image.id, rgb), editor_value(rgb, st["mask"]), text, rows
+    st["window"] = editor_window(rgb.shape, focus_of(st["mask"]))
+    editor = gr.update(value=editor_value(rgb, st["mask"], st["window"], colour), brush=brush(colour))
+    return st, widget_value(image.id, rgb, colour), editor, text, rows
 
 
 def _load_handler(ctx: PortalContext):
@@ -136,6 +144,8 @@ def _load_handler(ctx: PortalContext):
         user = ctx.user(request)
         if not image_id or not lbl:
             return {}, None, None, "Choose an image.", [], gr.update(visible=False)
+        if volume_item(image_id) is not None:  # the volume viewer (volume_view.py) shows it
+            return {}, None, gr.skip(), "", [], gr.update(visible=False)
         return (*_loaded(ctx, user, lbl, image_id), gr.update(visible=False))
 
     return load
@@ -161,6 +171,7 @@ def _proposed(ctx: PortalContext, user, st, payload) -> tuple:
         "model_version_id": out.model_version_id,
         "prompt": {"boxes": boxes, "points": points},
         "live_seq": seq,
+        "window": editor_window(mask.shape, focus_of(mask, boxes)),
     }
     agreement = client_dice(payload, mask)
     check = "" if agreement is None else f" Browser mask vs server: Dice {agreement:.3f}."
@@ -174,7 +185,7 @@ def _proposed(ctx: PortalContext, user, st, payload) -> tuple:
         f"version {out.model_version_id}, {out.timing_ms.total:.0f} ms.{check} Correct it, "
         f"then save or submit (base revision {st['base_revision']})."
     )
-    return st, editor_value(st["rgb"], mask), text
+    return st, editor_value(st["rgb"], mask, st["window"], st["colour"]), text
 
 
 def _propose_handlers(ctx: PortalContext) -> SimpleNamespace:
@@ -196,15 +207,19 @@ def _conflict_outputs(ctx: PortalContext, user, st, mask, exc: ConflictError, au
         + str(exc)
         + (f" (revision {exc.current_revision} by {exc.author})" if exc.current_revision else "")
     )
+    newer = f"revision {exc.current_revision}"
     return (
         {**st, "pending": None, "saved_as": None},
         f"⚠ {message}",
         gr.update(),
         gr.update(visible=True),
         message,
-        overlay_value(st["rgb"], [(mask, "yours")]),
-        overlay_value(
-            st["rgb"], [(theirs if theirs is not None else np.zeros_like(mask), f"revision {exc.current_revision}")]
+        gr.update(
+            value=overlay_value(st["rgb"], [(mask, "yours")]), color_map=overlay_colours(st["colour"], ["yours"])
+        ),
+        gr.update(
+            value=overlay_value(st["rgb"], [(theirs if theirs is not None else np.zeros_like(mask), newer)]),
+            color_map=overlay_colours(st["colour"], [newer]),
         ),
     )
 
@@ -254,7 +269,7 @@ def _saved(ctx: PortalContext, user, st, mask, submit: bool, auto: bool) -> tupl
 def _edited_mask(st, edited) -> np.ndarray:
     h, w = st["rgb"].shape[:2]
     base = st["mask"] if st.get("mask") is not None else np.zeros((h, w), np.uint8)
-    return corrected_mask(edited, base).astype(np.uint8)
+    return corrected_mask(edited, base, st["window"]).astype(np.uint8)
 
 
 def _save_handlers(ctx: PortalContext, n_outs: int) -> SimpleNamespace:
@@ -328,3 +343,4 @@ def build_annotate_tab(ctx: PortalContext) -> None:
         s.remember_edit, [c.state, c.editor], [c.state], trigger_mode="always_last", show_progress="hidden", **group
     )
     c.timer.tick(s.autosave, [c.state], save_outs, show_progress="hidden", **group)
+    build_volume_view(ctx, c, q)  # a volume item of the list opens in the volume viewer instead

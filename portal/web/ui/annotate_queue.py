@@ -17,6 +17,7 @@ from portal.store.services import worklists
 from portal.store.services.worklists import ReviewRow, RevisionRow
 from portal.web.ui.common import friendly
 from portal.web.ui.context import PortalContext
+from portal.web.ui.volume_queue import work_list
 
 HISTORY_HEADERS = ["revision", "event", "by", "time (UTC)", "model version", "prompt", "comment"]
 COMMENT_IN_LIST = 60  # characters of a rejection comment shown in the image list
@@ -95,7 +96,7 @@ def _choice(row: dict[str, Any]) -> tuple[str, int]:
 
 def _listing(ctx: PortalContext, user, pid, lbl, qmode, order: list[int] | None) -> tuple[list, list[int], dict]:
     """Choices, their order and each image's status; ``order`` keeps the listed order (new images go last)."""
-    rows = ctx.read(worklists.image_queue, user, int(pid), lbl, qmode) if pid and lbl else []
+    rows = ctx.read(work_list, user, int(pid), lbl, qmode) if pid and lbl else []  # a volume is one row
     if order:
         place = {image_id: n for n, image_id in enumerate(order)}
         rows.sort(key=lambda r: (place.get(r["image_id"], len(place)), r["image_id"]))

@@ -12,7 +12,6 @@ from typing import ParamSpec, TypeVar, cast
 
 import gradio as gr
 import numpy as np
-from PIL import Image as PILImage
 
 from medsam_core.errors import MedsamError
 from portal.store.models import User
@@ -25,7 +24,6 @@ R = TypeVar("R")
 UI_TMP = Path(os.environ.get("MEDSAM_UI_TMP", Path(tempfile.gettempdir()) / "medsam-ui"))
 # Gradio's upload cache (where a file lands before a handler sees it), as gradio.utils finds it.
 GRADIO_TMP = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")
-EDITOR_MAX_SIDE = 512
 WINDOW_CHOICES = ["auto (percentile)", "abdomen", "lung", "brain", "bone"]
 
 
@@ -148,75 +146,13 @@ def window_value(choice: str | None) -> str | None:
     return None if not choice or choice.startswith("auto") else choice
 
 
-def editor_scale(height: int, width: int) -> float:
-    return min(1.0, EDITOR_MAX_SIDE / max(height, width))
-
-
-def resize(arr: np.ndarray, size_hw: tuple[int, int], nearest: bool) -> np.ndarray:
-    if arr.shape[:2] == tuple(size_hw):
-        return arr
-    image = PILImage.fromarray(arr)
-    return np.asarray(
-        image.resize((size_hw[1], size_hw[0]), PILImage.Resampling.NEAREST if nearest else PILImage.Resampling.BILINEAR)
-    )
-
-
-def mask_layer(mask: np.ndarray, colour=(255, 40, 40), alpha: int = 140) -> np.ndarray:
-    layer = np.zeros((*mask.shape, 4), dtype=np.uint8)
-    layer[mask > 0] = (*colour, alpha)
-    return layer
-
-
-def editor_size(height: int, width: int) -> tuple[int, int]:
-    s = editor_scale(height, width)
-    return max(1, round(height * s)), max(1, round(width * s))
-
-
-def _pad(arr: np.ndarray) -> np.ndarray:
-    """Pad bottom/right to the editor's fixed square canvas, so the layer and the image never drift apart."""
-    out = np.zeros((EDITOR_MAX_SIDE, EDITOR_MAX_SIDE, *arr.shape[2:]), dtype=arr.dtype)
-    out[: arr.shape[0], : arr.shape[1]] = arr
-    return out
-
-
-def editor_value(rgb: np.ndarray, mask: np.ndarray | None) -> dict:
-    size = editor_size(*rgb.shape[:2])
-    background = resize(rgb, size, nearest=False)
-    small = np.zeros(size, np.uint8) if mask is None else resize((mask > 0).astype(np.uint8), size, nearest=True)
-    return {
-        "background": _pad(np.dstack([background, np.full(size, 255, np.uint8)])),
-        "layers": [_pad(mask_layer(small))],
-        "composite": None,
-    }
-
-
-def corrected_mask(editor: dict | None, original: np.ndarray) -> np.ndarray:
-    """The original-resolution mask with the editor's brush and eraser changes applied.
-
-    The editor shows a copy scaled to at most EDITOR_MAX_SIDE; only the pixels
-    the user changed there are carried back (upsampled), so an untouched mask
-    keeps its full-resolution edge.
-    """
-    original = (np.asarray(original) > 0).astype(np.uint8)
-    if not editor or not editor.get("layers"):
-        return original
-    layer = editor["layers"][0]
-    if layer is None:
-        return original
-    layer = np.asarray(layer)
-    h, w = editor_size(*original.shape)
-    new_small = (layer[..., 3] > 0) if layer.ndim == 3 and layer.shape[2] == 4 else (layer > 0)
-    new_small = new_small[:h, :w]
-    if new_small.shape != (h, w):
-        raise gr.Error(f"the editor returned a {new_small.shape} layer for a {h}x{w} image; reload the image")
-    old_small = resize(original, new_small.shape, nearest=True) > 0
-    add = resize((new_small & ~old_small).astype(np.uint8), original.shape, nearest=True) > 0
-    remove = resize((~new_small & old_small).astype(np.uint8), original.shape, nearest=True) > 0
-    return ((original > 0) | add) & ~remove
-
-
 def overlay_value(rgb: np.ndarray, masks: list[tuple[np.ndarray, str]]) -> tuple:
     return (rgb, [((m > 0).astype(np.float32), label) for m, label in masks])
+
+
+def overlay_colours(colour: str, names: list[str]) -> dict[str, str]:
+    """``gr.AnnotatedImage(color_map=...)`` drawing every named layer in one label's colour."""
+    return dict.fromkeys(names, colour)
 
 
 def draw_points(rgb: np.ndarray, points: list) -> np.ndarray:

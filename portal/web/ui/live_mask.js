@@ -3,18 +3,50 @@
 // Drag: a box, decoded while the mouse moves. Click: an include point; shift-click (or the
 // "exclude" toggle): an exclude point. Mouse-up sends the final prompt to the Annotate tab
 // (trigger('submit')), which records the proposal server-side.
+// View: the wheel zooms around the cursor, a middle-button drag (or space + drag) pans, Fit resets;
+// prompts stay in original image pixels whatever the view. Ctrl+Z undoes the last prompt change,
+// or the editor's last stroke when that came later (the editor keeps its own history).
 const S = {cfg: null, img: null, mask: null, box: null, points: [], drag: null,
            moving: null, pending: null, finalKey: null, drawnKey: null, upAt: 0, last: null, log: [],
-           seq: 0, drawnSeq: 0, finals: 0};
+           seq: 0, drawnSeq: 0, finals: 0, view: {z: 1, dx: 0, dy: 0}, pan: null, space: false,
+           undo: [], promptAt: 0};
 window.__medsamLive = S;  // read by the benchmark and the browser test
 const q = (sel) => element.querySelector(sel);
 const keyOf = (p) => JSON.stringify(p);
 const prompt = () => ({boxes: S.box ? [S.box] : [], points: S.points.slice()});
 
 function frame() {
-  const r = q('canvas').getBoundingClientRect();
-  const s = Math.min(r.width / S.cfg.width, r.height / S.cfg.height);
-  return {r, s, ox: (r.width - S.cfg.width * s) / 2, oy: (r.height - S.cfg.height * s) / 2};
+  // Fitted to the panel (small images scaled up, large ones down), then the user's zoom and pan.
+  const r = q('canvas').getBoundingClientRect(), v = S.view;
+  const fit = Math.min(r.width / S.cfg.width, r.height / S.cfg.height), s = fit * v.z;
+  return {r, s, fit, ox: (r.width - S.cfg.width * fit) / 2 + v.dx, oy: (r.height - S.cfg.height * fit) / 2 + v.dy};
+}
+
+function zoomAt(ev, factor) {
+  // The image point under the cursor stays under it.
+  const f = frame(), mx = ev.clientX - f.r.left, my = ev.clientY - f.r.top;
+  const ix = (mx - f.ox) / f.s, iy = (my - f.oy) / f.s, z = Math.max(1, Math.min(64, S.view.z * factor));
+  if (z === 1) { S.view = {z: 1, dx: 0, dy: 0}; draw(); return; }
+  const s = f.fit * z, baseX = (f.r.width - S.cfg.width * f.fit) / 2, baseY = (f.r.height - S.cfg.height * f.fit) / 2;
+  S.view = {z, dx: mx - ix * s - baseX, dy: my - iy * s - baseY};
+  draw();
+}
+
+function remember() {
+  // The prompt before a change, for Ctrl+Z.
+  S.undo.push({box: S.box, points: S.points.slice()});
+  if (S.undo.length > 50) S.undo.shift();
+  S.promptAt = performance.now();
+}
+
+function undoPrompt() {
+  const before = S.undo.pop();
+  if (!before) return false;
+  S.box = before.box; S.points = before.points; S.pending = null;
+  if (!S.box && !S.points.length) { S.mask = null; S.drawnKey = null; }
+  draw();
+  request(prompt(), true);
+  return true;
 }
 
 function draw() {
@@ -26,12 +58,15 @@ function draw() {
   g.clearRect(0, 0, r.width, r.height);
   if (!S.cfg || !S.img) return;
   const f = frame(), w = S.cfg.width * f.s, h = S.cfg.height * f.s;
+  g.imageSmoothingEnabled = f.s < 2;  // zoomed in: whole pixels, not a blur
   g.drawImage(S.img, f.ox, f.oy, w, h);
   if (S.mask) { g.imageSmoothingEnabled = false; g.drawImage(S.mask, f.ox, f.oy, w, h); }
   if (S.box) {
     const [x0, y0, x1, y1] = S.box;
-    g.strokeStyle = '#ffc800'; g.lineWidth = 2;
-    g.strokeRect(f.ox + x0 * f.s, f.oy + y0 * f.s, (x1 - x0) * f.s, (y1 - y0) * f.s);
+    // Outlined only (a dark line under a bright one), so the object inside stays visible.
+    const rect = [f.ox + x0 * f.s, f.oy + y0 * f.s, (x1 - x0) * f.s, (y1 - y0) * f.s];
+    g.strokeStyle = 'rgba(0,0,0,0.7)'; g.lineWidth = 4; g.strokeRect(...rect);
+    g.strokeStyle = '#ffc800'; g.lineWidth = 2; g.strokeRect(...rect);
   }
   for (const [x, y, label] of S.points) {
     g.beginPath(); g.arc(f.ox + x * f.s, f.oy + y * f.s, 5, 0, 2 * Math.PI);
@@ -44,8 +79,9 @@ function paintMask(out) {
   const bytes = Uint8Array.from(atob(out.bits), (c) => c.charCodeAt(0));
   const c = document.createElement('canvas'); c.width = out.width; c.height = out.height;
   const g = c.getContext('2d'), img = g.createImageData(out.width, out.height), px = img.data;
+  const hex = (S.cfg && S.cfg.colour) || '#ff2828', rgb = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16));
   for (let i = 0, n = out.width * out.height; i < n; i++) {
-    if ((bytes[i >> 3] >> (7 - (i & 7))) & 1) { const o = 4 * i; px[o] = 255; px[o + 1] = 40; px[o + 2] = 40; px[o + 3] = 120; }
+    if ((bytes[i >> 3] >> (7 - (i & 7))) & 1) { const o = 4 * i; px[o] = rgb[0]; px[o + 1] = rgb[1]; px[o + 2] = rgb[2]; px[o + 3] = 120; }
   }
   g.putImageData(img, 0, 0);
   S.mask = c;
@@ -106,31 +142,80 @@ function bind() {
   if (canvas.__live) return;
   canvas.__live = true;
   canvas.addEventListener('pointerdown', (ev) => {
-    if (!S.cfg || !S.img || ev.button !== 0) return;
+    if (!S.cfg || !S.img) return;
+    if (ev.button === 1 || (ev.button === 0 && S.space)) {
+      ev.preventDefault(); canvas.setPointerCapture(ev.pointerId); canvas.classList.add('panning');
+      S.pan = {x: ev.clientX, y: ev.clientY, dx: S.view.dx, dy: S.view.dy};
+      return;
+    }
+    if (ev.button !== 0) return;
     canvas.setPointerCapture(ev.pointerId);
     S.drag = {start: toImage(ev), x: ev.clientX, y: ev.clientY, moved: false};
   });
   canvas.addEventListener('pointermove', (ev) => {
+    if (S.pan) {
+      S.view = {...S.view, dx: S.pan.dx + ev.clientX - S.pan.x, dy: S.pan.dy + ev.clientY - S.pan.y};
+      draw(); return;
+    }
     if (!S.drag) return;
     if (!S.drag.moved && Math.hypot(ev.clientX - S.drag.x, ev.clientY - S.drag.y) < 4) return;
-    if (!S.drag.moved) { S.drag.moved = true; S.points = []; }
+    if (!S.drag.moved) { S.drag.moved = true; remember(); S.points = []; }
     S.box = boxFrom(S.drag.start, toImage(ev));
     draw();
     request(prompt(), false);
   });
   canvas.addEventListener('pointerup', (ev) => {
+    if (S.pan) { S.pan = null; canvas.classList.remove('panning'); return; }
     if (!S.drag) return;
     const d = S.drag; S.drag = null;
     if (d.moved) S.box = boxFrom(d.start, toImage(ev));
     else {
+      remember();
       const [x, y] = d.start, exclude = ev.shiftKey || q('.live-exclude').checked;
       S.points.push([Math.round(x * 10) / 10, Math.round(y * 10) / 10, exclude ? 0 : 1]);
     }
     draw();
     request(prompt(), true);
   });
-  q('.live-clear').addEventListener('click', () => { S.box = null; S.points = []; S.mask = null; S.pending = null; draw(); });
+  canvas.addEventListener('auxclick', (ev) => ev.preventDefault());
+  canvas.addEventListener('wheel', (ev) => {
+    if (!S.cfg || !S.img) return;
+    ev.preventDefault();
+    zoomAt(ev, Math.exp(-ev.deltaY * (ev.deltaMode === 1 ? 0.05 : 0.0015)));
+  }, {passive: false});
+  canvas.addEventListener('pointerenter', () => { S.hover = true; });
+  canvas.addEventListener('pointerleave', () => { S.hover = false; });
+  q('.live-fit').addEventListener('click', () => { S.view = {z: 1, dx: 0, dy: 0}; draw(); });
+  q('.live-clear').addEventListener('click', () => {
+    if (S.box || S.points.length) remember();
+    S.box = null; S.points = []; S.mask = null; S.pending = null; S.drawnKey = null; draw();
+  });
   new ResizeObserver(draw).observe(canvas);
+  bindKeys();
+}
+
+function typing(el) {
+  return el && (el.tagName === 'INPUT' || el.tagName === 'TEXTAREA' || el.isContentEditable);
+}
+
+function bindKeys() {
+  if (window.__medsamLiveKeys) return;
+  window.__medsamLiveKeys = true;
+  // The editor's strokes: their time decides whether Ctrl+Z means the last stroke or the last prompt.
+  document.addEventListener('pointerup', (ev) => {
+    if (ev.target && ev.target.closest && ev.target.closest('#ann-editor canvas')) S.strokeAt = performance.now();
+  }, true);
+  document.addEventListener('keydown', (ev) => {
+    if (ev.key === ' ' && S.hover && !typing(ev.target)) { S.space = true; ev.preventDefault(); return; }
+    if (!(ev.ctrlKey || ev.metaKey) || ev.shiftKey || ev.altKey || (ev.key !== 'z' && ev.key !== 'Z')) return;
+    if (typing(ev.target) || element.offsetParent === null) return;  // a text box's own undo; another tab
+    const undo = document.querySelector('#ann-editor button[aria-label="Undo"]');
+    const canStroke = undo && !undo.disabled && undo.offsetParent !== null;
+    if (canStroke && (S.strokeAt || 0) > S.promptAt) { ev.preventDefault(); undo.click(); return; }
+    if (undoPrompt()) { ev.preventDefault(); return; }
+    if (canStroke) { ev.preventDefault(); undo.click(); }
+  });
+  document.addEventListener('keyup', (ev) => { if (ev.key === ' ') S.space = false; });
 }
 
 function load() {
@@ -138,7 +223,7 @@ function load() {
   const cfg = props.value && typeof props.value === 'object' && props.value.image_id ? props.value : null;
   if (S.cfg && cfg && S.cfg.image_id === cfg.image_id && S.cfg.src === cfg.src) return;
   Object.assign(S, {cfg, img: null, mask: null, box: null, points: [], pending: null, finalKey: null,
-                   drawnKey: null, drawnSeq: S.seq});
+                   drawnKey: null, drawnSeq: S.seq, view: {z: 1, dx: 0, dy: 0}, undo: [], promptAt: 0, strokeAt: 0});
   q('.live-note').textContent = cfg ? 'Preparing the image…' : 'Choose an image.';
   draw();
   if (!cfg) return;

@@ -42,6 +42,7 @@ HTML = """<div class="live-wrap">
 <canvas class="live-canvas"></canvas>
 <div class="live-bar"><span class="live-note">Choose an image.</span>
 <label><input type="checkbox" class="live-exclude"> clicks exclude</label>
+<button type="button" class="live-fit" title="Zoom to fit (wheel zooms, middle-drag or space+drag pans)">Fit</button>
 <button type="button" class="live-clear">Clear</button></div></div>"""
 CSS = """
 .live-wrap { display: flex; flex-direction: column; gap: 6px; }
@@ -49,12 +50,14 @@ CSS = """
                border-radius: 6px; }
 .live-bar { display: flex; gap: 12px; align-items: center; font-size: 0.9em; }
 .live-note { flex: 1; }
-.live-clear { padding: 2px 10px; border: 1px solid #888; border-radius: 4px; }
+.live-clear, .live-fit { padding: 2px 10px; border: 1px solid #888; border-radius: 4px; }
+.live-canvas.panning { cursor: grabbing; }
 """
 
 
-def widget_value(image_id: int, rgb: np.ndarray) -> dict[str, Any]:
-    """What the widget shows: the display pixels (at most MAX_SRC_SIDE) and the original size prompts use."""
+def widget_value(image_id: int, rgb: np.ndarray, colour: str = "#ff2828") -> dict[str, Any]:
+    """What the widget shows: the display pixels (at most MAX_SRC_SIDE), the original size prompts use,
+    and the label's colour (``label_colour``) the mask is drawn in."""
     height, width = rgb.shape[:2]
     picture = PILImage.fromarray(rgb)
     if max(height, width) > MAX_SRC_SIDE:
@@ -65,6 +68,7 @@ def widget_value(image_id: int, rgb: np.ndarray) -> dict[str, Any]:
         "image_id": int(image_id),
         "width": int(width),
         "height": int(height),
+        "colour": colour,
         "src": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(),
     }
 
