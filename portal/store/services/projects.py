@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from portal.store.errors import DuplicateError, NotFoundError, StoreError
 from portal.store.label_colours import HEX as COLOUR
 from portal.store.label_colours import default_colour, label_colour
-from portal.store.models import Project, ProjectMember, Role, User
+from portal.store.models import Annotation, Image, Project, ProjectMember, Role, User
 from portal.store.services.audit import record
 from portal.store.services.users import require_role
 
@@ -193,6 +193,16 @@ def label_colours(session: Session, user: User, project_id: int) -> dict[str, st
     """``{label: "#rrggbb"}`` of a project the user may see (``label_colour`` decides each)."""
     project = get_project(session, user, project_id)
     return {name: label_colour(project.label_classes, name) for name in label_names(project)}
+
+
+def annotation_colour(session: Session, user: User, annotation_id: int) -> tuple[str, str]:
+    """(label, ``#rrggbb``) of an annotation the user may see, for drawing it in its label's colour."""
+    what = f"annotation {annotation_id}"
+    ann = session.get(Annotation, annotation_id)
+    image = session.get(Image, ann.image_id) if ann is not None else None
+    if ann is None or image is None:
+        raise not_found(what)
+    return ann.label, label_colour(get_project(session, user, image.project_id, what=what).label_classes, ann.label)
 
 
 def delete_project(session: Session, actor: User, project_id: int) -> None:

@@ -50,7 +50,7 @@ CSS = """
                border-radius: 6px; }
 .live-bar { display: flex; gap: 12px; align-items: center; font-size: 0.9em; }
 .live-note { flex: 1; }
-.live-clear, .live-fit { padding: 2px 10px; border: 1px solid #888; border-radius: 4px; }
+.live-clear, .live-fit { padding: 2px 10px; border: 1px solid #888; border-radius: 4px; font-size: 0.9em; }
 .live-canvas.panning { cursor: grabbing; }
 """
 

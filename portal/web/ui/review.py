@@ -8,10 +8,10 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from portal.store.services import annotations, worklists
+from portal.store.services import annotations, projects, worklists
 from portal.store.services.images import display_pixels
 from portal.store.services.masks import load_mask
-from portal.web.ui.common import friendly, overlay_value
+from portal.web.ui.common import friendly, overlay_colours, overlay_value
 from portal.web.ui.context import PortalContext
 
 COUNT_HEADERS = ["project", "images", "unlabelled", "draft", "submitted", "approved", "rejected"]
@@ -66,9 +66,13 @@ def build_review_tab(ctx: PortalContext) -> None:
         if not aid:
             return None
         image, latest = ctx.read(worklists.review_item, user, int(aid))
-        return overlay_value(
-            display_pixels(store.blobs, image, store.settings),
-            [(load_mask(store.blobs, latest.blob_sha), f"revision {latest.number}")],
+        label, colour = ctx.read(projects.annotation_colour, user, int(aid))
+        name = f"{label}, revision {latest.number}"
+        return gr.update(
+            value=overlay_value(
+                display_pixels(store.blobs, image, store.settings), [(load_mask(store.blobs, latest.blob_sha), name)]
+            ),
+            color_map=overlay_colours(colour, [name]),
         )
 
     def decide(pid, aid, comment, approve: bool, request: gr.Request):

@@ -80,6 +80,7 @@ def _layout(prefix: str) -> SimpleNamespace:
                 elem_id=f"{prefix}-annotator",
                 label_list=["object"],
                 label_colors=[(255, 200, 0)],
+                boxes_alpha=0.0,  # outlined: a filled box hides the object it is drawn around
             )
             with gr.Row():
                 c.point_kind = gr.Radio(
