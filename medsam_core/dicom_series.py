@@ -114,7 +114,41 @@ def deidentified_copies(
         except InvalidImageError as exc:
             raise InvalidImageError(f"{name}: {exc}") from None
         out.append((target, name))
+    _repair_uids([p for p, _ in out], uid_salt)
     return out
+
+
+def instance_uid(ds: Dataset, keyword: str = "SOPInstanceUID") -> str:
+    """SOP Instance/Class UID, from the file meta when the dataset's own copy is empty (seen in real exports)."""
+    value = str(ds.get(keyword) or "")
+    meta = getattr(ds, "file_meta", None)
+    if not value and meta is not None:
+        value = str(meta.get("MediaStorage" + keyword) or "")
+    return value
+
+
+def _repair_uids(paths: list[Path], salt: str) -> None:
+    """Stored copies get the UIDs that a DICOM-SEG must reference and that some exports leave empty:
+    instance and class UIDs from the file meta, and one series and study UID per upload, derived from
+    its instances so the same upload always gets the same ones."""
+    import pydicom
+
+    from medsam_core.deidentify import _new_uid
+
+    heads = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    seed = "|".join(sorted(instance_uid(ds) for ds in heads))
+    made = {kw: _new_uid(f"{kw}|{seed}", salt) for kw in ("SeriesInstanceUID", "StudyInstanceUID")}
+    for path, head in zip(paths, heads, strict=True):
+        keywords = ("SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID")
+        if all(head.get(kw) for kw in keywords):
+            continue
+        ds = pydicom.dcmread(path)
+        for kw in ("SOPInstanceUID", "SOPClassUID"):
+            setattr(ds, kw, instance_uid(ds, kw))
+        for kw, uid in made.items():
+            if not ds.get(kw):
+                setattr(ds, kw, uid)
+        ds.save_as(path, enforce_file_format=True)
 
 
 def _floats(ds: Dataset, tag: str, n: int, name: str, shown: str) -> np.ndarray:
@@ -142,8 +176,8 @@ def _headers(files: Sequence[tuple[Path, str]], shown: str) -> list[Dataset]:
         if int(ds.get("NumberOfFrames") or 1) != 1 or int(ds.get("SamplesPerPixel") or 1) != 1:
             raise _fail(
                 shown,
-                f"{name} is a multi-frame or colour image; a series is read from single-frame greyscale slices. "
-                "Upload a multi-frame file on its own.",
+                f"{name} is a multi-frame or colour image; volumes are read from series of single-frame "
+                "greyscale slices. Convert it to NIfTI (for example with dcm2niix) or open it as a 2-D image.",
             )
         headers.append(ds)
     return headers
@@ -199,11 +233,11 @@ def _slice_order(
         tol = max(_GAP_ABS_MM, _GAP_REL * median)
         bad = np.flatnonzero(np.abs(gaps - median) > tol)
         if bad.size:
-            i = int(bad[0])
+            k = int(bad[0])
             raise _fail(
                 shown,
-                f"the slice spacing is not constant: {gaps[i]:.3f} mm between {names[order[i]]} and "
-                f"{names[order[i + 1]]}, {median:.3f} mm elsewhere. A slice is probably missing. {_FIX}",
+                f"the slice spacing is not constant: {gaps[k]:.3f} mm between {names[order[k]]} and "
+                f"{names[order[k + 1]]}, {median:.3f} mm elsewhere. A slice is probably missing. {_FIX}",
             )
         step = (pts[-1] - pts[0]) / (len(pts) - 1)
         drift = np.linalg.norm(pts - (pts[0] + np.arange(len(pts))[:, None] * step), axis=1)
@@ -274,6 +308,6 @@ def read_series_files(
         source_format="dicom",
         modality=str(first.get("Modality") or "other"),
         slice_positions=tuple(float(p) for p in pos),
-        sop_instance_uids=tuple(str(headers[i].get("SOPInstanceUID", "")) for i in order),
+        sop_instance_uids=tuple(instance_uid(headers[i]) for i in order),
         series_instance_uid=str(first.get("SeriesInstanceUID", "")) or None,
     )

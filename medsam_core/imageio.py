@@ -21,6 +21,7 @@ from medsam_core.medical_image import MedicalImage
 
 if TYPE_CHECKING:
     from nibabel.dataobj_images import DataobjImage
+    from nibabel.spatialimages import SpatialImage
     from pydicom.dataset import Dataset
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (
@@ -349,10 +350,6 @@ def _nifti_to_slices(path: str, img: DataobjImage, max_pixels: int, max_voxels: 
     return _finish(path, np.ascontiguousarray(arr), True, "nifti", max_pixels, max_voxels)
 
 
-def _read_nifti(path: str, max_pixels: int, stream_kind: str | None = None) -> MedicalImage:
-    return _read_nifti_with_affine(path, max_pixels, stream_kind)[0]
-
-
 def _read_nifti_with_affine(
     path: str, max_pixels: int, stream_kind: str | None = None, max_voxels: int | None = None
 ) -> tuple[MedicalImage, np.ndarray]:
@@ -362,7 +359,7 @@ def _read_nifti_with_affine(
     try:
         if stream_kind is None:
             # nibabel types load() as its base image class; a NIfTI file loads as a Nifti1/2Image.
-            img = cast("DataobjImage", nib.load(path, mmap=False))
+            img = cast("SpatialImage", nib.load(path, mmap=False))
             return _nifti_to_slices(path, img, max_pixels, max_voxels), np.asarray(img.affine, dtype=np.float64)
         klass = nib.Nifti2Image if stream_kind.endswith("2") else nib.Nifti1Image
         opener = gzip.open if stream_kind.startswith("gz") else open
@@ -446,4 +443,4 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         return _read_npy(shown, max_pixels)
     if kind == "dicom":
         return _read_dicom(shown, max_pixels)
-    return _read_nifti(shown, max_pixels, stream)
+    return _read_nifti_with_affine(shown, max_pixels, stream)[0]

@@ -11,11 +11,12 @@ voxel (column, row, slice) to RAS+ millimetres.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from medsam_core.medical_image import MedicalImage
 
 if TYPE_CHECKING:
     import nibabel as nib
-    from nibabel.dataobj_images import DataobjImage
+    from nibabel.spatialimages import SpatialImage
 
 DEFAULT_MAX_VOXELS = _VOLUME_FACTOR * DEFAULT_MAX_PIXELS
 # CT stored as NIfTI carries no modality tag; air at about -1000 HU in an integer image is the tell.
@@ -79,7 +80,7 @@ class Volume:
     def orientation(self) -> tuple[str, str, str]:
         import nibabel as nib
 
-        codes = tuple(str(c) for c in nib.aff2axcodes(self.affine))
+        codes = tuple(str(c) for c in nib.aff2axcodes(self.affine))  # type: ignore[no-untyped-call]
         return codes[0], codes[1], codes[2]
 
     @cached_property
@@ -132,15 +133,15 @@ def read_volume(path: str | os.PathLike[str], *, max_voxels: int = DEFAULT_MAX_V
         from medsam_core.dicom_series import read_dicom_folder
 
         return read_dicom_folder(p, max_voxels=max_voxels)
-    if p.suffix.lower() == ".zip":
-        from medsam_core.dicom_series import read_dicom_zip
-
-        return read_dicom_zip(p, max_voxels=max_voxels)
-    kind, _ = _file_kind(shown)
+    kind = "zip" if p.suffix.lower() == ".zip" else _file_kind(shown)[0]
     if kind == "nifti":
         return read_nifti_volume(p, max_voxels=max_voxels)
     if kind == "dicom":
         return read_dicom_series([p], max_voxels=max_voxels)
+    if kind == "zip" or zipfile.is_zipfile(p):
+        from medsam_core.dicom_series import read_dicom_zip
+
+        return read_dicom_zip(p, max_voxels=max_voxels)
     raise _fail(
         shown,
         "this is not a volume. Choose a NIfTI file (.nii, .nii.gz), a folder holding one DICOM series, "
@@ -173,12 +174,12 @@ def label_map_nifti(labels: np.ndarray, volume: Volume) -> nib.Nifti1Image:
     import nibabel as nib
 
     data = np.ascontiguousarray(_as_label_uint8(labels, volume.shape, "The label map").transpose(2, 1, 0))
-    img = nib.Nifti1Image(data, volume.affine)
-    img.header.set_data_dtype(np.uint8)
-    img.header.set_xyzt_units("mm")
+    img = nib.Nifti1Image(data, volume.affine)  # type: ignore[no-untyped-call]
+    img.header.set_data_dtype(np.uint8)  # type: ignore[no-untyped-call]
+    img.header.set_xyzt_units("mm")  # type: ignore[no-untyped-call]
     # Both qform and sform: ITK, Slicer and FSL differ in which one they trust.
-    img.set_qform(volume.affine, code=1)
-    img.set_sform(volume.affine, code=1)
+    img.set_qform(volume.affine, code=1)  # type: ignore[no-untyped-call]
+    img.set_sform(volume.affine, code=1)  # type: ignore[no-untyped-call]
     return img
 
 
@@ -192,7 +193,7 @@ def write_label_nifti(labels: np.ndarray, volume: Volume, path: str | os.PathLik
     return target
 
 
-def labels_onto(volume: Volume, label_image: DataobjImage) -> np.ndarray:
+def labels_onto(volume: Volume, label_image: SpatialImage) -> np.ndarray:
     """Resample a label image onto the volume's voxels through both affines (nearest neighbour).
 
     Voxels of the volume that fall outside the label image get 0.
@@ -206,11 +207,13 @@ def labels_onto(volume: Volume, label_image: DataobjImage) -> np.ndarray:
         data = data[..., None]
     if data.ndim != 3:
         raise InvalidImageError(f"A label image must be 2-D or 3-D, got shape {data.shape}.")
-    label_affine = np.asarray(cast("np.ndarray", label_image.affine), dtype=np.float64)
+    label_affine = np.asarray(label_image.affine, dtype=np.float64)
     values = _as_label_uint8(data, data.shape, "The label image")
     # volume voxel (col, row, z) -> world -> label voxel
     to_label = np.linalg.inv(label_affine) @ volume.affine
     z, h, w = volume.shape
+    if values.shape == (w, h, z) and np.allclose(to_label, np.eye(4), atol=1e-4):
+        return np.ascontiguousarray(values.transpose(2, 1, 0))  # same grid: nothing to resample
     out = affine_transform(
         values, to_label[:3, :3], offset=to_label[:3, 3], output_shape=(w, h, z), order=0, mode="constant", cval=0
     )
