@@ -69,6 +69,7 @@ def volume_slice_rows(db: Session, blobs: BlobStore, project_id: int) -> list[Tr
     out: list[TrainingRow] = []
     slices: dict[int, dict[int, Image]] = {}
     for volume_id, label, blob in maps:
+        assert volume_id is not None  # joined to its volume above
         if volume_id not in slices:
             slices[volume_id] = {image.slice_index: image for image in slice_rows(db, volume_id)}
         marked = np.flatnonzero(label_map(blobs, blob).any(axis=(1, 2)))
@@ -80,7 +81,8 @@ def row_labels(blobs: BlobStore, row: TrainingRow) -> np.ndarray:
     """The (H, W) uint8 0/1 mask of the row's label on its image or slice."""
     if row.z is None:
         return load_mask(blobs, row.blob)
-    return label_map(blobs, row.blob)[row.z].astype(np.uint8)
+    mask: np.ndarray = label_map(blobs, row.blob)[row.z].astype(np.uint8)
+    return mask
 
 
 def label_map(blobs: BlobStore, blob: str) -> np.ndarray:
