@@ -108,7 +108,7 @@ class JobQueue:
         """
         with store.transaction() as db:
             job = evaluations.create_evaluation(
-                db, actor, project_id, version_id, min_training_images=store.settings.min_training_images
+                db, store.blobs, actor, project_id, version_id, min_training_images=store.settings.min_training_images
             )
         return job if job.celery_task_id else self.enqueue(store, job)
 

@@ -17,11 +17,12 @@ from medsam_core.training.artifacts import best_checkpoint, checkpoint_bytes
 from portal.store.errors import StoreError
 from portal.store.models import Job
 from portal.store.runtime import build_predictor, load_version
-from portal.store.services.annotations import training_set
 from portal.store.services.images import display_pixels
-from portal.store.services.masks import load_mask
 from portal.store.services.model_versions import register_version
 from portal.store.services.training import freeze_validation_set, record_evaluation, training_gpu
+from portal.store.services.training_rows import row_labels, training_rows
+from portal.store.services.volumes import get_volume
+from portal.store.services.volumes_read import slice_pixels
 from workers import names
 from workers.jobrunner import Step, run_job
 from workers.runtime import get_pool, get_store
@@ -29,20 +30,31 @@ from workers.training_sink import JobSink
 
 
 def project_samples(store, project_id: int) -> list[Sample]:
-    """Approved annotations as samples; one image's label classes share its group (and its side of the split)."""
-    out = []
+    """Approved annotations as samples, 3-D label maps as one sample per marked slice (``training_rows``);
+    one image's label classes share its group, and a volume's slices share the volume's."""
     with store.transaction() as db:
-        rows = training_set(db, project_id)
-    for image, _label, blob in rows:
-        out.append(
-            Sample(
-                key=str(image.id),
-                group=image.sha256,
-                load_rgb=lambda i=image: display_pixels(store.blobs, i, store.settings),
-                load_labels=lambda b=blob: load_mask(store.blobs, b),
-            )
+        rows = training_rows(db, store.blobs, project_id)
+        volumes = {r.image.volume_id: get_volume(db, None, r.image.volume_id) for r in rows if r.z is not None}
+    return [
+        Sample(
+            key=str(row.image.id),
+            group=row.image.sha256,
+            load_rgb=(
+                (lambda r=row: display_pixels(store.blobs, r.image, store.settings))
+                if row.z is None
+                else (lambda r=row: _slice_rgb(store, volumes[r.image.volume_id], r.image))
+            ),
+            load_labels=lambda r=row: row_labels(store.blobs, r),
         )
-    return out
+        for row in rows
+    ]
+
+
+def _slice_rgb(store, volume, image):
+    """A slice's pixels through the decoded-volume LRU (``display_pixels`` would re-read a NIfTI per slice);
+    the same pixels, so the same embedding cache entry."""
+    with store.transaction() as db:
+        return slice_pixels(db, store.blobs, store.settings, volume, image)
 
 
 def _split(store, job: Job, samples: list[Sample]):

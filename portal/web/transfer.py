@@ -9,7 +9,9 @@ Export formats (each zip has a ``manifest.json``):
   This layout imports back as it is.
 * ``seed``: MedSAM's training layout ``imgs/`` + ``gts/`` written by the same
   ``medsam_core.prepare`` recipe as ``medsam prepare``; gts values are the project's label
-  classes in order (1..L).
+  classes in order (1..L). Slices of volumes come in as 2-D images: those with a 2-D
+  annotation, and every slice a 3-D label map marks.
+* ``nifti``, ``dicom-seg``, ``nnunet``: the 3-D label maps of volumes (``volume_transfer``).
 
 Import takes ``images/<stem>.*`` with ``masks/<stem>.*`` (0/255 or values 1..L, one per
 label class; a one-value mask in a project of several labels is taken as the first label,
@@ -40,6 +42,7 @@ from portal.store.services.masks import load_mask
 from portal.store.services.projects import get_project, label_names
 from portal.web.api.masks import mask_npy_bytes, png_bytes
 from portal.web.api.uploads import sniff_suffix
+from portal.web.volume_transfer import VOLUME_FORMATS, plan_volumes, volume_slice_maps, write_volumes
 from portal.web.zip_reading import (
     DAMAGED,
     UNZIP_FACTOR,
@@ -51,7 +54,7 @@ from portal.web.zip_reading import (
     why,
 )
 
-FORMATS = ("npy", "png", "seed")
+FORMATS = ("npy", "png", "seed", "nifti", "dicom-seg", "nnunet")  # the last three: ``volume_transfer``
 STEM_CHARS = 40  # of an image's name inside an export; the id in front keeps names unique
 
 
@@ -69,8 +72,11 @@ def _safe(text: str) -> str:
 def _name(image) -> str:
     """Entry and file names in an export: the id makes them unique, the capped stem keeps them readable and
     short enough for any file system, whatever the upload was called."""
-    stem = _safe(name_stem(image.filename))[:STEM_CHARS].rstrip("._-") or "x"
-    return f"{image.id}_{stem}" + (f"_s{image.slice_index:03d}" if image.num_slices > 1 else "")
+    return f"{image.id}_{_stem(image.filename)}" + (f"_s{image.slice_index:03d}" if image.num_slices > 1 else "")
+
+
+def _stem(filename: str) -> str:
+    return _safe(name_stem(filename))[:STEM_CHARS].rstrip("._-") or "x"
 
 
 def build_export(store, user: User, pid: int, fmt: str, approved_only: bool, size: int, folder: Path) -> Path:
@@ -82,10 +88,16 @@ def build_export(store, user: User, pid: int, fmt: str, approved_only: bool, siz
             session, user, pid, {AnnotationStatus.approved} if approved_only else None
         )
         by_id = {i.id: i for i in images.list_images(session, user, pid)}
+    plan = plan_volumes(store, user, pid, fmt, approved_only) if fmt in VOLUME_FORMATS else []
     zip_path = folder / f"{_safe(project_name)}_{fmt}.zip"
     items = []
+    extra: dict = {}
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
-        if fmt in ("npy", "png"):
+        if fmt in VOLUME_FORMATS:
+            project = (pid, project_name, labels)
+            extra = write_volumes(store, user, project, fmt, approved_only, plan, zf, folder / "volumes", _stem)
+            items = extra.pop("items")
+        elif fmt in ("npy", "png"):
             written: dict[int, str] = {}
             for row in rows:
                 ann, rev, image = row["annotation"], row["revision"], by_id[row["annotation"].image_id]
@@ -115,7 +127,8 @@ def build_export(store, user: User, pid: int, fmt: str, approved_only: bool, siz
                     }
                 )
         else:
-            items = _seed(store, rows, by_id, labels, size, folder, zf)
+            slices = volume_slice_maps(store, user, pid, approved_only)
+            items = _seed(store, rows, slices, by_id, labels, size, folder, zf)
         zf.writestr(
             "manifest.json",
             json.dumps(
@@ -126,6 +139,7 @@ def build_export(store, user: User, pid: int, fmt: str, approved_only: bool, siz
                     "exported_at": datetime.now(timezone.utc).isoformat(),
                     "exported_by": user.username,
                     "items": items,
+                    **extra,
                 },
                 indent=1,
             ),
@@ -133,8 +147,11 @@ def build_export(store, user: User, pid: int, fmt: str, approved_only: bool, siz
     return zip_path
 
 
-def _seed(store, rows, by_id, labels, size: int, folder: Path, zf: zipfile.ZipFile) -> list[dict]:
-    """One label map per image (value = label class index), then MedSAM's own preprocessing."""
+def _seed(store, rows, slices, by_id, labels, size: int, folder: Path, zf: zipfile.ZipFile) -> list[dict]:
+    """One label map per image (value = label class index), then MedSAM's own preprocessing.
+
+    ``slices``: (volume id, z, label map) of the slices 3-D label maps mark; a slice with a 2-D
+    annotation as well gets both, the 3-D map winning where they overlap."""
     from medsam_core.prepare import prepare_folder
 
     src, out = folder / "src", folder / "out"
@@ -147,6 +164,10 @@ def _seed(store, rows, by_id, labels, size: int, folder: Path, zf: zipfile.ZipFi
         target[load_mask(store.blobs, row["revision"].blob_sha) > 0] = (
             labels.index(ann.label) + 1 if ann.label in labels else 0
         )
+    slice_ids = {(i.volume_id, i.slice_index): i.id for i in by_id.values() if i.volume_id is not None}
+    for volume_id, z, label_map in slices:
+        target = maps.setdefault(slice_ids[(volume_id, z)], np.zeros(label_map.shape, np.uint8))
+        target[label_map > 0] = label_map[label_map > 0]
     for image_id, label_map in maps.items():
         image = by_id[image_id]
         rgb = images.display_pixels(store.blobs, image, store.settings)

@@ -14,19 +14,20 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from medsam_core.training.data import Sample, split_by_group
+from portal.store.blobs import BlobStore
 from portal.store.errors import StoreError
 from portal.store.models import Job, JobKind, JobState, Role, User
 from portal.store.services import jobs
-from portal.store.services.annotations import training_set
 from portal.store.services.model_versions import usable_version
 from portal.store.services.projects import existing_project, get_project
 from portal.store.services.training import FinetuneParams, evaluation, freeze_validation_set
+from portal.store.services.training_rows import training_rows
 from portal.store.services.users import require_role
 
 PENDING = (JobState.queued, JobState.running)
 
 
-def validation_set(db: Session, project_id: int, min_training_images: int) -> list[int]:
+def validation_set(db: Session, blobs: BlobStore, project_id: int, min_training_images: int) -> list[int]:
     """The project's frozen validation image ids, freezing them now if no fine-tune has yet.
 
     Freezing takes the split a first fine-tune with default parameters would
@@ -37,10 +38,9 @@ def validation_set(db: Session, project_id: int, min_training_images: int) -> li
     frozen = existing_project(db, project_id).validation_image_ids
     if frozen:
         return list(frozen)
-    rows = training_set(db, project_id)
     samples = [
-        Sample(key=str(image.id), group=image.sha256, load_rgb=None, load_labels=None)  # type: ignore[arg-type]
-        for image, _, _ in rows
+        Sample(key=str(row.image.id), group=row.image.sha256, load_rgb=None, load_labels=None)  # type: ignore[arg-type]
+        for row in training_rows(db, blobs, project_id)
     ]
     defaults = FinetuneParams()
     train, val = split_by_group(samples, defaults.val_fraction, defaults.seed)
@@ -57,7 +57,7 @@ def validation_set(db: Session, project_id: int, min_training_images: int) -> li
 
 
 def create_evaluation(
-    db: Session, actor: User | None, project_id: int, version_id: int, *, min_training_images: int
+    db: Session, blobs: BlobStore, actor: User | None, project_id: int, version_id: int, *, min_training_images: int
 ) -> Job:
     """An evaluation job for ``version_id``, not yet sent; a queued or running one for it is reused.
 
@@ -68,7 +68,7 @@ def create_evaluation(
         get_project(db, actor, project_id)
         require_role(actor, Role.admin, Role.reviewer, doing="queue evaluations")
     usable_version(db, actor, version_id, project_id)
-    images = validation_set(db, project_id, min_training_images)
+    images = validation_set(db, blobs, project_id, min_training_images)
     pending = db.scalars(
         select(Job)
         .where(Job.project_id == project_id, Job.kind == JobKind.evaluate, Job.state.in_(PENDING))

@@ -17,12 +17,12 @@ from medsam_core.training.data import Sample, split_by_group
 from medsam_core.training.modes import MODES, Mode, check_mode, unknown_mode_message
 from portal.store.blobs import BlobStore
 from portal.store.errors import PermissionDeniedError, StoreError
-from portal.store.models import Image, Job, JobKind, ModelActivation, ModelEvaluation, Project, Role, User
+from portal.store.models import Job, JobKind, ModelActivation, ModelEvaluation, Project, Role, User
 from portal.store.services import jobs
-from portal.store.services.annotations import training_set
 from portal.store.services.audit import record
 from portal.store.services.model_versions import active_version, base_version, set_active, usable_version
 from portal.store.services.projects import existing_project, get_project
+from portal.store.services.training_rows import TrainingRow, training_rows
 from portal.store.services.users import require_role
 from portal.store.settings import Settings
 
@@ -112,8 +112,8 @@ def validate_request(
             f"model version {parent.id} ({parent.family}) has no checkpoint in the blob store; "
             "register the ViT checkpoint first"
         )
-    rows = training_set(db, project_id)
-    labelled = {image.id for image, _, _ in rows}
+    rows = training_rows(db, blobs, project_id)
+    labelled = {row.image.id for row in rows}
     if len(labelled) < settings.min_training_images:
         raise StoreError(
             f"the project has {len(labelled)} images with approved labels; fine-tuning needs at least "
@@ -125,13 +125,13 @@ def validate_request(
 
 
 def _check_training_split(
-    db: Session, minimum: int, project_id: int, rows: list[tuple[Image, str, str]], clean: dict[str, Any]
+    db: Session, minimum: int, project_id: int, rows: list[TrainingRow], clean: dict[str, Any]
 ) -> None:
     """The worker's own split, done now: a job that can only fail later must be refused at once."""
     frozen = existing_project(db, project_id).validation_image_ids
     samples = [
-        Sample(key=str(image.id), group=image.sha256, load_rgb=None, load_labels=None)  # type: ignore[arg-type]
-        for image, _, _ in rows
+        Sample(key=str(row.image.id), group=row.image.sha256, load_rgb=None, load_labels=None)  # type: ignore[arg-type]
+        for row in rows
     ]
     if frozen is None:
         train, _ = split_by_group(samples, clean["val_fraction"], clean["seed"])

@@ -29,8 +29,13 @@ def export(
     pid: int,
     request: Request,
     user: User = Depends(current_user),
-    format: Literal["npy", "png", "seed"] = "npy",
-    approved_only: bool = Query(False, description="only approved annotations (the seed format's use)"),
+    format: Literal["npy", "png", "seed", "nifti", "dicom-seg", "nnunet"] = Query(
+        "npy",
+        description="npy, png: 2-D masks with their images; seed: MedSAM's imgs/ + gts/ (slices of volumes "
+        "included); nifti: one label map per volume on its source grid; dicom-seg: one DICOM-SEG per DICOM "
+        "series; nnunet: nnU-Net v2's imagesTr/, labelsTr/ and dataset.json for a project of volumes",
+    ),
+    approved_only: bool = Query(False, description="only approved annotations (the seed and nnunet formats' use)"),
     size: int = Query(1024, ge=64, le=4096, description="seed format: output side in pixels"),
 ):
     folder = Path(tempfile.mkdtemp(prefix="export-", dir=_scratch(request)))
