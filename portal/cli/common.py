@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from portal.store.settings import Settings, get_settings
 
@@ -58,3 +62,21 @@ def output_stem(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
+
+
+def collect_scores(scores: Iterable[Any], total: int, unit: str, as_json: bool) -> list[Any]:
+    """Scores as they come, with a progress bar on stderr and, for ``--json``, one line each.
+
+    Printed as they are computed, so a long evaluation shows its first cases at once.
+    """
+    from tqdm import tqdm
+
+    kept = []
+    with tqdm(total=total, desc="evaluate", unit=unit, file=sys.stderr, disable=None) as progress:
+        for score in scores:
+            kept.append(score)
+            progress.update(1)
+            progress.set_postfix(dice=f"{score.dice:.3f}")
+            if as_json:
+                print(json.dumps(score.as_dict()), flush=True)
+    return kept

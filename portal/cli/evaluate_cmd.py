@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from portal.cli import volume_cmd
-from portal.cli.common import add_model_options, build_predictor
+from portal.cli.common import add_model_options, build_predictor, collect_scores
 from portal.store.settings import get_settings
 
 
@@ -43,8 +42,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from medsam_core.errors import MedsamError
     from medsam_core.evaluation import evaluate, find_pairs, summarize
     from medsam_core.models import get_family
@@ -61,22 +58,19 @@ def run(args: argparse.Namespace) -> int:
         raise MedsamError("--binary applies with --volumes only")
     pairs = find_pairs(args.data_dir)[: args.limit]
     predictor = build_predictor(args, settings)
-    scores = []
-    progress = tqdm(total=len(pairs), desc="evaluate", unit="img", file=sys.stderr, disable=None)
-    for score in evaluate(
-        predictor,
-        pairs,
-        box_jitter=args.box_jitter,
-        seed=args.seed,
-        nsd_tolerance=args.nsd_tolerance,
-        max_pixels=settings.max_image_pixels,
-    ):
-        scores.append(score)
-        progress.update(1)
-        progress.set_postfix(dice=f"{score.dice:.3f}")
-        if args.json:
-            print(json.dumps(score.as_dict()), flush=True)
-    progress.close()
+    scores = collect_scores(
+        evaluate(
+            predictor,
+            pairs,
+            box_jitter=args.box_jitter,
+            seed=args.seed,
+            nsd_tolerance=args.nsd_tolerance,
+            max_pixels=settings.max_image_pixels,
+        ),
+        len(pairs),
+        "img",
+        args.json,
+    )
     summary = {
         **summarize(scores),
         "model": predictor.family,

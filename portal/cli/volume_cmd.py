@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from portal.cli.common import build_predictor, output_stem
+from portal.cli.common import build_predictor, collect_scores, output_stem
 from portal.store.settings import Settings
 
 
@@ -184,8 +184,6 @@ def _gzip_nifti(image: Any) -> bytes:
 
 
 def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
-    from tqdm import tqdm
-
     from medsam_core.errors import MedsamError
     from medsam_core.volume_evaluation import evaluate_volumes, find_volume_pairs, summarize_volumes
 
@@ -193,22 +191,19 @@ def run_evaluate(args: argparse.Namespace, settings: Settings) -> int:
         raise MedsamError("--box-jitter applies to 2-D images; --volumes prompts with tight boxes")
     pairs = find_volume_pairs(args.data_dir)[: args.limit]
     predictor = build_predictor(args, settings)
-    scores = []
-    progress = tqdm(total=len(pairs), desc="evaluate", unit="volume", file=sys.stderr, disable=None)
-    for score in evaluate_volumes(
-        predictor,
-        pairs,
-        binary=args.binary,
-        scheme=args.scheme,
-        nsd_tolerance=args.nsd_tolerance,
-        max_voxels=settings.max_image_pixels * 4,
-    ):
-        scores.append(score)
-        progress.update(1)
-        progress.set_postfix(dice=f"{score.dice:.3f}")
-        if args.json:
-            print(json.dumps(score.as_dict()), flush=True)
-    progress.close()
+    scores = collect_scores(
+        evaluate_volumes(
+            predictor,
+            pairs,
+            binary=args.binary,
+            scheme=args.scheme,
+            nsd_tolerance=args.nsd_tolerance,
+            max_voxels=settings.max_image_pixels * 4,
+        ),
+        len(pairs),
+        "volume",
+        args.json,
+    )
     summary = {
         **summarize_volumes(scores),
         "model": predictor.family,
