@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from portal.store.label_colours import label_colour, rgb_of
 from tests.conftest import DEMO_BOX, DEMO_IMAGE, first_pairs
 from tests.test_serve import free_port, processes_with
 from tests.workerutil import wait_for
@@ -330,12 +331,16 @@ def test_export_formats(api):
         else:
             (mask_name,) = [n for n in names if n.startswith("masks/lesion/")]
             data = zf.read(mask_name)
-            arr = (
-                np.load(io.BytesIO(data), allow_pickle=False)
-                if fmt == "npy"
-                else np.asarray(PILImage.open(io.BytesIO(data)))
-            )
-            assert set(np.unique(arr)) == ({0, 1} if fmt == "npy" else {0, 255})
+            if fmt == "npy":
+                arr = np.load(io.BytesIO(data), allow_pickle=False)
+            else:  # a palette PNG: values 0/1, drawn in the label's project colour
+                png = PILImage.open(io.BytesIO(data))
+                assert png.mode == "P"
+                arr = np.asarray(png)
+                classes = call(api, "GET", f"/projects/{pid}").json()["label_classes"]
+                colour = rgb_of(label_colour(classes, "lesion"))
+                assert tuple(png.getpalette()[3:6]) == colour != (0, 0, 0)
+            assert set(np.unique(arr)) == {0, 1}
             assert [n for n in names if n.startswith("images/") and n.endswith(".png")]
     assert call(api, "GET", f"/projects/{pid}/export", params={"format": "tar"}).status_code == 422
     assert call(api, "GET", f"/projects/{pid}/export", user="otto").status_code == 404
