@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from portal.web.api import routers
 
-FILES = {"application/octet-stream", "image/png", "application/zip"}
+FILES = {"application/octet-stream", "image/png", "application/zip", "application/gzip", "application/dicom"}
 
 
 @pytest.fixture(scope="module")
