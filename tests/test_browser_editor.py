@@ -113,11 +113,6 @@ def _longest_step(mask: np.ndarray) -> int:
     return longest
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug (issue 11, item 5): on a 2048x1366 image the stroke is drawn at full resolution in the label's "
-    "colour, but neither Save nor the autosave receives the editor's 1024 px layer (the saved mask is empty)",
-)
 def test_the_brush_draws_at_full_resolution_in_the_label_colour(portal):
     context, page = _page(portal, "big")
     _stroke(page)
