@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tests.workerutil import serve_dies_with_parent
+
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("MEDSAM_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -92,7 +94,13 @@ class Server:
                 "import sys; from tests.browserutil import serve_with_ui; sys.exit(serve_with_ui())",
             ]
         self.proc = subprocess.Popen(
-            cmd, env=self.env, cwd=REPO, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            env=self.env,
+            cwd=REPO,
+            stdout=open(self.log, "wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=serve_dies_with_parent,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -105,6 +113,7 @@ class Server:
             ):
                 return self
             time.sleep(0.5)
+        self.stop()  # a server that never answered must not outlive the test that gave up on it
         raise TimeoutError(f"medsam serve did not answer:\n{self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:

@@ -27,7 +27,7 @@ from PIL import Image as PILImage
 from portal.store.label_colours import label_colour, rgb_of
 from tests.conftest import DEMO_BOX, DEMO_IMAGE, first_pairs
 from tests.test_serve import free_port, processes_with
-from tests.workerutil import wait_for
+from tests.workerutil import serve_dies_with_parent, wait_for
 
 PASSWORD = "correct horse battery"
 USERS = {"boss": "admin", "anna": "annotator", "rita": "reviewer", "otto": "annotator"}
@@ -56,6 +56,7 @@ def running_portal(folder: Path, users: dict[str, str], extra_env: dict[str, str
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=serve_dies_with_parent,
     )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=180)
 

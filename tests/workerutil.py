@@ -16,12 +16,19 @@ WORKER_ENV = {
 }
 
 
-def _die_with_parent() -> None:
-    """If pytest itself is killed, its workers must not live on and steal the next run's tasks."""
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """If pytest itself is killed, its workers must not live on and steal the next run's tasks.
+
+    ``medsam serve`` gets SIGTERM instead (``serve_dies_with_parent``), so it stops its own workers.
+    """
     import ctypes
 
     PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+
+
+def serve_dies_with_parent() -> None:
+    die_with_parent(signal.SIGTERM)
 
 
 class WorkerProcess:
@@ -37,7 +44,7 @@ class WorkerProcess:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         return self
 
