@@ -21,17 +21,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medsam_core.dicom_file import decode_dicom, dicom_values, is_monochrome1, mirror, open_dicom
 from medsam_core.errors import InvalidImageError
-from medsam_core.imageio import (
-    _check_plane_size,
-    _decode_dicom,
-    _dicom_values,
-    _fail,
-    _finish,
-    _is_monochrome1,
-    _mirror,
-    _open_dicom,
-)
+from medsam_core.imageio import _check_plane_size, _fail, _finish
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -168,7 +160,7 @@ def _headers(files: Sequence[tuple[Path, str]], shown: str) -> list[Dataset]:
     headers = []
     for path, name in files:
         try:
-            ds = _open_dicom(os.fspath(path), header_only=True, shown=f"{shown}/{name}")
+            ds = open_dicom(os.fspath(path), header_only=True, shown=f"{shown}/{name}")
         except InvalidImageError as exc:
             raise InvalidImageError(
                 f"{exc} A series folder or zip must hold only the DICOM files of one series."
@@ -272,14 +264,14 @@ def _pixels(files: list[tuple[Path, str]], shape: tuple[int, int], shown: str, m
     mono1 = False
     for z, (path, name) in enumerate(files):
         label = f"{shown}/{name}"
-        ds = _open_dicom(os.fspath(path), shown=label)
-        arr = _decode_dicom(label, ds)
+        ds = open_dicom(os.fspath(path), shown=label)
+        arr = decode_dicom(label, ds)
         if arr.shape != shape:
             raise _fail(label, f"the pixel data is {arr.shape}, not the {shape} its header declares.")
-        out[z] = _dicom_values(ds, arr)
-        mono1 = mono1 or _is_monochrome1(ds)
+        out[z] = dicom_values(ds, arr)
+        mono1 = mono1 or is_monochrome1(ds)
     if mono1:  # mirrored over the whole series, so every slice keeps the same value scale
-        out = _mirror(out)
+        out = mirror(out)
     return _finish(shown, out, True, "dicom", max_voxels, max_voxels).pixels
 
 

@@ -23,3 +23,8 @@ class PromptError(MedsamError):
 
 class UnknownModelError(MedsamError):
     """A model family name that the registry does not know."""
+
+
+def invalid_file(path: str, problem: str) -> InvalidImageError:
+    """Every reader's refusal names the file first, so a message alone says which upload to fix."""
+    return InvalidImageError(f"{path}: {problem}")

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from medsam_core.errors import InvalidImageError
+from medsam_core.dicom_file import decode_dicom, dicom_values, is_monochrome1, mirror, open_dicom, require_pixels
+from medsam_core.errors import InvalidImageError, invalid_file
 from medsam_core.medical_image import MedicalImage
 
 if TYPE_CHECKING:
     from nibabel.dataobj_images import DataobjImage
     from nibabel.spatialimages import SpatialImage
-    from pydicom.dataset import Dataset
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (
     ".png",
@@ -58,8 +58,7 @@ _SUPPORTED_TEXT = (
 )
 
 
-def _fail(path: str, problem: str) -> InvalidImageError:
-    return InvalidImageError(f"{path}: {problem}")
+_fail = invalid_file  # the readers' one error shape; a short name for the many call sites here
 
 
 def _check_plane_size(
@@ -234,101 +233,22 @@ def _read_npy(path: str, max_pixels: int) -> MedicalImage:
     return _finish(path, arr, arr.dtype not in (np.uint8, np.bool_), "npy", max_pixels)
 
 
-def _dicom_rescale(ds: Dataset) -> tuple[float, float]:
-    """Top-level tags first, then the shared functional group used by enhanced multi-frame."""
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    if slope is None and "SharedFunctionalGroupsSequence" in ds:
-        group = ds.SharedFunctionalGroupsSequence[0]
-        if "PixelValueTransformationSequence" in group:
-            pvt = group.PixelValueTransformationSequence[0]
-            slope, intercept = pvt.get("RescaleSlope"), pvt.get("RescaleIntercept")
-    return float(slope if slope not in (None, "") else 1.0), float(intercept if intercept not in (None, "") else 0.0)
-
-
-def _open_dicom(path: str, *, header_only: bool = False, shown: str | None = None) -> Dataset:
-    """Parse with the same plain errors everywhere; ``header_only`` skips the pixel data (series checks),
-    ``shown`` names the file in messages when ``path`` is a working copy."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=header_only)
-    except InvalidDicomError:
-        raise _fail(
-            shown or path,
-            "not a DICOM file (the 'DICM' marker is missing). Export it again from the "
-            "PACS or viewer as a standard DICOM file.",
-        ) from None
-    except Exception as exc:
-        raise _fail(
-            shown or path, f"the DICOM file could not be parsed ({exc}); it is probably truncated or corrupt."
-        ) from None
-
-
-def _require_pixels(path: str, ds: Dataset) -> None:
-    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise _fail(
-            path,
-            "this DICOM file holds no image (for example a report or structure set). Choose an image series instead.",
-        )
-
-
-def _decode_dicom(path: str, ds: Dataset) -> np.ndarray:
-    """The stored pixel array, with an actionable message for codecs we lack."""
-    _require_pixels(path, ds)
-    meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    try:
-        arr = ds.pixel_array
-    except Exception as exc:
-        if syntax is not None and syntax.is_compressed:
-            raise _fail(
-                path,
-                f"its pixel data is compressed as '{syntax.name}', which cannot be decoded "
-                f"here ({exc}). Convert it to uncompressed DICOM (e.g. 'gdcmconv --raw') or "
-                "install a decoder such as pylibjpeg.",
-            ) from None
-        raise _fail(
-            path, f"the DICOM pixel data could not be decoded ({exc}); the file is probably truncated or corrupt."
-        ) from None
-    result: np.ndarray = arr
-    return result
-
-
-def _dicom_values(ds: Dataset, arr: np.ndarray) -> np.ndarray:
-    """Stored values -> modality values (HU for CT), float32."""
-    slope, intercept = _dicom_rescale(ds)
-    values: np.ndarray = arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-    return values
-
-
-def _is_monochrome1(ds: Dataset) -> bool:
-    return str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1"
-
-
-def _mirror(values: np.ndarray) -> np.ndarray:
-    """MONOCHROME1 means "low = white". Mirroring within the volume's own range
-    keeps the value span (and percentile contrast) while making bright mean
-    dense, as in every other modality the model sees."""
-    return (values.min() + values.max()) - values if values.size else values
-
-
 def _read_dicom(path: str, max_pixels: int) -> MedicalImage:
-    ds = _open_dicom(path)
-    _require_pixels(path, ds)
+    ds = open_dicom(path)
+    require_pixels(path, ds)
     rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     frames = int(ds.get("NumberOfFrames") or 1)
     _check_plane_size(path, rows, cols, frames, max_pixels)
-    arr = _decode_dicom(path, ds)
+    arr = decode_dicom(path, ds)
     samples = int(ds.get("SamplesPerPixel") or 1)
     if frames == 1:
         arr = arr[None]
     if samples == 3 and arr.dtype == np.uint8:
         # Colour DICOM (endoscopy, ultrasound) is display-ready like a photo.
         return _finish(path, arr, False, "dicom", max_pixels)
-    values = _dicom_values(ds, arr)
-    if _is_monochrome1(ds):
-        values = _mirror(values)
+    values = dicom_values(ds, arr)
+    if is_monochrome1(ds):
+        values = mirror(values)
     return _finish(path, values, True, "dicom", max_pixels)
 
 

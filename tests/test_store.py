@@ -21,7 +21,7 @@ from portal.store.models import (
     Role,
 )
 from portal.store.services import annotations as ann
-from portal.store.services import images, model_versions, projects, users
+from portal.store.services import images, model_versions, projects, training_rows, users
 from portal.store.services.masks import load_mask, record_mask
 from tests.storeutil import new_user, png_file, square_mask, store_per_database, tx
 
@@ -186,7 +186,7 @@ def test_review_permissions_and_training_set(store, admin, project, tmp_path):
     tx(store, ann.save_revision, store.blobs, annotator, image.id, "tumour", square_mask(side=22), 1)
     tx(store, ann.submit, annotator, rev.annotation_id)
     assert tx(store, ann.approve, reviewer, rev.annotation_id, "good").status == AnnotationStatus.approved
-    (entry,) = tx(store, ann.training_set, project.id)
+    (entry,) = tx(store, training_rows.training_set, project.id)
     assert entry[0].id == image.id and entry[1] == "tumour" and load_mask(store.blobs, entry[2]).sum() == 22 * 22
 
 

@@ -369,22 +369,6 @@ def save_proposal(
     )
 
 
-def training_set(db: Session, project_id: int) -> list[tuple[Image, str, str]]:
-    """(image, label, mask blob) of every approved annotation, at its approved revision."""
-    rows = db.execute(
-        select(Image, Annotation.label, AnnotationRevision.blob_sha)
-        .join(Annotation, Annotation.image_id == Image.id)
-        .join(
-            AnnotationRevision,
-            (AnnotationRevision.annotation_id == Annotation.id)
-            & (AnnotationRevision.number == Annotation.current_revision),
-        )
-        .where(Image.project_id == project_id, Annotation.status == AnnotationStatus.approved)
-        .order_by(Image.id, Annotation.label)
-    ).all()
-    return [(image, label, blob) for image, label, blob in rows]
-
-
 def current_annotations(
     db: Session, actor: User, project_id: int, statuses: set[AnnotationStatus] | None = None
 ) -> list[dict[str, Any]]:

@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session
 from portal.store.blobs import BlobStore
 from portal.store.models import Annotation, AnnotationRevision, AnnotationStatus, Image
 from portal.store.models import Volume as VolumeRow
-from portal.store.services.annotations import training_set
 from portal.store.services.masks import load_mask
 from portal.store.services.volumes import slice_rows
 from portal.store.services.volumes_labels import label_map_from_bytes
@@ -45,6 +44,22 @@ class TrainingRow:
     label: str
     blob: str
     z: int | None = None
+
+
+def training_set(db: Session, project_id: int) -> list[tuple[Image, str, str]]:
+    """(image, label, mask blob) of every approved annotation, at its approved revision."""
+    rows = db.execute(
+        select(Image, Annotation.label, AnnotationRevision.blob_sha)
+        .join(Annotation, Annotation.image_id == Image.id)
+        .join(
+            AnnotationRevision,
+            (AnnotationRevision.annotation_id == Annotation.id)
+            & (AnnotationRevision.number == Annotation.current_revision),
+        )
+        .where(Image.project_id == project_id, Annotation.status == AnnotationStatus.approved)
+        .order_by(Image.id, Annotation.label)
+    ).all()
+    return [(image, label, blob) for image, label, blob in rows]
 
 
 def training_rows(db: Session, blobs: BlobStore, project_id: int) -> list[TrainingRow]:
