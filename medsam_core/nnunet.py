@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from medsam_core.errors import InvalidImageError
-from medsam_core.volume import Volume, write_label_nifti
+from medsam_core.volume import Volume, nifti_on_grid, write_label_nifti
 
 FILE_ENDING = ".nii.gz"
 IMAGES, LABELS = "imagesTr", "labelsTr"
@@ -47,10 +47,7 @@ def write_image_nifti(volume: Volume, path: str | os.PathLike[str]) -> Path:
     if not target.name.endswith((".nii", ".nii.gz")):
         raise InvalidImageError(f"A NIfTI image needs a .nii or .nii.gz name, not '{target.name}'.")
     pixels = volume.pixels if volume.pixels.dtype.kind in "iu" else volume.pixels.astype(np.float32)
-    image = nib.Nifti1Image(np.ascontiguousarray(pixels.transpose(2, 1, 0)), volume.affine)  # type: ignore[no-untyped-call]
-    image.header.set_xyzt_units("mm")  # type: ignore[no-untyped-call]
-    image.set_qform(volume.affine, code=1)  # type: ignore[no-untyped-call]
-    image.set_sform(volume.affine, code=1)  # type: ignore[no-untyped-call]
+    image = nifti_on_grid(pixels, volume)
     nib.save(image, str(target))
     return target
 

@@ -192,18 +192,22 @@ def _as_label_uint8(labels: np.ndarray, shape: tuple[int, ...], what: str) -> np
     return arr.astype(np.uint8)
 
 
-def label_map_nifti(labels: np.ndarray, volume: Volume) -> nib.Nifti1Image:
-    """(Z, H, W) labels back in the input's voxel order (X, Y, Z) and affine, so viewers overlay them."""
+def nifti_on_grid(data: np.ndarray, volume: Volume) -> nib.Nifti1Image:
+    """(Z, H, W) values back in the input's voxel order (X, Y, Z) and affine, so viewers overlay them."""
     import nibabel as nib
 
-    data = np.ascontiguousarray(_as_label_uint8(labels, volume.shape, "The label map").transpose(2, 1, 0))
-    img = nib.Nifti1Image(data, volume.affine)  # type: ignore[no-untyped-call]
-    img.header.set_data_dtype(np.uint8)  # type: ignore[no-untyped-call]
+    img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), volume.affine)  # type: ignore[no-untyped-call]
+    img.header.set_data_dtype(data.dtype)  # type: ignore[no-untyped-call]
     img.header.set_xyzt_units("mm")  # type: ignore[no-untyped-call]
     # Both qform and sform: ITK, Slicer and FSL differ in which one they trust.
     img.set_qform(volume.affine, code=1)  # type: ignore[no-untyped-call]
     img.set_sform(volume.affine, code=1)  # type: ignore[no-untyped-call]
     return img
+
+
+def label_map_nifti(labels: np.ndarray, volume: Volume) -> nib.Nifti1Image:
+    """A uint8 (Z, H, W) label map on the input's grid."""
+    return nifti_on_grid(_as_label_uint8(labels, volume.shape, "The label map"), volume)
 
 
 def write_label_nifti(labels: np.ndarray, volume: Volume, path: str | os.PathLike[str]) -> Path:
