@@ -26,13 +26,12 @@ from portal.store.models import (
     Review,
     Role,
     User,
-    Volume,
     utcnow,
 )
 from portal.store.services.audit import record
 from portal.store.services.images import get_image
 from portal.store.services.masks import check_mask_shape, get_mask, mask_from_bytes, mask_to_bytes
-from portal.store.services.projects import get_project, label_names, not_found
+from portal.store.services.projects import annotation_owner, get_project, label_names, not_found
 from portal.store.services.users import require_role
 
 
@@ -191,13 +190,7 @@ def _conflict(session: Session, annotation_id: int | None, base_revision: int) -
 def _visible(session: Session, actor: User, annotation_id: int) -> tuple[Annotation, Project]:
     """The annotation and its project (through its image, or its volume for a 3-D label map)."""
     annotation = session.get(Annotation, annotation_id)
-    owner: Image | Volume | None = None
-    if annotation is not None:
-        owner = (
-            session.get(Image, annotation.image_id)
-            if annotation.image_id is not None
-            else session.get(Volume, annotation.volume_id)
-        )
+    owner = annotation_owner(session, annotation) if annotation is not None else None
     if annotation is None or owner is None:  # what get_project answers for them
         raise not_found(f"annotation {annotation_id}")
     project = get_project(session, actor, owner.project_id, what=f"annotation {annotation_id}")

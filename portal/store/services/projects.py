@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from portal.store.errors import DuplicateError, NotFoundError, StoreError
 from portal.store.label_colours import HEX as COLOUR
 from portal.store.label_colours import default_colour, label_colour
-from portal.store.models import Annotation, Image, Project, ProjectMember, Role, User
+from portal.store.models import Annotation, Image, Project, ProjectMember, Role, User, Volume
 from portal.store.services.audit import record
 from portal.store.services.users import require_role
 
@@ -199,10 +199,18 @@ def annotation_colour(session: Session, user: User, annotation_id: int) -> tuple
     """(label, ``#rrggbb``) of an annotation the user may see, for drawing it in its label's colour."""
     what = f"annotation {annotation_id}"
     ann = session.get(Annotation, annotation_id)
-    image = session.get(Image, ann.image_id) if ann is not None else None
-    if ann is None or image is None:
+    owner = annotation_owner(session, ann) if ann is not None else None
+    if ann is None or owner is None:
         raise not_found(what)
-    return ann.label, label_colour(get_project(session, user, image.project_id, what=what).label_classes, ann.label)
+    return ann.label, label_colour(get_project(session, user, owner.project_id, what=what).label_classes, ann.label)
+
+
+def annotation_owner(session: Session, annotation: Annotation) -> Image | Volume | None:
+    """What an annotation labels: its image (a 2-D mask) or its volume (a 3-D label map); the project is the
+    owner's, so every lookup of an annotation's project goes through here and none forgets the volumes."""
+    if annotation.image_id is not None:
+        return session.get(Image, annotation.image_id)
+    return session.get(Volume, annotation.volume_id) if annotation.volume_id is not None else None
 
 
 def delete_project(session: Session, actor: User, project_id: int) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from portal.store.models import (
@@ -31,7 +31,8 @@ from portal.store.models import (
     Role,
     User,
 )
-from portal.store.services.projects import get_project, label_names, list_projects, not_found
+from portal.store.models import Volume as VolumeRow
+from portal.store.services.projects import annotation_owner, get_project, label_names, list_projects, not_found
 from portal.store.services.users import require_role
 
 QUEUE_ORDER = {"unlabelled": 0, "rejected": 1, "draft": 2, "submitted": 3, "approved": 4}
@@ -39,6 +40,8 @@ COUNTED = (AnnotationStatus.draft, AnnotationStatus.submitted, AnnotationStatus.
 # What is still to do in each queue mode, most wanted first: after a submit the annotator moves on to the
 # next image of the first tier that has one ("unlabelled first": new images, then rework and drafts).
 TO_DO = {"unlabelled": ({"unlabelled"}, {"rejected", "draft"}), "fix": ({"rejected"},)}
+# The project of what an annotation labels, over ``_owned``'s joins: its image's, or its volume's.
+OWNER_PROJECT = func.coalesce(Image.project_id, VolumeRow.project_id)
 
 
 @dataclass(frozen=True)
@@ -110,22 +113,31 @@ def unannotated_images(session: Session, actor: User, project_id: int) -> list[I
     )
 
 
+def _owned(query: Any) -> Any:
+    """``query`` over annotations joined to what each labels, an image or a volume (exactly one is set)."""
+    return query.outerjoin(Image, Image.id == Annotation.image_id).outerjoin(
+        VolumeRow, VolumeRow.id == Annotation.volume_id
+    )
+
+
 def status_counts(session: Session, actor: User) -> list[list[Any]]:
-    """Per visible project: name, images, unlabelled, then draft, submitted, approved, rejected."""
+    """Per visible project: name, images, unlabelled, then draft, submitted, approved, rejected.
+
+    A volume's label map counts once (it is one annotation), and its slices are no longer unlabelled.
+    """
     out = []
+    saved = Annotation.current_revision > 0
     for project in list_projects(session, actor):
         images = session.scalar(select(func.count()).select_from(Image).where(Image.project_id == project.id)) or 0
-        saved = (
-            select(Annotation.status, func.count())
-            .join(Image, Image.id == Annotation.image_id)
-            .where(Image.project_id == project.id, Annotation.current_revision > 0)
-        )
-        by_status = dict(session.execute(saved.group_by(Annotation.status)).all())
+        by_status_q = _owned(select(Annotation.status, func.count())).where(OWNER_PROJECT == project.id, saved)
+        by_status = dict(session.execute(by_status_q.group_by(Annotation.status)).all())
+        annotated = select(Annotation.image_id).where(saved, Annotation.image_id.is_not(None))
+        mapped = select(Annotation.volume_id).where(saved, Annotation.volume_id.is_not(None))
         labelled = (
             session.scalar(
-                select(func.count(func.distinct(Annotation.image_id)))
-                .join(Image, Image.id == Annotation.image_id)
-                .where(Image.project_id == project.id, Annotation.current_revision > 0)
+                select(func.count())
+                .select_from(Image)
+                .where(Image.project_id == project.id, or_(Image.id.in_(annotated), Image.volume_id.in_(mapped)))
             )
             or 0
         )
@@ -161,7 +173,7 @@ def image_queue(session: Session, actor: User, project_id: int, label: str, mode
         session.scalars(select(AnnotationRevision.annotation_id).where(AnnotationRevision.author_id == actor.id))
     )
     rejected = [ann.id for _, ann in rows if ann is not None and ann.status == AnnotationStatus.rejected]
-    rejections = _rejections(session, rejected)
+    why = rejections(session, rejected)
     out: list[dict[str, Any]] = []
     for image, ann in rows:
         status = "unlabelled" if ann is None or ann.current_revision == 0 else ann.status.value
@@ -175,7 +187,7 @@ def image_queue(session: Session, actor: User, project_id: int, label: str, mode
                 "status": status,
                 "revision": 0 if ann is None else ann.current_revision,
                 "annotation_id": None if ann is None else ann.id,
-                "rejection": rejections.get(ann.id) if status == "rejected" else None,
+                "rejection": why.get(ann.id) if status == "rejected" else None,
             }
         )
     out.sort(key=lambda r: (QUEUE_ORDER.get(r["status"], 9), r["image_id"]))
@@ -196,7 +208,7 @@ def _review_rows(session: Session, where: Any) -> list[tuple[int, ReviewRow]]:
     ]
 
 
-def _rejections(session: Session, annotation_ids: list[int]) -> dict[int, ReviewRow]:
+def rejections(session: Session, annotation_ids: list[int]) -> dict[int, ReviewRow]:
     """The newest rejection of each annotation: the one that sent it back."""
     if not annotation_ids:
         return {}
@@ -238,13 +250,14 @@ def next_to_do(order: list[int], statuses: dict[int, str], current: int | None, 
     return None
 
 
-def _annotation(session: Session, actor: User, annotation_id: int) -> tuple[Annotation, Image]:
+def _annotation(session: Session, actor: User, annotation_id: int) -> tuple[Annotation, Image | VolumeRow]:
+    """The annotation and what it labels: an image, or a volume for a 3-D label map."""
     annotation = session.get(Annotation, annotation_id)
-    image = session.get(Image, annotation.image_id) if annotation is not None else None
-    if annotation is None or image is None:
+    owner = annotation_owner(session, annotation) if annotation is not None else None
+    if annotation is None or owner is None:
         raise not_found(f"annotation {annotation_id}")
-    get_project(session, actor, image.project_id, what=f"annotation {annotation_id}")
-    return annotation, image
+    get_project(session, actor, owner.project_id, what=f"annotation {annotation_id}")
+    return annotation, owner
 
 
 def _latest(session: Session, annotation_id: int) -> AnnotationRevision | None:
@@ -293,40 +306,44 @@ def prelabel_mask(session: Session, actor: User, image_id: int) -> Mask | None:
 
 # ---------------------------------------------------------------------------- reviewing
 def submitted(session: Session, actor: User, project_id: int) -> list[dict[str, Any]]:
-    """Annotations waiting for review, oldest change first, with the author of the revision under review."""
+    """Annotations waiting for review, oldest change first, with the author of the revision under review.
+
+    A volume's label map is one row: ``image_id`` None, its ``volume_id``, and the volume's name marked 3-D.
+    """
     get_project(session, actor, project_id)
     rows = session.execute(
-        select(Annotation, Image, User.username)
-        .join(Image, Image.id == Annotation.image_id)
+        _owned(select(Annotation, Image, VolumeRow, User.username))
         .outerjoin(
             AnnotationRevision,
             (AnnotationRevision.annotation_id == Annotation.id)
             & (AnnotationRevision.number == Annotation.current_revision),
         )
         .outerjoin(User, User.id == AnnotationRevision.author_id)
-        .where(Image.project_id == project_id, Annotation.status == AnnotationStatus.submitted)
-        .order_by(Annotation.updated_at)
+        .where(OWNER_PROJECT == project_id, Annotation.status == AnnotationStatus.submitted)
+        .order_by(Annotation.updated_at, Annotation.id)
     ).all()
     return [
         {
             "annotation_id": a.id,
-            "image_id": i.id,
-            "filename": i.filename,
+            "image_id": None if i is None else i.id,
+            "volume_id": None if v is None else v.id,
+            "filename": i.filename if i is not None else f"{v.filename} (3-D)",
             "label": a.label,
             "revision": a.current_revision,
             "author": name or "",
         }
-        for a, i, name in rows
+        for a, i, v, name in rows
     ]
 
 
-def review_item(session: Session, actor: User, annotation_id: int) -> tuple[Image, AnnotationRevision]:
-    """The image under an annotation and the revision a reviewer decides on."""
-    _, image = _annotation(session, actor, annotation_id)
+def review_item(session: Session, actor: User, annotation_id: int) -> tuple[Image | VolumeRow, AnnotationRevision]:
+    """What an annotation labels (an image, or a volume for a 3-D label map) and the revision a reviewer
+    decides on."""
+    _, owner = _annotation(session, actor, annotation_id)
     latest = _latest(session, annotation_id)
     if latest is None:  # created but never saved: nothing to review, and nothing to tell apart from missing
         raise not_found(f"annotation {annotation_id}")
-    return image, latest
+    return owner, latest
 
 
 # ---------------------------------------------------------------------------- training and versions

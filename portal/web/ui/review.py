@@ -1,21 +1,27 @@
 """The Review tab: per-project counts, the submitted annotations, approve or reject with a comment.
 
 Decisions go through ``annotations.approve`` / ``reject``, the calls the REST
-API makes, so the four-eyes rule and the required comment hold here too.
+API makes, so the four-eyes rule and the required comment hold here too, for
+a 2-D mask and a volume's 3-D label map alike. A label map is previewed on
+its slice with the largest labelled area, with how many slices are labelled.
 """
 
 from types import SimpleNamespace
 
 import gradio as gr
+import numpy as np
 
-from portal.store.services import annotations, projects, worklists
+from portal.store.models import AnnotationRevision, Image
+from portal.store.models import Volume as VolumeRow
+from portal.store.services import annotations, projects, volumes_labels, worklists
 from portal.store.services.images import display_pixels
 from portal.store.services.masks import load_mask
 from portal.web.ui.common import friendly, overlay_colours, overlay_value
 from portal.web.ui.context import PortalContext
+from portal.web.ui.volume_slices import slice_rgb
 
 COUNT_HEADERS = ["project", "images", "unlabelled", "draft", "submitted", "approved", "rejected"]
-SUBMITTED_HEADERS = ["annotation", "image", "file", "label", "revision", "author"]
+SUBMITTED_HEADERS = ["annotation", "image / volume", "file", "label", "revision", "author"]
 
 
 def _layout() -> SimpleNamespace:
@@ -26,6 +32,7 @@ def _layout() -> SimpleNamespace:
         c.pick = gr.Dropdown(label="Annotation to review", choices=[], elem_id="rev-pick")
         c.refresh = gr.Button("↻", size="sm", scale=0, elem_id="rev-refresh")
     c.view = gr.AnnotatedImage(label="Submitted mask", format="png", elem_id="rev-view")
+    c.note = gr.Markdown(elem_id="rev-note")
     c.comment = gr.Textbox(label="Comment (required to reject)", elem_id="rev-comment")
     with gr.Row():
         c.approve = gr.Button("Approve", variant="primary", elem_id="rev-approve")
@@ -41,17 +48,36 @@ def _choice(row: dict) -> tuple[str, int]:
     )
 
 
+def _row(r: dict) -> list:
+    where = r["image_id"] if r["image_id"] is not None else f"volume {r['volume_id']}"
+    return [r["annotation_id"], where, r["filename"], r["label"], r["revision"], r["author"]]
+
+
+def _picture(ctx: PortalContext, user, owner: Image | VolumeRow, latest: AnnotationRevision) -> tuple:
+    """(picture, mask, note): the image and its mask, or a volume's slice with the largest labelled area."""
+    if isinstance(owner, Image):
+        return display_pixels(ctx.blobs, owner, ctx.store.settings), load_mask(ctx.blobs, latest.blob_sha), ""
+    labels = volumes_labels.label_map_from_bytes(ctx.blobs.get_bytes(latest.blob_sha))
+    areas = labels.sum(axis=(1, 2))
+    z = int(np.argmax(areas)) if areas.any() else owner.depth // 2
+    rgb = slice_rgb(ctx, user, {"volume_id": owner.id}, z, None)
+    note = (
+        f"3-D label map of volume #{owner.id} **{owner.filename}**: **{int(np.count_nonzero(areas))} of "
+        f"{owner.depth}** slices labelled. Shown: slice **{z}**, the largest area ({int(areas[z])} px)."
+    )
+    return rgb, labels[z], note
+
+
 def build_review_tab(ctx: PortalContext) -> None:
     """Components and events of the tab; call inside ``gr.Tab``."""
     c = _layout()
-    store = ctx.store
 
     @friendly
     def refresh(pid, current, request: gr.Request):
         user = ctx.user(request)
         rows = ctx.read(worklists.submitted, user, int(pid)) if pid else []
         ids = [r["annotation_id"] for r in rows]
-        table = [[r[k] for k in ("annotation_id", "image_id", "filename", "label", "revision", "author")] for r in rows]
+        table = [_row(r) for r in rows]
         return (
             ctx.read(worklists.status_counts, user),
             table,
@@ -64,16 +90,12 @@ def build_review_tab(ctx: PortalContext) -> None:
     def show(aid, request: gr.Request):
         user = ctx.user(request)
         if not aid:
-            return None
-        image, latest = ctx.read(worklists.review_item, user, int(aid))
+            return None, ""
+        owner, latest = ctx.read(worklists.review_item, user, int(aid))
         label, colour = ctx.read(projects.annotation_colour, user, int(aid))
         name = f"{label}, revision {latest.number}"
-        return gr.update(
-            value=overlay_value(
-                display_pixels(store.blobs, image, store.settings), [(load_mask(store.blobs, latest.blob_sha), name)]
-            ),
-            color_map=overlay_colours(colour, [name]),
-        )
+        rgb, mask, note = _picture(ctx, user, owner, latest)
+        return gr.update(value=overlay_value(rgb, [(mask, name)]), color_map=overlay_colours(colour, [name])), note
 
     def decide(pid, aid, comment, approve: bool, request: gr.Request):
         user = ctx.user(request)
@@ -98,6 +120,6 @@ def build_review_tab(ctx: PortalContext) -> None:
     outs = [c.counts, c.subs, c.pick]
     for trigger in (ctx.project.change, c.refresh.click):
         trigger(refresh, [ctx.project, c.pick], outs)
-    c.pick.change(show, [c.pick], [c.view])
+    c.pick.change(show, [c.pick], [c.view, c.note])
     c.approve.click(approve, [ctx.project, c.pick, c.comment], [c.status, c.comment, *outs])
     c.reject.click(reject, [ctx.project, c.pick, c.comment], [c.status, c.comment, *outs])

@@ -33,6 +33,7 @@ from portal.web.ui.volume_slices import (
     display_window,
     editor_of,
     fold_editor,
+    rejection_of,
     slice_rgb,
     slice_text,
     slice_views,
@@ -62,6 +63,7 @@ def opened(ctx: PortalContext, user, lbl: str, volume_id: int) -> dict[str, Any]
     colour = ctx.read(projects.label_colours, user, row.project_id).get(lbl) or label_colour(None, lbl)
     filled = np.flatnonzero(labels.any(axis=(1, 2)))
     z = int((filled[0] + filled[-1]) // 2) if filled.size else row.depth // 2
+    status = "unlabelled" if not base or found is None else found.status.value
     return {
         "volume_id": row.id,
         "image_id": item_of(row.id),  # the work list's value, for "go on to the next item" after a submit
@@ -74,7 +76,8 @@ def opened(ctx: PortalContext, user, lbl: str, volume_id: int) -> dict[str, Any]
         "labels": labels,
         "base_revision": base,
         "annotation_id": None if found is None else found.id,
-        "status": "unlabelled" if not base or found is None else found.status.value,
+        "status": status,
+        "rejection": rejection_of(ctx, user, None if found is None else found.id, status),
         "unsaved": False,
         "prompt": None,
         "view": None,

@@ -47,7 +47,7 @@ def _volume_row(db: Session, actor: User, volume, label: str, mode: str) -> dict
         "status": status,
         "revision": 0 if found is None else found.current_revision,
         "annotation_id": None if found is None else found.id,
-        "rejection": None,
+        "rejection": worklists.rejections(db, [found.id]).get(found.id) if found and status == "rejected" else None,
     }
 
 

@@ -18,9 +18,8 @@ import numpy as np
 from scipy import ndimage
 
 from portal.store.label_colours import rgb_of
-from portal.store.services import annotations, volumes, volumes_read
-from portal.store.services.worklists import RevisionRow
-from portal.web.ui.annotate_queue import history_rows
+from portal.store.services import volumes, volumes_read, worklists
+from portal.web.ui.annotate_queue import history, rejection_note
 from portal.web.ui.context import PortalContext
 from portal.web.ui.editor import corrected_mask, editor_value, editor_window, focus_of
 from portal.web.ui.live_mask import widget_value
@@ -119,17 +118,21 @@ def slice_text(st: dict[str, Any]) -> str:
     area = int(labels[z].sum())
     done = int(np.count_nonzero(labels.any(axis=(1, 2))))
     unsaved = " · **unsaved changes**" if st["unsaved"] else ""
+    # Why the map came back stays in sight while scrolling, until a save or submit moves it on.
+    why = st.get("rejection", "") if st.get("status") == "rejected" else ""
     return (
         f"Slice **{z}** of 0–{st['depth'] - 1} · '{st['label']}' on this slice: **{area} px** · "
-        f"{done} slice(s) labelled · revision {st['base_revision']}{unsaved}"
+        f"{done} slice(s) labelled · revision {st['base_revision']}{unsaved}{why}"
     )
+
+
+def rejection_of(ctx: PortalContext, user, annotation_id: int | None, status: str) -> str:
+    """The newest reviewer's rejection of a rejected label map (who, when, the comment), as 2-D shows it."""
+    if annotation_id is None or status != "rejected":
+        return ""
+    return rejection_note(ctx.read(worklists.review_history, user, annotation_id))
 
 
 def volume_history(ctx: PortalContext, user, annotation_id: int | None) -> list[list]:
-    """The label map's revisions, newest first (the reviewers' decisions are not listed for volumes yet)."""
-    if annotation_id is None:
-        return []
-    rows = ctx.read(annotations.revision_history, user, annotation_id)
-    return history_rows(
-        [RevisionRow(r.number, name, r.created_at, r.model_version_id, r.prompt, r.comment) for r, name in rows], []
-    )
+    """The label map's revisions and the reviewers' decisions, newest first, as the 2-D history lists them."""
+    return history(ctx, user, annotation_id)
