@@ -1,4 +1,5 @@
-"""The volume viewer in a real browser (issue 12, item 5): box, propagate, scroll, correct, save, export.
+"""The volume viewer in a real browser (issue 12, item 5): box, propagate, scroll, correct, save, export;
+and a submitted label map reviewed in the Review tab, its rejection read back in the viewer.
 
 One `medsam serve` (web and its inference worker) on its own MEDSAM_DATA_DIR.
 The volume is a 6-slice 96x96 crop of a shared BRATS volume around the
@@ -43,8 +44,10 @@ def portal(tmp_path_factory, data_dir, sample_data):
     with store.transaction() as session:
         admin = users.create_user(session, "admin1", PASSWORD, Role.admin)
         anna = users.create_user(session, "anna", PASSWORD, Role.annotator)
+        rita = users.create_user(session, "rita", PASSWORD, Role.reviewer)
         project = projects.create_project(session, admin, "Brain MR", "mr", [LABEL])
-        projects.add_member(session, admin, project.id, anna)
+        for member in (anna, rita):
+            projects.add_member(session, admin, project.id, member)
     added = tx(store, volumes.add_volume, store.blobs, settings, admin, project.id, [crop])
     store.close()
     env = {"MEDSAM_TRAINING_GPU": "false", "MEDSAM_JOB_HEARTBEAT_S": "0.5"}
@@ -161,6 +164,58 @@ def test_box_propagate_scroll_correct_save_and_export(portal, tmp_path):
     exported, source = nib.load(out), nib.load(portal["crop"])
     assert exported.shape == source.shape and np.allclose(exported.affine, source.affine)
     assert np.array_equal(np.asanyarray(exported.dataobj).transpose(2, 1, 0) > 0, after)
+    assert page.errors == []
+    context.close()
+
+
+def _submit_as_anna(portal) -> None:
+    """anna submits the true tumour as the next revision of the map, whatever the other test left."""
+    from portal.store.services import volumes_labels, worklists
+    from portal.store.store import open_store
+    from tests.storeutil import tx
+
+    store = open_store(portal["settings"], register_base=False)
+    try:
+        anna = tx(store, worklists.account, "anna")
+        found = tx(store, volumes_labels.find_annotation, anna, portal["volume"], LABEL)
+        base = 0 if found is None else found.current_revision
+        tx(
+            store,
+            volumes_labels.save_label_map,
+            store.blobs,
+            anna,
+            portal["volume"],
+            LABEL,
+            portal["truth"],
+            base,
+            submit=True,
+        )
+    finally:
+        store.close()
+
+
+def test_a_reviewer_rejects_a_label_map_and_the_annotator_reads_why_in_the_viewer(portal):
+    _submit_as_anna(portal)
+    context = portal["browser"].new_context(viewport={"width": 1400, "height": 1100})
+    context.set_default_timeout(60_000)
+    page = login(context, portal["url"], "rita", PASSWORD)
+    page.get_by_role("tab", name="Review").click()
+    expect(page.locator("#rev-list")).to_contain_text("(3-D)")
+    expect(page.locator("#rev-note")).to_contain_text(f"of {DEPTH} slices labelled")
+    page.locator("#rev-view img").first.wait_for()
+    page.locator("#rev-comment textarea").fill("the rim of slice 2 is missing")
+    page.locator("#rev-reject").click()
+    expect(page.locator("#rev-status")).to_contain_text("Rejected annotation")
+    assert page.errors == []
+    context.close()
+
+    context = portal["browser"].new_context(viewport={"width": 1400, "height": 1100})
+    context.set_default_timeout(60_000)
+    page = login(context, portal["url"], "anna", PASSWORD)
+    page.get_by_role("tab", name="Annotate").click(no_wait_after=True)
+    expect(page.locator("#vol-title")).to_contain_text("rejected")
+    expect(page.locator("#vol-status")).to_contain_text("Rejected by rita")
+    expect(page.locator("#vol-status")).to_contain_text("the rim of slice 2 is missing")
     assert page.errors == []
     context.close()
 
