@@ -1,8 +1,9 @@
-"""Encoder speed and accuracy: ONNX Runtime fp32 at batch 1/2/4/8, and int8 quantised encoders
-(dynamic, and static QDQ per-channel calibrated on Kvasir/BUSI/BRATS images) against the fp32
-PyTorch reference: per-image Dice of the masks from GT boxes on the shared Kvasir and BUSI sets.
+"""Encoder speed and accuracy: ONNX Runtime fp32 at batch 1/2/4/8, int8 quantised encoders
+(dynamic, and static QDQ per-channel calibrated on Kvasir/BUSI/BRATS images) and OpenVINO (the
+``openvino`` backend: bf16 where the CPU has it, two streams) against the fp32 PyTorch reference:
+per-image Dice of the masks from GT boxes on the shared Kvasir and BUSI sets.
 
-    PYTHONPATH=. .venv/bin/python bench/encoder.py [--images 30] [--slices 16] [--quant dynamic static]
+    PYTHONPATH=. .venv/bin/python bench/encoder.py [--images 30] [--slices 16] [--quant dynamic static openvino]
 
 Prints medians and p95s per slice (BRATS slices, displayed as MedicalImage.display does) with the
 load average, since the development machine is shared.
@@ -13,16 +14,19 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import torch
 
 from medsam_core.backends import EXPORT_VERSION, OnnxBackend
 from medsam_core.cache import EmbeddingCache
 from medsam_core.imageio import read_image
 from medsam_core.metrics import dice
 from medsam_core.models import load_model
+from medsam_core.openvino_backend import OpenVinoBackend
 from medsam_core.predictor import Embedding, Predictor
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -97,6 +101,16 @@ def quantise(fp32: Path, kind: str, calibration: list[np.ndarray], folder: Path)
     return out
 
 
+def encoder_runner(kind: str, fp32: Path, model, calibration: list, args: argparse.Namespace) -> Callable:
+    """(B, 3, S, S) -> (B, 256, 64, 64) for one of the encoders compared."""
+    if kind == "openvino":
+        backend = OpenVinoBackend(model, args.work / "onnx")
+        print(f"openvino precision {backend.precision}", flush=True)
+        return lambda x: backend.encode_batch(torch.from_numpy(x))
+    sess = session(fp32 if kind == "fp32" else quantise(fp32, kind, calibration, args.work), args.threads)
+    return lambda x: np.concatenate([sess.run(None, {"image": x[i : i + 1]})[0] for i in range(len(x))])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=30, help="Kvasir and BUSI images each for the Dice comparison")
@@ -104,7 +118,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 2, 4, 8])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quant", nargs="*", default=["dynamic", "static"], choices=["dynamic", "static"])
+    kinds = ["dynamic", "static", "openvino"]
+    parser.add_argument("--quant", nargs="*", default=kinds, choices=kinds, help="encoders to compare with fp32")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "medsam-bench-encoder")
     args = parser.parse_args()
     model = load_model("lite", device="cpu")
@@ -129,20 +144,23 @@ def main() -> None:
     ref_masks = [reference.decode(reference.encode(rgb), boxes=[box]).masks[0] for rgb, box in sets]
     print(f"fp32 PyTorch reference masks for {len(sets)} images  [load {load()}]", flush=True)
     for kind in ["fp32", *args.quant]:
-        path = fp32_path if kind == "fp32" else quantise(fp32_path, kind, calibration, args.work)
-        sess = session(path, args.threads)
-        per = timings(sess, slices, 1, args.repeats)
-        print(f"onnx {kind} batch 1: {summary(per)}  [load {load()}]", flush=True)
+        run = encoder_runner(kind, fp32_path, model, calibration, args)
+        per = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            run(slices)
+            per.append((time.perf_counter() - start) * 1000 / len(slices))
+        print(f"{kind}, {len(slices)} slices per call: {summary(per)} per slice  [load {load()}]", flush=True)
         scores = []
         for (rgb, box), ref in zip(sets, ref_masks, strict=True):
-            (features,) = sess.run(None, {"image": pre.to_tensor(rgb).numpy()})
+            features = run(pre.to_tensor(rgb).numpy())
             emb = Embedding(
                 features[0].astype(np.float16), "lite", model.encoder_digest, rgb.shape[:2], 256, onnx_p.cache_key(rgb)
             )
             scores.append(dice(ref, onnx_p.decode(emb, boxes=[box]).masks[0]))
         kv, bu = scores[: args.images], scores[args.images :]
         print(
-            f"onnx {kind} Dice vs fp32 PyTorch: mean {np.mean(scores):.4f} min {np.min(scores):.4f} "
+            f"{kind} Dice vs fp32 PyTorch: mean {np.mean(scores):.4f} min {np.min(scores):.4f} "
             f"(Kvasir mean {np.mean(kv):.4f} min {np.min(kv):.4f}; BUSI mean {np.mean(bu):.4f} min {np.min(bu):.4f})",
             flush=True,
         )

@@ -42,6 +42,7 @@ METRICS = ("encode", "decode (cached emb)", "e2e miss (empty cache)", "e2e hit (
 def machine() -> dict:
     """Latency on 2 shared cores is not latency on a server; rows must say where they came from."""
     import onnxruntime
+    import openvino
 
     cpu = platform.processor() or "unknown"
     try:
@@ -57,6 +58,7 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
+        "openvino": openvino.__version__.split("-")[0],
         "python": platform.python_version(),
     }
 

@@ -1,6 +1,6 @@
 """What a volume costs: encoding every slice (precompute), then propagating one object through cached slices.
 
-    .venv/bin/python bench/volume.py [--backend onnx|torch] [--slices N] [--reps N] [--json]
+    .venv/bin/python bench/volume.py [--backend auto|onnx|openvino|torch] [--slices N] [--reps N] [--json]
 
 Precompute encodes a whole BRATS volume (155 slices of 240 x 240) into an empty
 cache, the way a worker does before anyone draws a box: slices per second, and
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medsam_core.backends import BACKENDS
 from medsam_core.cache import DirectoryEmbeddingStore, EmbeddingCache
 from medsam_core.models import load_model
 from medsam_core.predictor import Predictor
@@ -70,7 +71,7 @@ def precompute(predictor: Predictor, encoder: SliceEncoder, zs: list[int]) -> di
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx", help="inference backend (onnx)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="inference backend (auto)")
     parser.add_argument("--slices", type=int, default=None, help="encode only the first N slices (default all)")
     parser.add_argument("--reps", type=int, default=5, help="propagation repetitions (default 5)")
     parser.add_argument("--json", action="store_true", help="one JSON object")
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         load_after = os.getloadavg()
     out = {
         "machine": machine(),
-        "backend": args.backend,
+        "backend": predictor.backend.name,
         "batched": hasattr(predictor, "encode_many"),
         "precompute": pre,
         "propagate_75": rows,
@@ -120,10 +121,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out))
         return 0
     info = out["machine"]
-    print(f"machine: {info['cpu']}, {info['cores']} cores, onnxruntime {info['onnxruntime']}, torch {info['torch']}")
-    print(f"load average (1/5/15 min) before {load_before}, after {load_after}")
     print(
-        f"precompute ({args.backend}, {'batched' if out['batched'] else 'one slice at a time'}): {pre['slices']} "
+        f"machine: {info['cpu']}, {info['cores']} cores, onnxruntime {info['onnxruntime']}, "
+        f"openvino {info['openvino']}, torch {info['torch']}"
+    )
+    print(f"load average (1/5/15 min) before {load_before}, after {load_after}")
+    how = "batched" if out["batched"] else "one slice at a time"
+    print(
+        f"precompute ({predictor.backend.name}, {how}): {pre['slices']} "
         f"slices in {pre['seconds']:.1f} s = {pre['slices_per_s']:.2f} slices/s; per slice median "
         f"{pre['per_slice_median_s']:.2f} s, p95 {pre['per_slice_p95_s']:.2f} s (target >= 3 slices/s)"
     )

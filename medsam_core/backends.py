@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import uuid
 import warnings
 from pathlib import Path
@@ -22,7 +23,7 @@ from medsam_core.prompt_decoder import PromptDecoder
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "openvino")
 # Part of the export folder's name: bump it when the exported graphs change, so an old
 # export (version 1: the encoder's batch fixed at 1) is never picked up again.
 EXPORT_VERSION = 2
@@ -75,8 +76,10 @@ class OnnxBackend:
         import onnxruntime as ort
 
         self.model = model
+        self._lock = threading.Lock()
         folder = Path(export_dir) / f"{model.family.name}-{model.model_digest[:16]}-v{EXPORT_VERSION}"
         encoder_path, decoder_path = folder / "encoder.onnx", folder / "decoder.onnx"
+        self.encoder_path = encoder_path
         if not (encoder_path.exists() and decoder_path.exists()):
             _export(model, folder)
         options = ort.SessionOptions()
@@ -91,6 +94,9 @@ class OnnxBackend:
         decoder_options.graph_optimization_level = options.graph_optimization_level
         decoder_options.intra_op_num_threads = options.intra_op_num_threads
         decoder_options.enable_cpu_mem_arena = False
+        # Idle decoder threads spinning for work took the cores from the numpy and torch steps
+        # around each decode (and from the other direction of a propagation).
+        decoder_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.decoder = ort.InferenceSession(str(decoder_path), decoder_options, providers=providers)
 
     def encode(self, image: torch.Tensor) -> np.ndarray:
@@ -246,20 +252,23 @@ def onnx_available() -> bool:
 def make_backend(
     model: LoadedModel, backend: str = "auto", onnx_dir: str | Path | None = None
 ) -> TorchBackend | OnnxBackend:
-    """ "auto": ONNX Runtime for the small CPU model when an export folder is given, else PyTorch.
+    """ "auto": for the small model on a CPU with an export folder, OpenVINO's encoder when
+    installed (``openvino_backend`` says why), else ONNX Runtime; PyTorch otherwise.
 
     ViT families stay on PyTorch: their graphs exceed protobuf's 2 GB limit (ViT-H)
     and they belong on a GPU anyway.
     """
+    from medsam_core.openvino_backend import OpenVinoBackend, openvino_available
+
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
         use_onnx = (
             model.device.type == "cpu" and model.family.name == "lite" and onnx_dir is not None and onnx_available()
         )
-        backend = "onnx" if use_onnx else "torch"
-    if backend == "onnx":
+        backend = ("openvino" if openvino_available() else "onnx") if use_onnx else "torch"
+    if backend in ("onnx", "openvino"):
         if onnx_dir is None:
-            raise ValueError("the onnx backend needs a folder for its exported graphs")
-        return OnnxBackend(model, onnx_dir)
+            raise ValueError(f"the {backend} backend needs a folder for its exported graphs")
+        return OpenVinoBackend(model, onnx_dir) if backend == "openvino" else OnnxBackend(model, onnx_dir)
     return TorchBackend(model)

@@ -24,8 +24,10 @@ one encode per slice serves every object of a volume.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -141,24 +143,42 @@ class _Walk:
     total: int
     on_slice: ProgressCallback | None
     done: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
-    def decode(self, z: int, box: np.ndarray, logits: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, float]:
+    def decode(
+        self, z: int, box: np.ndarray, logits: np.ndarray | None, done: list[int]
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        if self.cancelled.is_set():
+            raise _Cancelled
         prediction = self.predictor.decode(self.embeddings(z), boxes=box[None], mask_input=logits)
-        self.result.decode_ms += prediction.decode_ms
         mask, iou = prediction.masks[0], float(prediction.iou[0])
-        self.result.masks[z] = mask
-        self.result.slices.append(z)
-        self.result.iou[z] = iou
-        self.tick(1)
+        self.result.masks[z] = mask  # each slice is written by one direction only
+        done.append(z)
+        with self.lock:
+            self.result.decode_ms += prediction.decode_ms
+            self.result.iou[z] = iou
+            self.tick(1)
         return mask, prediction.low_res_logits[0:1], iou
 
     def tick(self, count: int) -> None:
+        """Count slices done (under ``lock`` once the directions run together) and report progress."""
         self.done += count
         if self.on_slice is not None and count:
             self.on_slice(self.done, self.total)
 
-    def run(self, direction: str, zs: range, mask: np.ndarray, logits: np.ndarray | None) -> None:
-        """Walk ``zs`` from the key slice's result outward, each slice prompted by the one before it."""
+    def run(self, direction: str, zs: range, mask: np.ndarray, logits: np.ndarray | None) -> list[int]:
+        """Walk ``zs`` from the key slice's result outward, each slice prompted by the one before it;
+        the slices decoded, in order."""
+        done: list[int] = []
+        try:
+            self._walk(direction, zs, mask, logits, done)
+        except BaseException:
+            self.cancelled.set()  # the other direction stops at its next slice
+            raise
+        return done
+
+    def _walk(self, direction: str, zs: range, mask: np.ndarray, logits: np.ndarray | None, done: list[int]) -> None:
         s = self.scheme
         for i, z in enumerate(zs):
             box = mask_box(mask, s.margin)
@@ -167,7 +187,7 @@ class _Walk:
                     self._stop(direction, z, len(zs) - i)
                     return
                 box, logits = self.key_box, None  # CVPR24: start again from the key box
-            mask, new_logits, iou = self.decode(z, box, logits if s.mask_input else None)
+            mask, new_logits, iou = self.decode(z, box, logits if s.mask_input else None, done)
             logits = new_logits
             if iou < s.min_iou or (s.stop_on_empty and not mask.any()):
                 self.result.masks[z] = False
@@ -175,8 +195,9 @@ class _Walk:
                 return
 
     def _stop(self, direction: str, z: int, skipped: int) -> None:
-        self.result.stopped[direction] = z
-        self.tick(skipped)  # the slices not done still count, so progress reaches the total
+        with self.lock:
+            self.result.stopped[direction] = z
+            self.tick(skipped)  # the slices not done still count, so progress reaches the total
 
 
 class SliceEncoder:
@@ -220,6 +241,18 @@ class SliceEncoder:
         return len(self._done)
 
 
+class _Cancelled(Exception):
+    """The other direction failed (or was cancelled): this one stops too."""
+
+
+def _result_of(future: Future[list[int]]) -> list[int]:
+    """The down direction's slices; its own error wins unless it only stopped because up failed."""
+    try:
+        return future.result()
+    except _Cancelled:
+        return []
+
+
 def propagate(
     predictor: Predictor,
     embeddings: SliceEmbeddings,
@@ -244,9 +277,18 @@ def propagate(
         raise PromptError("propagation takes exactly one box [x0, y0, x1, y1] on the key slice")
     result = Propagation(masks=np.zeros((num_slices, *first.original_size), dtype=bool), slices=[], iou={})
     walk = _Walk(predictor, embeddings, spec, boxes[0], result, z1 - z0 + 1, on_slice)
-    mask, logits, _ = walk.decode(key_slice, boxes[0], None)
-    walk.run("up", range(key_slice + 1, z1 + 1), mask, logits)
-    walk.run("down", range(key_slice - 1, z0 - 1, -1), mask, logits)
+    key_done: list[int] = []
+    mask, logits, _ = walk.decode(key_slice, boxes[0], None, key_done)
+    # The two directions depend only on the key slice, so they run side by side: each decode
+    # leaves a core idle between its small operators, which the other direction fills
+    # (bench/volume.py: see the README's Performance section).
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="propagate") as pool:
+        down = pool.submit(walk.run, "down", range(key_slice - 1, z0 - 1, -1), mask, logits)
+        try:
+            up_done = walk.run("up", range(key_slice + 1, z1 + 1), mask, logits)
+        finally:
+            down_done = _result_of(down)
+    result.slices = key_done + up_done + down_done
     if spec.largest_component and result.masks.any():
         result.masks = largest_component(result.masks)
     result.total_ms = (time.perf_counter() - start) * 1000

@@ -6,6 +6,7 @@ slices and the box each one gets; accuracy is checked through the real LiteMedSA
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +119,34 @@ def test_cancel_from_progress_callback():
     decoder = Scripted(masks)
     with pytest.raises(Cancelled):
         propagate(decoder, SliceRef, 7, 3, [10, 10, 20, 20], on_slice=stop)  # type: ignore[arg-type]
-    assert len(decoder.calls) == 3
+    # The two directions run side by side: the other one may have had one decode under way.
+    assert 3 <= len(decoder.calls) <= 4
+
+
+class Broken(Scripted):
+    """Fails on one slice, as a decoder can (out of memory, a bad embedding)."""
+
+    def __init__(self, masks, bad: int):
+        super().__init__(masks)
+        self.bad = bad
+
+    def decode(self, embedding, boxes=None, mask_input=None, **kw):
+        time.sleep(0.01)  # as a real decode does, this lets the other direction's thread run
+        if embedding.z == self.bad:
+            raise MedsamError(f"slice {self.bad} broke")
+        return super().decode(embedding, boxes=boxes, mask_input=mask_input, **kw)
+
+
+@pytest.mark.parametrize(("key", "bad"), [(3, 1), (42, 43)])
+def test_a_failing_direction_fails_the_run_and_stops_the_other(key, bad):
+    """Down fails at its second slice while up has 41 to go (then up fails at its first while down
+    has 42): the error is the broken slice's, not a half result, and the healthy direction stops
+    instead of decoding the other 40 slices."""
+    masks = {z: square(10, 10, 20, 20) for z in range(45)}
+    decoder = Broken(masks, bad)
+    with pytest.raises(MedsamError, match=f"slice {bad} broke"):
+        propagate(decoder, SliceRef, 45, key, [10, 10, 20, 20])  # type: ignore[arg-type]
+    assert len(decoder.calls) < 20
 
 
 def test_range_checks_say_what_is_wrong():

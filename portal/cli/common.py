@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from medsam_core.backends import BACKENDS
 from portal.store.settings import Settings, get_settings
 
 
@@ -31,7 +32,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: MEDSAM_DEVICE)")
     group.add_argument(
         "--backend",
-        choices=("auto", "torch", "onnx"),
+        choices=BACKENDS,
         default=None,
         help="inference backend (default: MEDSAM_INFERENCE_BACKEND, auto)",
     )

@@ -19,7 +19,10 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./medsam_data"), description="Database, blobs, caches and exports live here.")
     default_model: str = Field("lite", description="Model family used when none is named.")
     device: str = Field("auto", description="'auto' (GPU if present), 'cpu', 'cuda' or 'cuda:N'.")
-    inference_backend: str = Field("auto", description="'auto' (ONNX Runtime for lite on CPU), 'torch' or 'onnx'.")
+    inference_backend: str = Field(
+        "auto",
+        description="'auto' (lite on CPU: OpenVINO's encoder, ONNX Runtime's decoder), 'torch', 'onnx', 'openvino'.",
+    )
     max_image_pixels: int = Field(100_000_000, gt=0, description="Largest image, per slice, accepted.")
     embedding_cache_mb: int = Field(5120, gt=0, description="Disk budget of the embedding cache (2 MB each).")
     embedding_memory_items: int = Field(16, ge=0, description="Embeddings kept in memory per process.")
