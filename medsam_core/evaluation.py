@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medsam_core.clicks import NOC_TARGET, simulate
 from medsam_core.errors import InvalidImageError, MedsamError
 from medsam_core.imageio import DEFAULT_MAX_PIXELS, read_image
 from medsam_core.metrics import dice, normalized_surface_dice
@@ -43,9 +44,14 @@ class ImageScore:
     encode_ms: float
     decode_ms: float
     cache_hit: bool
+    dice_at_clicks: list[float] | None = None  # with clicks: index 0 the box alone, k after k clicks
+    noc90: float | None = None  # with clicks: mean clicks to Dice 0.90 over the objects, capped
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.dice_at_clicks is None:  # without --clicks the lines stay as they were
+            del out["dice_at_clicks"], out["noc90"]
+        return out
 
 
 def find_pairs(data_dir: str | Path) -> list[Pair]:
@@ -128,8 +134,14 @@ def evaluate(
     seed: int = 0,
     nsd_tolerance: float = 2.0,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    clicks: int = 0,
 ) -> Iterator[ImageScore]:
-    """Yield one score per image that has at least one object; images with empty masks are skipped."""
+    """Yield one score per image that has at least one object; images with empty masks are skipped.
+
+    ``clicks`` > 0 adds the corrective-click simulation (``medsam_core.clicks``) per object.
+    """
+    if clicks < 0:
+        raise MedsamError(f"clicks must be 0 or more, got {clicks}")
     rng = np.random.default_rng(seed)
     for pair in pairs:
         rgb = read_image(pair.image, max_pixels=max_pixels).display()
@@ -149,6 +161,11 @@ def evaluate(
             normalized_surface_dice(m, labels == v, nsd_tolerance)
             for m, v in zip(prediction.masks, values, strict=True)
         ]
+        at_clicks, noc = None, None
+        if clicks:
+            runs = [simulate(predictor, embedding, b, labels == v, clicks) for b, v in zip(boxes, values, strict=True)]
+            at_clicks = [round(float(np.mean(k)), 4) for k in zip(*(r.dice for r in runs), strict=True)]
+            noc = float(np.mean([r.clicks_to(NOC_TARGET) for r in runs]))
         yield ImageScore(
             stem=pair.stem,
             objects=len(values),
@@ -158,6 +175,8 @@ def evaluate(
             encode_ms=round(embedding.encode_ms, 1),
             decode_ms=round(prediction.decode_ms, 1),
             cache_hit=embedding.cache_hit,
+            dice_at_clicks=at_clicks,
+            noc90=noc,
         )
 
 
@@ -166,7 +185,7 @@ def summarize(scores: list[ImageScore]) -> dict[str, Any]:
         raise MedsamError("no image with a labelled object was evaluated")
     d = [s.dice for s in scores]
     n = [s.nsd for s in scores]
-    return {
+    out: dict[str, Any] = {
         "images": len(scores),
         "objects": sum(s.objects for s in scores),
         "mean_dice": round(statistics.fmean(d), 4),
@@ -174,3 +193,9 @@ def summarize(scores: list[ImageScore]) -> dict[str, Any]:
         "mean_nsd": round(statistics.fmean(n), 4),
         "median_nsd": round(statistics.median(n), 4),
     }
+    with_clicks = [s for s in scores if s.dice_at_clicks is not None and s.noc90 is not None]
+    if with_clicks:
+        rounds = zip(*(s.dice_at_clicks for s in with_clicks if s.dice_at_clicks), strict=True)
+        out["dice_at_clicks"] = [round(statistics.fmean(r), 4) for r in rounds]
+        out["noc90"] = round(statistics.fmean(s.noc90 for s in with_clicks if s.noc90 is not None), 3)
+    return out
