@@ -134,3 +134,42 @@ def test_one_rule_for_modes_and_the_gpu():
         check_mode("encoder", True, True)
     with pytest.raises(MedsamError, match="unknown training mode"):
         TrainConfig(mode="encoder").validate()
+
+
+def test_click_rounds_train_the_decoder_on_box_clicks_and_previous_mask(split, cache, data_dir, monkeypatch):
+    """Each step with clicks re-prompts with a corrective click and the last logits as mask input; the run
+    completes, its loss is finite and the decoder's weights move (the clicks reach the gradient)."""
+    from medsam_core.training import trainer as trainer_module
+
+    train, val = split
+    model, predictor = fresh(cache, onnx_dir=data_dir / "onnx")
+    before = {k: v.clone() for k, v in model.module.mask_decoder.state_dict().items()}
+    seen = []
+    real_forward = trainer_module.Trainer._forward
+
+    def spy(self, embeddings, boxes, clicks=None, previous=None):
+        seen.append((None if clicks is None else clicks.coords.shape[1], previous is not None))
+        return real_forward(self, embeddings, boxes, clicks, previous)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_forward", spy)
+    config = TrainConfig(epochs=2, click_rounds=2, **CONFIG)
+    result = finetune(model, train, val, config, MemorySink(), predictor=predictor)
+    assert all(np.isfinite(r["train_loss"]) for r in result.history)
+    assert (1, True) in seen and (2, True) in seen  # one then two clicks, each with the previous logits
+    assert all(prev for k, prev in seen if k)  # a click never comes without the mask it corrects
+    after = model.module.mask_decoder.state_dict()
+    assert any(not np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
+    with pytest.raises(MedsamError, match="click rounds must be between 0 and 10"):
+        TrainConfig(click_rounds=11).validate()
+
+
+def test_clicks_move_to_the_input_frame_and_pad_where_nothing_is_left_to_fix():
+    from medsam_core.clicks import Click
+    from medsam_core.training.trainer import Clicks
+
+    empty = Clicks(np.zeros((2, 0, 2), np.float32), np.zeros((2, 0), np.float32))
+    one = empty.add([Click(10, 20, True), None], scale=4.0)
+    assert one.coords.shape == (2, 1, 2) and one.coords[0, 0].tolist() == [41.5, 81.5]
+    assert one.labels[:, 0].tolist() == [1.0, -1.0]  # a perfect mask gets SAM's padding point
+    two = one.add([Click(1, 1, False), Click(0, 0, True)], scale=1.0)
+    assert two.coords.shape == (2, 2, 2) and two.labels[:, 1].tolist() == [0.0, 1.0]

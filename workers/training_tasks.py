@@ -119,6 +119,7 @@ def _train_and_register(store, job: Job, sink: JobSink) -> dict:
         bbox_shift=params["bbox_shift"],
         seed=params["seed"],
         early_stopping=params.get("early_stopping"),
+        click_rounds=params.get("click_rounds", 0),  # jobs queued before clicks existed trained on boxes only
     )
     result = finetune(model, train, val, config, sink, predictor=predictor)
     with store.transaction() as db:

@@ -34,3 +34,8 @@ def check_mode(
         raise error(unknown_mode_message(mode))
     if mode == "full" and not gpu_available and not allow_cpu_full:
         raise error(f"full fine-tuning needs a GPU{remedy}")
+
+
+# Simulated corrective clicks per training step, at most (trainer.TrainConfig.click_rounds). Here, beside
+# the modes, so the CLI and the API schema read the default without importing torch.
+DEFAULT_CLICK_ROUNDS = 0

@@ -19,15 +19,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsam_core.clicks import Click, next_click
 from medsam_core.errors import MedsamError
 from medsam_core.metrics import dice, normalized_surface_dice
 from medsam_core.models import LoadedModel
 from medsam_core.predictor import Predictor
-from medsam_core.prompt_decoder import BOX_CORNER_LABELS, PromptDecoder
+from medsam_core.prompt_decoder import BOX_CORNER_LABELS, PAD_LABEL, PromptDecoder
 from medsam_core.prompts import LOW_RES
 from medsam_core.training.data import Prepared, Sample, jitter_box, prepare
 from medsam_core.training.losses import medsam_loss
-from medsam_core.training.modes import MODES, unknown_mode_message
+from medsam_core.training.modes import DEFAULT_CLICK_ROUNDS, MODES, unknown_mode_message
 
 
 @dataclass
@@ -43,6 +44,7 @@ class TrainConfig:
     early_stopping: int | None = None  # epochs without a better validation Dice
     nsd_tolerance: float = 2.0
     flips: bool = True  # full mode only: cached embeddings cannot be flipped
+    click_rounds: int = DEFAULT_CLICK_ROUNDS  # up to this many simulated corrective clicks per step (``clicks.py``)
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -53,6 +55,8 @@ class TrainConfig:
             raise MedsamError(f"learning rate {self.lr} is out of range; MedSAM uses 1e-4")
         if self.bbox_shift < 0:
             raise MedsamError("bbox shift must be 0 or more pixels")
+        if not 0 <= self.click_rounds <= MAX_CLICK_ROUNDS:
+            raise MedsamError(f"click rounds must be between 0 and {MAX_CLICK_ROUNDS}")
 
 
 @dataclass
@@ -78,6 +82,26 @@ class TrainResult:
 
 StepCallback = Callable[[dict[str, Any]], None]
 EpochCallback = Callable[[dict[str, Any], dict[str, Any]], None]  # (epoch record, checkpoint dict)
+
+
+MAX_CLICK_ROUNDS = 10
+
+
+@dataclass(frozen=True)
+class Clicks:
+    """The corrective clicks of a batch so far, in the model's input frame: (B, K, 2) and (B, K)."""
+
+    coords: np.ndarray
+    labels: np.ndarray
+
+    def add(self, clicks: list[Click | None], scale: float) -> Clicks:
+        """One more click per sample; a sample with nothing left to fix gets SAM's padding point."""
+        xy = [((c.x + 0.5) * scale - 0.5, (c.y + 0.5) * scale - 0.5) if c else (0.0, 0.0) for c in clicks]
+        labels = [float(c.positive) if c else PAD_LABEL for c in clicks]
+        return Clicks(
+            np.concatenate([self.coords, np.asarray(xy, np.float32)[:, None]], axis=1),
+            np.concatenate([self.labels, np.asarray(labels, np.float32)[:, None]], axis=1),
+        )
 
 
 def _constant(value: np.ndarray) -> Callable[[], np.ndarray]:
@@ -122,13 +146,47 @@ class Trainer:
 
     # -- one batch ----------------------------------------------------------
 
-    def _forward(self, embeddings: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
-        coords = torch.from_numpy(boxes.reshape(-1, 2, 2)).to(self.device)
-        labels = torch.tensor([BOX_CORNER_LABELS] * len(boxes), device=self.device)
-        mask_in = torch.zeros(len(boxes), 1, LOW_RES, LOW_RES, device=self.device)
+    def _forward(
+        self, embeddings: torch.Tensor, boxes: np.ndarray, clicks: Clicks | None = None, previous: Any = None
+    ) -> torch.Tensor:
+        """Box (and clicks, ahead of the box corners as ``build_prompt_arrays`` puts them) -> best-mask logits;
+        ``previous`` logits, if given, go in as ``mask_input``."""
+        coords = boxes.reshape(-1, 2, 2).astype(np.float32)
+        labels = np.tile(np.asarray(BOX_CORNER_LABELS, np.float32), (len(boxes), 1))
+        if clicks is not None:
+            coords = np.concatenate([clicks.coords, coords], axis=1)
+            labels = np.concatenate([clicks.labels, labels], axis=1)
+        if previous is None:
+            mask_in = torch.zeros(len(boxes), 1, LOW_RES, LOW_RES, device=self.device)
+            has_mask = torch.zeros(1, device=self.device)
+        else:
+            mask_in, has_mask = previous.detach(), torch.ones(1, device=self.device)
         logits: torch.Tensor
-        logits, _ = self.decoder(embeddings, coords, labels, mask_in, torch.zeros(1, device=self.device))
+        logits, _ = self.decoder(
+            embeddings,
+            torch.from_numpy(coords).to(self.device),
+            torch.from_numpy(labels).to(self.device),
+            mask_in,
+            has_mask,
+        )
         return logits[:, :1]
+
+    def _click_loss(
+        self, embeddings: torch.Tensor, boxes: np.ndarray, gts: torch.Tensor, logits: torch.Tensor, rounds: int
+    ) -> torch.Tensor:
+        """SAM's and RITM's interactive training: each round adds a corrective click per sample where the
+        last mask is most wrong (``clicks.next_click`` on the low-res frame) and re-prompts with the
+        previous logits as ``mask_input``, so the decoder learns to use both. Mean loss over the rounds."""
+        truth = (gts[:, 0] > 0.5).cpu().numpy()
+        scale = self.pre.input_size / LOW_RES
+        clicks = Clicks(np.zeros((len(boxes), 0, 2), np.float32), np.zeros((len(boxes), 0), np.float32))
+        total = torch.zeros((), device=self.device)
+        for _ in range(rounds):
+            predicted = (logits.detach()[:, 0] > 0).cpu().numpy()
+            clicks = clicks.add([next_click(p, t) for p, t in zip(predicted, truth, strict=True)], scale)
+            logits = self._forward(embeddings, boxes, clicks, previous=logits)
+            total = total + medsam_loss(logits, gts)
+        return total / rounds
 
     def _batch_inputs(
         self, batch: list[Prepared], rng: np.random.Generator
@@ -214,7 +272,11 @@ class Trainer:
             with self._autocast():
                 embeddings, boxes, gts = self._batch_inputs(batch, rng)
                 logits = self._forward(embeddings, boxes)
-                loss = medsam_loss(logits, gts) / cfg.grad_accum
+                loss = medsam_loss(logits, gts)
+                rounds = int(rng.integers(0, cfg.click_rounds + 1)) if cfg.click_rounds else 0  # SAM samples it too
+                if rounds:
+                    loss = (loss + self._click_loss(embeddings, boxes, gts, logits, rounds)) / 2
+                loss = loss / cfg.grad_accum
             self.scaler.scale(loss).backward()
             if (step + 1) % cfg.grad_accum == 0 or step + 1 == steps:
                 self.scaler.step(self.optimizer)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from medsam_core.training.modes import MODES
+from medsam_core.training.modes import DEFAULT_CLICK_ROUNDS, MODES
 from portal.cli.common import add_model_options
 from portal.store.settings import get_settings
 
@@ -43,6 +43,14 @@ def register(sub) -> None:
         metavar="N",
         help="stop after N epochs without a better validation Dice",
     )
+    p.add_argument(
+        "--click-rounds",
+        type=int,
+        default=DEFAULT_CLICK_ROUNDS,
+        metavar="N",
+        help="per step, up to N simulated corrective clicks, each re-prompting with the previous mask, so "
+        f"include/exclude points refine a box (default {DEFAULT_CLICK_ROUNDS}; 0: boxes only)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint_latest.pth")
     p.add_argument("--json", action="store_true", help="one JSON line per epoch, then a summary line")
@@ -71,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         bbox_shift=args.bbox_shift,
         seed=args.seed,
         early_stopping=args.early_stopping,
+        click_rounds=args.click_rounds,
     )
     config.validate()
     if not 0 < args.val_fraction < 1:

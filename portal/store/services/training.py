@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from medsam_core.models import FAMILIES
 from medsam_core.training.data import Sample, split_by_group
-from medsam_core.training.modes import MODES, Mode, check_mode, unknown_mode_message
+from medsam_core.training.modes import DEFAULT_CLICK_ROUNDS, MODES, Mode, check_mode, unknown_mode_message
 from portal.store.blobs import BlobStore
 from portal.store.errors import PermissionDeniedError, StoreError
 from portal.store.models import Job, JobKind, ModelActivation, ModelEvaluation, Project, Role, User
@@ -45,6 +45,7 @@ class FinetuneParams(BaseModel):
     seed: int = Field(0, ge=0, le=2**32 - 1, description="a whole number from 0 to 4294967295")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="a number between 0 and 1")
     early_stopping: int | None = Field(None, ge=1, le=1000, description="a whole number of epochs from 1 to 1000")
+    click_rounds: int = Field(DEFAULT_CLICK_ROUNDS, ge=0, le=10, description="a whole number from 0 to 10")
     parent_version_id: int | None = Field(None, ge=1, description="a model version id; default: the active one")
 
     @model_validator(mode="before")
