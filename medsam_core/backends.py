@@ -238,37 +238,3 @@ def _channel_means_as_convs(path: Path) -> None:
     graph.node.extend(nodes)
     onnx.checker.check_model(graph_model)
     onnx.save(graph_model, str(path))
-
-
-def onnx_available() -> bool:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def make_backend(
-    model: LoadedModel, backend: str = "auto", onnx_dir: str | Path | None = None
-) -> TorchBackend | OnnxBackend:
-    """ "auto": for the small model on a CPU with an export folder, OpenVINO's encoder when
-    installed (``openvino_backend`` says why), else ONNX Runtime; PyTorch otherwise.
-
-    ViT families stay on PyTorch: their graphs exceed protobuf's 2 GB limit (ViT-H)
-    and they belong on a GPU anyway.
-    """
-    from medsam_core.openvino_backend import OpenVinoBackend, openvino_available
-
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        use_onnx = (
-            model.device.type == "cpu" and model.family.name == "lite" and onnx_dir is not None and onnx_available()
-        )
-        backend = ("openvino" if openvino_available() else "onnx") if use_onnx else "torch"
-    if backend in ("onnx", "openvino"):
-        if onnx_dir is None:
-            raise ValueError(f"the {backend} backend needs a folder for its exported graphs")
-        return OpenVinoBackend(model, onnx_dir) if backend == "openvino" else OnnxBackend(model, onnx_dir)
-    return TorchBackend(model)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsam_core.backends import make_backend
+from medsam_core.backend_choice import make_backend
 from medsam_core.cache import CacheKey, EmbeddingCache, pixel_sha256
 from medsam_core.errors import PromptError
 from medsam_core.models import LoadedModel
