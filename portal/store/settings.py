@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="'auto' (GPU if present), 'cpu', 'cuda' or 'cuda:N'.")
     inference_backend: str = Field(
         "auto",
-        description="'auto' (lite on CPU: OpenVINO's encoder, ONNX Runtime's decoder), 'torch', 'onnx', 'openvino'.",
+        description="'auto' (ONNX Runtime for lite on CPU), 'torch', 'onnx', or 'openvino' (faster encoder, bf16).",
     )
     max_image_pixels: int = Field(100_000_000, gt=0, description="Largest image, per slice, accepted.")
     embedding_cache_mb: int = Field(5120, gt=0, description="Disk budget of the embedding cache (2 MB each).")
