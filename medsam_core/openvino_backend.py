@@ -5,16 +5,17 @@ through every stage).
 Measured with ``bench/encoder.py`` on the 2-core development machine (AMD EPYC with AVX512-BF16),
 ms per 256 px slice: ONNX Runtime fp32 651, OpenVINO fp32 616, OpenVINO bf16 344; two streams of
 one image each (``NUM_STREAMS`` 2) give 3.4 slices/s where one batch of 4 gives 2.9. ONNX Runtime's
-static int8 (QDQ, per channel, calibrated on the shared images) was slower than fp32 and moved the
-embeddings by 59% (relative norm), so it was not kept.
+static int8 (QDQ, per channel, calibrated on the shared images) was no faster than fp32 and its masks
+reached a mean Dice of 0.83, so it was not kept.
 
 What bf16 costs: Dice of the masks from ground-truth boxes against the fp32 PyTorch reference,
-0.997 mean on Kvasir and 0.996 on BUSI (issue 12's bar: 0.99); ``bench/encoder.py --openvino``
+0.997 mean on Kvasir and 0.996 on BUSI (issue 12's bar: 0.99); ``bench/encoder.py --quant openvino``
 repeats it. The decoder stays on ONNX Runtime in fp32, so a prompt on a given embedding gives the
 same mask as with the ``onnx`` backend, and the server's check of a client's mask is exact.
 
 The exported graphs are the ``onnx`` backend's (one export per weights digest); compiling them
-takes under half a second, so nothing compiled is kept on disk.
+takes under half a second, so nothing compiled is kept on disk. Not the default (``backend_choice``
+says why): ``MEDSAM_INFERENCE_BACKEND=openvino`` asks for it.
 """
 
 from __future__ import annotations
