@@ -339,7 +339,9 @@ def build_annotate_tab(ctx: PortalContext) -> None:
     c.submit.click(s.save_submit, [c.state, c.editor], save_outs, **group).success(
         q.after_save, listed, [c.pick, c.order]
     )
-    c.editor.change(
+    # ``input``, not ``change``: a value the server sets (an image opening) must not send the whole picture
+    # back, and on a 2048 px image that upload took long enough for a stroke made meanwhile to be lost.
+    c.editor.input(
         s.remember_edit, [c.state, c.editor], [c.state], trigger_mode="always_last", show_progress="hidden", **group
     )
     c.timer.tick(s.autosave, [c.state], save_outs, show_progress="hidden", **group)
