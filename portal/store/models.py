@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     CheckConstraint,
+    ColumnElement,
     DateTime,
     Enum,
     ForeignKey,
@@ -382,3 +383,10 @@ class AuditEvent(Base):
     target_id: Mapped[int | None]
     project_id: Mapped[int | None] = mapped_column(index=True)
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+def at_current_revision() -> ColumnElement[bool]:
+    """Join condition of an annotation and its current revision: what reviews, exports and training read."""
+    return (AnnotationRevision.annotation_id == Annotation.id) & (
+        AnnotationRevision.number == Annotation.current_revision
+    )

@@ -26,6 +26,7 @@ from portal.store.models import (
     Review,
     Role,
     User,
+    at_current_revision,
     utcnow,
 )
 from portal.store.services.audit import record
@@ -372,8 +373,7 @@ def current_annotations(
         .join(Image, Image.id == Annotation.image_id)
         .join(
             AnnotationRevision,
-            (AnnotationRevision.annotation_id == Annotation.id)
-            & (AnnotationRevision.number == Annotation.current_revision),
+            at_current_revision(),
         )
         .outerjoin(User, User.id == AnnotationRevision.author_id)
         .where(Image.project_id == project_id)

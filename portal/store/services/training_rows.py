@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from portal.store.blobs import BlobStore
-from portal.store.models import Annotation, AnnotationRevision, AnnotationStatus, Image
+from portal.store.models import Annotation, AnnotationRevision, AnnotationStatus, Image, at_current_revision
 from portal.store.models import Volume as VolumeRow
 from portal.store.services.masks import load_mask
 from portal.store.services.volumes import slice_rows
@@ -53,8 +53,7 @@ def training_set(db: Session, project_id: int) -> list[tuple[Image, str, str]]:
         .join(Annotation, Annotation.image_id == Image.id)
         .join(
             AnnotationRevision,
-            (AnnotationRevision.annotation_id == Annotation.id)
-            & (AnnotationRevision.number == Annotation.current_revision),
+            at_current_revision(),
         )
         .where(Image.project_id == project_id, Annotation.status == AnnotationStatus.approved)
         .order_by(Image.id, Annotation.label)
@@ -75,8 +74,7 @@ def volume_slice_rows(db: Session, blobs: BlobStore, project_id: int) -> list[Tr
         .join(VolumeRow, VolumeRow.id == Annotation.volume_id)
         .join(
             AnnotationRevision,
-            (AnnotationRevision.annotation_id == Annotation.id)
-            & (AnnotationRevision.number == Annotation.current_revision),
+            at_current_revision(),
         )
         .where(VolumeRow.project_id == project_id, Annotation.status == AnnotationStatus.approved)
         .order_by(Annotation.volume_id, Annotation.label)

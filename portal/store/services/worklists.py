@@ -30,6 +30,7 @@ from portal.store.models import (
     Review,
     Role,
     User,
+    at_current_revision,
 )
 from portal.store.models import Volume as VolumeRow
 from portal.store.services.projects import annotation_owner, get_project, label_names, list_projects, not_found
@@ -315,8 +316,7 @@ def submitted(session: Session, actor: User, project_id: int) -> list[dict[str, 
         _owned(select(Annotation, Image, VolumeRow, User.username))
         .outerjoin(
             AnnotationRevision,
-            (AnnotationRevision.annotation_id == Annotation.id)
-            & (AnnotationRevision.number == Annotation.current_revision),
+            at_current_revision(),
         )
         .outerjoin(User, User.id == AnnotationRevision.author_id)
         .where(OWNER_PROJECT == project_id, Annotation.status == AnnotationStatus.submitted)
