@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import uuid
 import warnings
 from pathlib import Path
@@ -76,17 +75,15 @@ class OnnxBackend:
         import onnxruntime as ort
 
         self.model = model
-        self._lock = threading.Lock()
         folder = Path(export_dir) / f"{model.family.name}-{model.model_digest[:16]}-v{EXPORT_VERSION}"
         encoder_path, decoder_path = folder / "encoder.onnx", folder / "decoder.onnx"
-        self.encoder_path = encoder_path
         if not (encoder_path.exists() and decoder_path.exists()):
             _export(model, folder)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = max(1, torch.get_num_threads())
         providers = ["CPUExecutionProvider"]
-        self.encoder = ort.InferenceSession(str(encoder_path), options, providers=providers)
+        self._load_encoder(encoder_path, options)
         # The decoder's input shape changes with the number of boxes, and ONNX Runtime's CPU
         # arena keeps the peak of every shape it has seen for the life of the process (a
         # 32-box prompt left 1.6 GB behind). Without the arena, memory goes back after each call.
@@ -98,6 +95,12 @@ class OnnxBackend:
         # around each decode (and from the other direction of a propagation).
         decoder_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.decoder = ort.InferenceSession(str(decoder_path), decoder_options, providers=providers)
+
+    def _load_encoder(self, path: Path, options: Any) -> None:
+        """The encoder's runtime; ``OpenVinoBackend`` compiles the same graph its own way instead."""
+        import onnxruntime as ort
+
+        self.encoder = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def encode(self, image: torch.Tensor) -> np.ndarray:
         """(1, 3, S, S) -> (256, 64, 64) float32."""

@@ -21,6 +21,7 @@ says why): ``MEDSAM_INFERENCE_BACKEND=openvino`` asks for it.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,6 @@ import numpy as np
 import torch
 
 from medsam_core.backends import OnnxBackend
-from medsam_core.models import LoadedModel
 
 STREAMS = 2  # two images in flight, one core each: better use of 2 cores than one image on both
 
@@ -54,14 +54,15 @@ class OpenVinoBackend(OnnxBackend):
 
     name = "openvino"
 
-    def __init__(self, model: LoadedModel, export_dir: str | Path):
+    def _load_encoder(self, path: Path, options: Any) -> None:
+        """Compiles the exported encoder (no ONNX Runtime session for it: it would never run)."""
         import openvino as ov
 
-        super().__init__(model, export_dir)
+        self._lock = threading.Lock()
         core = ov.Core()
         self.precision = encoder_precision(core)
-        graph = core.read_model(str(self.encoder_path))
-        size = model.family.preprocessor.input_size
+        graph = core.read_model(str(path))
+        size = self.model.family.preprocessor.input_size
         graph.reshape({"image": [1, 3, size, size]})  # one image per request; streams give the parallelism
         threads = max(1, torch.get_num_threads())
         config = {
