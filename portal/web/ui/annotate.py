@@ -166,7 +166,9 @@ def _proposed(ctx: PortalContext, user, st, payload) -> tuple:
         "mask": mask,
         "shown": mask,
         "unsaved": True,
-        "pending": None,
+        # An empty edit: the next autosave tick saves the proposal itself (the editor's ``input`` event,
+        # which fills ``pending`` for a stroke, does not fire for a value the server sets).
+        "pending": {},
         "mask_id": out.mask_id,
         "model_version_id": out.model_version_id,
         "prompt": {"boxes": boxes, "points": points},
